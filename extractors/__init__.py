@@ -1,0 +1,64 @@
+"""Feature extractors behind one small protocol, found by name in a registry.
+
+Built-ins live in this package; other packages add extractors through the entry-point group
+``flowgmm.extractors``, each entry point naming a zero-argument callable that returns an extractor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+__all__ = ["EmbedRequest", "Extractor", "get_extractor", "available_extractors", "ENTRY_POINT_GROUP"]
+
+ENTRY_POINT_GROUP = "flowgmm.extractors"
+
+
+@dataclass
+class EmbedRequest:
+    """What ``flowgmm embed`` was asked to do; an extractor reads the options that apply to it."""
+
+    source: str
+    output: Path
+    id_column: str = "id"
+    label_column: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Extractor(Protocol):
+    """Turns an input (CSV, folder, zip …) into a feature file written with ``FeatureWriter``."""
+
+    name: str
+    description: str
+
+    def embed(self, request: EmbedRequest) -> int:
+        """Write ``request.output`` and return the number of rows written."""
+        ...
+
+
+def _builtins() -> dict[str, Callable[[], Extractor]]:
+    from .tabular import TabularExtractor
+
+    return {"tabular": TabularExtractor}
+
+
+def available_extractors() -> dict[str, Callable[[], Extractor]]:
+    """Built-in extractors and those registered by installed packages, by name."""
+    found = _builtins()
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry.name, entry.load)
+    return found
+
+
+def get_extractor(name: str) -> Extractor:
+    """The extractor called ``name``; an unknown name is a clear error listing the known ones."""
+    from flowgmm_cli.errors import InputError
+
+    known = available_extractors()
+    if name not in known:
+        raise InputError(f"Unknown extractor '{name}'; choose one of: {', '.join(sorted(known))}.")
+    factory = known[name]
+    extractor = factory()
+    return extractor() if isinstance(extractor, type) else extractor

@@ -1,0 +1,334 @@
+"""The ``flowgmm`` command line: a thin layer over the library with Unix manners.
+
+Results go to stdout or the ``-o`` file, messages to stderr. Exit codes: 0 success, 2 bad usage or
+bad input, 1 any other failure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import numpy as np
+import typer
+
+from . import __version__
+from .atomic import atomic_path, check_output_path
+from .errors import InputError, TrainingDiverged
+from .estimator import UNLABELED, FlowGMMClassifier
+from .features import FeatureFile, align_labels, read_features, read_labels
+from .metrics import classification_report
+from .modelfile import read_header
+from .progress import TrainingProgress, stderr_console
+
+app = typer.Typer(
+    name="flowgmm",
+    help="Semi-supervised classification with normalizing flows (FlowGMM): embed, train, predict, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress, only errors.")
+Device = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"flowgmm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """FlowGMM: a flow maps features to a Gaussian mixture with one component per class."""
+
+
+# ---------------------------------------------------------------------------------------- embed
+@app.command()
+def embed(
+    source: str = typer.Argument(..., help="Input: a CSV file, or - for standard input."),
+    output: Path = typer.Option(..., "--output", "-o", help="Feature file (HDF5) to write."),
+    model: str = typer.Option("tabular", "--model", "-m", help="Extractor; 'flowgmm extractors' would list them."),
+    id_column: str = typer.Option("id", help="Column of row ids (row numbers from 0 when absent)."),
+    label_column: Optional[str] = typer.Option(None, help="Column of class names, stored as /labels (empty = unlabeled)."),
+    quiet: bool = Quiet,
+) -> None:
+    """Turn an input into an HDF5 feature file (/features, /ids, optional /labels)."""
+    from extractors import EmbedRequest, get_extractor
+
+    extractor = get_extractor(model)
+    check_output_path(output)
+    rows = extractor.embed(EmbedRequest(source, output, id_column, label_column))
+    stderr_console(quiet).print(f"wrote {rows} rows to {output}")
+
+
+# ---------------------------------------------------------------------------------------- train
+@app.command(epilog="Options shown as 'auto' are chosen from the data: see README 'Defaults'.")
+def train(
+    features: Path = typer.Argument(..., help="Feature file (HDF5) with all rows, labeled and unlabeled."),
+    output: Path = typer.Option(..., "--output", "-o", help="Model file to write."),
+    labels: Optional[Path] = typer.Option(None, help="CSV id,label; without it the file's own /labels are used."),
+    allow_missing: bool = typer.Option(False, help="Warn instead of failing on label ids absent from the features."),
+    val: Optional[Path] = typer.Option(None, help="Feature file of validation rows to choose the best epoch."),
+    val_labels: Optional[Path] = typer.Option(None, help="Labels CSV for --val (else its /labels)."),
+    val_fraction: float = typer.Option(0.0, min=0.0, max=0.9, help="Hold out this share of each class's labeled rows to choose the best epoch."),
+    epochs: Optional[int] = typer.Option(None, min=1, show_default="auto: about 1,500 steps", help="Passes over the unlabeled rows."),
+    seed: int = typer.Option(0, help="Seed of the means, the weights' init, batches and noise."),
+    device: str = Device,
+    resume: bool = typer.Option(False, help="Continue from OUTPUT.ckpt, the checkpoint an interrupted run left."),
+    coupling_layers: Optional[int] = typer.Option(None, min=1, show_default="auto: 6", help="Affine coupling layers."),
+    hidden: Optional[int] = typer.Option(None, min=1, show_default="auto: 256-1024 by dimension", help="Width of the s/t networks."),
+    hidden_layers: int = typer.Option(2, min=1, help="Hidden layers per s/t network."),
+    dropout: float = typer.Option(0.0, min=0.0, max=0.9, help="Dropout inside the s/t networks."),
+    actnorm: bool = typer.Option(False, help="ActNorm before each coupling."),
+    permutation: str = typer.Option("reverse", help="Permutation between couplings: reverse or random."),
+    means_scale: Optional[float] = typer.Option(None, min=0.0, show_default="auto", help="Std of the fixed random class means."),
+    variance: Optional[float] = typer.Option(None, min=1e-6, show_default="auto", help="Variance of each mixture component."),
+    learn_means: bool = typer.Option(False, help="Train the class means with the flow."),
+    learn_weights: bool = typer.Option(False, help="Train the mixture weights (class imbalance)."),
+    unlabeled_weight: float = typer.Option(1.0, min=0.0, help="Weight of the unlabeled NLL in the loss."),
+    labeled_noise: Optional[float] = typer.Option(None, min=0.0, show_default="auto", help="Std of Gaussian noise on standardised labeled inputs."),
+    batch_size: Optional[int] = typer.Option(None, min=1, show_default="auto: 256", help="Unlabeled rows per step."),
+    labeled_batch_size: Optional[int] = typer.Option(None, min=1, show_default="auto: 64", help="Labeled rows per step."),
+    lr: float = typer.Option(1e-3, min=0.0, help="AdamW learning rate (cosine schedule)."),
+    weight_decay: float = typer.Option(1e-4, min=0.0, help="AdamW weight decay."),
+    grad_clip: float = typer.Option(10.0, min=0.0, help="Gradient-norm clipping."),
+    quiet: bool = Quiet,
+) -> None:
+    """Fit FlowGMM on labeled and unlabeled rows by their exact joint likelihood (paper, equation 4)."""
+    if permutation not in ("reverse", "random"):
+        raise InputError(f"--permutation must be 'reverse' or 'random', not '{permutation}'.")
+    check_output_path(output)
+    feature_file = read_features(features)
+    names = align_labels(feature_file, read_labels(labels) if labels else None, str(labels), allow_missing)
+    y = _semi_supervised_targets(names, feature_file.path, labels)
+    X_val = y_val = None
+    if val is not None:
+        val_file = read_features(val)
+        _check_dim(val_file, feature_file.dim, f"training features '{features}'")
+        val_names = align_labels(val_file, read_labels(val_labels) if val_labels else None, str(val_labels))
+        keep = val_names != ""
+        if not keep.any():
+            raise InputError(f"Validation file '{val}' has no labeled rows; pass --val-labels.")
+        X_val, y_val = val_file.features[keep], val_names[keep]
+    estimator = FlowGMMClassifier(
+        coupling_layers=coupling_layers, hidden=hidden, hidden_layers=hidden_layers, dropout=dropout, actnorm=actnorm,
+        permutation=permutation, means_scale=means_scale, variance=variance, learn_means=learn_means,
+        learn_weights=learn_weights, unlabeled_weight=unlabeled_weight, labeled_noise=labeled_noise, epochs=epochs,
+        batch_size=batch_size, labeled_batch_size=labeled_batch_size, lr=lr, weight_decay=weight_decay,
+        grad_clip=grad_clip, val_fraction=val_fraction if val is None else 0.0, random_state=seed, device=device,
+    )  # fmt: skip
+    checkpoint = output.with_name(output.name + ".ckpt")
+    if resume and not checkpoint.exists():
+        raise InputError(f"--resume found no checkpoint '{checkpoint}'; train without --resume.")
+    fingerprint = _fingerprint(feature_file.features, y, estimator.get_params(), X_val, y_val)
+    console = stderr_console(quiet)
+    with TrainingProgress(console) as progress:
+        estimator.fit(feature_file.features, y, X_val=X_val, y_val=y_val, checkpoint=checkpoint, resume=resume,
+                      fingerprint=fingerprint, callback=progress)  # fmt: skip
+    estimator.save(
+        output,
+        extractor=feature_file.attrs.get("extractor", ""),
+        extractor_model=feature_file.attrs.get("model", ""),
+        features_file=str(features),
+        n_labeled=int(sum(1 for v in y if not _is_unlabeled(v))),
+        n_unlabeled=int(sum(1 for v in y if _is_unlabeled(v))),
+        history=estimator.history_,
+        flowgmm_version=__version__,
+    )
+    checkpoint.unlink(missing_ok=True)
+    last = estimator.history_[-1]
+    summary = f"wrote {output}: {len(estimator.classes_)} classes, {estimator.training_options_.epochs} epochs, loss {last['loss']:.3f}/dim"
+    if last.get("val_accuracy") is not None:
+        best = max(estimator.history_, key=lambda h: (h["val_accuracy"], -h["val_nll"]))
+        summary += f", best epoch {best['epoch']} (val acc {best['val_accuracy']:.3f})"
+    console.print(summary)
+
+
+def _is_unlabeled(value: object) -> bool:
+    return isinstance(value, int) and value == UNLABELED
+
+
+def _semi_supervised_targets(names: np.ndarray, features: Path, labels: Optional[Path]) -> np.ndarray:
+    """Class names per row with ``-1`` for unlabeled rows, after checking there are two classes."""
+    classes = sorted(set(names[names != ""]))
+    source = f"labels file '{labels}'" if labels else f"the /labels of '{features}'"
+    if len(classes) < 2:
+        found = f"only class '{classes[0]}'" if classes else "no labeled rows"
+        raise InputError(f"FlowGMM needs labeled rows of at least 2 classes, but {source} has {found}; label more rows.")
+    y = names.astype(object)
+    y[names == ""] = UNLABELED
+    return y
+
+
+def _fingerprint(X: np.ndarray, y: np.ndarray, params: dict, X_val: Optional[np.ndarray], y_val: Optional[np.ndarray]) -> str:
+    """A hash of the data and options, so --resume refuses a checkpoint from another run."""
+    digest = hashlib.sha256(np.ascontiguousarray(X).tobytes())
+    digest.update(json.dumps([str(v) for v in y]).encode())
+    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+    if X_val is not None:
+        digest.update(np.ascontiguousarray(X_val).tobytes())
+        digest.update(json.dumps([str(v) for v in y_val]).encode())
+    return digest.hexdigest()
+
+
+# -------------------------------------------------------------------------- predict and evaluate
+def _load_for(model_path: Path, feature_file: FeatureFile, device: str) -> FlowGMMClassifier:
+    estimator = FlowGMMClassifier.load(model_path, device=device)
+    _check_dim(feature_file, estimator.n_features_in_, f"model '{model_path}'")
+    trained_on = estimator.header_.get("extractor") or ""
+    given = str(feature_file.attrs.get("extractor", "") or "")
+    if trained_on and given and trained_on != given:
+        raise InputError(
+            f"Model '{model_path}' was trained on '{trained_on}' features but '{feature_file.path}' holds '{given}' features; "
+            "embed the input with the same extractor."
+        )
+    return estimator
+
+
+def _check_dim(feature_file: FeatureFile, expected: int, what: str) -> None:
+    if feature_file.dim != expected:
+        raise InputError(
+            f"'{feature_file.path}' has {feature_file.dim}-dimensional features but {what} expects {expected}; "
+            "use features from the same extractor."
+        )
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="Model file from 'flowgmm train'."),
+    features: Path = typer.Argument(..., help="Feature file (HDF5) to classify."),
+    output: str = typer.Option(..., "--output", "-o", help="Predictions CSV, or - for standard output."),
+    device: str = Device,
+    quiet: bool = Quiet,
+) -> None:
+    """Write id,label,confidence,p_<class>...,log_px for every row, in the feature file's order."""
+    if output != "-":
+        check_output_path(output)
+    feature_file = read_features(features)
+    estimator = _load_for(model, feature_file, device)
+    joint = estimator._joint_log_prob(feature_file.features)
+    log_px = np.logaddexp.reduce(joint, axis=1)
+    proba = np.exp(joint - log_px[:, None])
+    classes = [str(c) for c in estimator.classes_]
+    table = {"id": feature_file.ids, "label": np.array(classes, dtype=object)[proba.argmax(1)], "confidence": proba.max(1)}
+    table.update({f"p_{name}": proba[:, k] for k, name in enumerate(classes)})
+    table["log_px"] = log_px
+    import pandas as pd
+
+    frame = pd.DataFrame(table)
+    if output == "-":
+        frame.to_csv(sys.stdout, index=False, float_format="%.6g")
+        return
+    with atomic_path(output) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+    stderr_console(quiet).print(f"wrote {len(frame)} predictions to {output}")
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Argument(..., help="Model file from 'flowgmm train'."),
+    features: Path = typer.Argument(..., help="Feature file (HDF5) of test rows."),
+    labels: Optional[Path] = typer.Option(None, help="CSV id,label of the test rows (else the file's /labels)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    device: str = Device,
+    quiet: bool = Quiet,
+) -> None:
+    """Accuracy, NLL, ECE (15 bins), n and per-class recall on the labeled rows of FEATURES."""
+    feature_file = read_features(features)
+    estimator = _load_for(model, feature_file, device)
+    names = align_labels(feature_file, read_labels(labels) if labels else None, str(labels))
+    keep = names != ""
+    if not keep.any():
+        raise InputError(f"No labeled rows to evaluate in '{features}'; pass --labels.")
+    classes = [str(c) for c in estimator.classes_]
+    unknown = sorted(set(names[keep]) - set(classes))
+    if unknown:
+        raise InputError(f"Label '{unknown[0]}' is not a class of model '{model}' (classes: {', '.join(classes)}).")
+    y = np.array([classes.index(v) for v in names[keep]])
+    report = classification_report(estimator.predict_log_proba(feature_file.features[keep]), y, classes)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    typer.echo(f"accuracy  {report['accuracy']:.4f}\nnll       {report['nll']:.4f}\nece       {report['ece']:.4f}\nn         {report['n']}")
+    for name, recall in report["per_class_recall"].items():
+        typer.echo(f"recall[{name}]  {'-' if recall is None else f'{recall:.4f}'}")
+
+
+@app.command()
+def info(
+    model: Path = typer.Argument(..., help="Model file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole header as JSON."),
+) -> None:
+    """Show what a model file holds: classes, feature dimension, architecture, training options."""
+    header = read_header(model)
+    if as_json:
+        typer.echo(json.dumps(header, indent=2))
+        return
+    arch, history = header.get("architecture", {}), header.get("history", [])
+    lines = [
+        f"model        {model}",
+        f"format       flowgmm v{header.get('format_version')} (written by flowgmm {header.get('flowgmm_version', '?')})",
+        f"classes      {', '.join(map(str, header.get('classes', [])))}",
+        f"features     {header.get('feature_dim')}-d from extractor '{header.get('extractor') or '?'}'",
+        f"flow         {arch.get('coupling_layers')} couplings, hidden {arch.get('hidden')} x {arch.get('hidden_layers')}",
+        f"mixture      means scale {arch.get('means_scale')}, variance {arch.get('variance')}, temperature {header.get('temperature')}",
+        f"rows         {header.get('n_labeled')} labeled, {header.get('n_unlabeled')} unlabeled",
+        f"training     {json.dumps(header.get('training', {}))}",
+    ]
+    if history:
+        lines.append(f"final loss   {history[-1]['loss']:.4f} nats/dim after {len(history)} epochs")
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("flowgmm-demo"), "--output", "-o", help="Folder for predictions and plots (created)."),
+    quiet: bool = Quiet,
+) -> None:
+    """The paper's Figure 2 sets and scikit-learn's digits: FlowGMM against labeled-only FlowGMM, offline."""
+    from .demo import run_demo
+
+    if output.exists() and not output.is_dir():
+        raise InputError(f"Demo output '{output}' exists and is not a folder; choose another -o.")
+    output.mkdir(parents=True, exist_ok=True)
+    results = run_demo(output, stderr_console(quiet))
+    typer.echo(f"{'data set':<14}{'labels':>7}{'FlowGMM':>10}{'labeled-only':>14}")
+    for row in results:
+        typer.echo(f"{row['dataset']:<14}{row['n_labeled']:>7}{row['flowgmm']:>10.3f}{row['labeled_only']:>14.3f}")
+    typer.echo(f"predictions and plots in {output}/")
+
+
+def main() -> None:
+    """Entry point: run the app and turn errors into one sentence and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except InputError as error:
+        _fail(str(error), 2)
+    except TrainingDiverged as error:
+        _fail(str(error), 1)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _fail("Interrupted; outputs were left as they were (train --resume continues).", 130)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(1)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"Error: {message}", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,313 @@
+"""FlowGMMClassifier: a scikit-learn estimator for semi-supervised classification (``-1`` = unlabeled)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import defaults
+from .errors import InputError
+from .model import Architecture, FlowGMM
+from .modelfile import load_model, save_model
+from .training import TrainingCallback, TrainingOptions, fit_flowgmm
+
+__all__ = ["FlowGMMClassifier", "resolve_device", "UNLABELED"]
+
+UNLABELED = -1
+_PREDICT_CHUNK = 8192
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"Unknown device '{device}'; use auto, cpu, cuda or cuda:N.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"Device '{device}' was asked for but CUDA is not available; use --device cpu.")
+    return resolved
+
+
+class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
+    """FlowGMM (Izmailov et al., 2020): a RealNVP flow into a Gaussian mixture with one component per class.
+
+    Fit on labeled and unlabeled rows at once by maximising their joint likelihood; predict by
+    Bayes' rule in latent space. Options left at ``None`` are chosen from the data's size and
+    dimension (see :mod:`flowgmm_cli.defaults`).
+
+    Arguments:
+        coupling_layers: affine coupling layers (default: 6).
+        hidden: width of the s/t networks (default: from the dimension, 256 to 1024).
+        hidden_layers: hidden layers per s/t network.
+        dropout: dropout inside the s/t networks.
+        actnorm: add an ActNorm layer before each coupling.
+        permutation: ``"reverse"`` or ``"random"`` fixed permutations between couplings.
+        means_scale: standard deviation of the fixed random class means in latent space.
+        variance: variance σ² of each mixture component.
+        learn_means, learn_weights: train the means / the mixture weights (class imbalance).
+        unlabeled_weight: weight of the unlabeled NLL in the loss (equation 4 uses 1).
+        labeled_noise: standard deviation of Gaussian noise added to standardised labeled inputs.
+        epochs: passes over the unlabeled rows (default: about 1,500 optimiser steps).
+        batch_size, labeled_batch_size: unlabeled and labeled rows per step.
+        lr, weight_decay, grad_clip: AdamW with a cosine schedule and gradient-norm clipping.
+        val_fraction: share of the labeled rows held out (stratified) to choose the best epoch.
+        random_state: seed of everything random; CPU runs with one seed are repeatable.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+
+    Example:
+        >>> from sklearn.datasets import make_moons
+        >>> X, y = make_moons(300, noise=0.05, random_state=0)
+        >>> y_partial = np.full_like(y, -1); y_partial[:10] = y[:10]
+        >>> clf = FlowGMMClassifier(epochs=3).fit(X, y_partial)
+        >>> clf.predict_proba(X).shape
+        (300, 2)
+    """
+
+    def __init__(
+        self,
+        coupling_layers: int | None = None,
+        hidden: int | None = None,
+        hidden_layers: int = 2,
+        dropout: float = 0.0,
+        actnorm: bool = False,
+        permutation: str = "reverse",
+        means_scale: float | None = None,
+        variance: float | None = None,
+        learn_means: bool = False,
+        learn_weights: bool = False,
+        unlabeled_weight: float = 1.0,
+        labeled_noise: float | None = None,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        labeled_batch_size: int | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        grad_clip: float = 10.0,
+        val_fraction: float = 0.0,
+        random_state: int = 0,
+        device: str = "auto",
+    ) -> None:
+        self.coupling_layers = coupling_layers
+        self.hidden = hidden
+        self.hidden_layers = hidden_layers
+        self.dropout = dropout
+        self.actnorm = actnorm
+        self.permutation = permutation
+        self.means_scale = means_scale
+        self.variance = variance
+        self.learn_means = learn_means
+        self.learn_weights = learn_weights
+        self.unlabeled_weight = unlabeled_weight
+        self.labeled_noise = labeled_noise
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.labeled_batch_size = labeled_batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.grad_clip = grad_clip
+        self.val_fraction = val_fraction
+        self.random_state = random_state
+        self.device = device
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        X_val: Any = None,
+        y_val: Any = None,
+        checkpoint: str | os.PathLike | None = None,
+        resume: bool = False,
+        fingerprint: str = "",
+        callback: TrainingCallback | None = None,
+    ) -> "FlowGMMClassifier":
+        """Fit on all rows of ``X``; ``y`` holds a class per row or ``-1`` for an unlabeled row.
+
+        ``X_val``/``y_val`` (or ``val_fraction``) choose the best epoch. ``checkpoint`` saves the
+        training state after each epoch; ``resume=True`` continues from it.
+        """
+        X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2, y_numeric=False)
+        y = np.asarray(y, dtype=object) if y.dtype.kind in "OUS" else y
+        unlabeled = _unlabeled_mask(y)
+        self.classes_ = np.unique(y[~unlabeled])
+        if len(self.classes_) < 2:
+            raise InputError(
+                f"FlowGMM needs labeled rows of at least 2 classes, got {len(self.classes_)}; "
+                "use -1 as the label for unlabeled samples."
+            )
+        codes = np.full(len(y), -1, dtype=np.int64)
+        codes[~unlabeled] = np.searchsorted(self.classes_, y[~unlabeled])
+        labeled_idx = np.flatnonzero(~unlabeled)
+        if X_val is None and self.val_fraction > 0:
+            labeled_idx, val_idx = self._split_validation(labeled_idx, codes)
+            X_val_arr, val_codes = X[val_idx], codes[val_idx]
+        elif X_val is not None:
+            X_val_arr = validate_data(self, X_val, dtype=np.float32, reset=False)
+            val_codes = self._encode(y_val)
+        else:
+            X_val_arr = val_codes = None
+
+        device = resolve_device(self.device)
+        self.architecture_, self.training_options_ = self._resolve(X.shape[1], len(labeled_idx), int(unlabeled.sum()))
+        torch.manual_seed(self.random_state)
+        model = FlowGMM(self.architecture_)
+        model.set_standardization(torch.from_numpy(X))
+        model.to(device)
+        standardize = lambda a: model.standardize(torch.from_numpy(np.ascontiguousarray(a)).to(device))  # noqa: E731
+        validation = None
+        if X_val_arr is not None:
+            validation = (standardize(X_val_arr), torch.from_numpy(val_codes).to(device))
+        with torch.no_grad():
+            x_labeled, x_unlabeled = standardize(X[labeled_idx]), standardize(X[unlabeled])
+        self.history_ = fit_flowgmm(
+            model,
+            x_labeled,
+            torch.from_numpy(codes[labeled_idx]).to(device),
+            x_unlabeled,
+            self.training_options_,
+            validation=validation,
+            checkpoint=checkpoint,
+            resume=resume,
+            fingerprint=fingerprint,
+            callback=callback,
+        )
+        self.model_ = model
+        return self
+
+    def _resolve(self, dim: int, n_labeled: int, n_unlabeled: int) -> tuple[Architecture, TrainingOptions]:
+        """Fill the options left at ``None`` from the data's size and dimension."""
+        unlabeled_batch, labeled_batch = defaults.default_batch_sizes(n_labeled, n_unlabeled)
+        batch_size = self.batch_size or unlabeled_batch
+        epoch_rows, epoch_batch = (n_unlabeled, batch_size) if n_unlabeled else (n_labeled, self.labeled_batch_size or labeled_batch)
+        architecture = Architecture(
+            dim=dim,
+            n_classes=len(self.classes_),
+            coupling_layers=self.coupling_layers or defaults.default_coupling_layers(dim),
+            hidden=self.hidden or defaults.default_hidden(dim),
+            hidden_layers=self.hidden_layers,
+            dropout=self.dropout,
+            actnorm=self.actnorm,
+            permutation=self.permutation,
+            means_scale=defaults.default_means_scale(dim) if self.means_scale is None else self.means_scale,
+            variance=defaults.DEFAULT_VARIANCE if self.variance is None else self.variance,
+            learn_means=self.learn_means,
+            learn_weights=self.learn_weights,
+            seed=self.random_state,
+        )
+        options = TrainingOptions(
+            epochs=self.epochs or defaults.default_epochs(epoch_rows, epoch_batch),
+            batch_size=batch_size,
+            labeled_batch_size=self.labeled_batch_size or labeled_batch,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip,
+            unlabeled_weight=self.unlabeled_weight,
+            labeled_noise=defaults.DEFAULT_LABELED_NOISE if self.labeled_noise is None else self.labeled_noise,
+            seed=self.random_state,
+        )
+        return architecture, options
+
+    def _split_validation(self, labeled_idx: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Hold out ``val_fraction`` of each class's labeled rows, keeping at least one for training."""
+        rng = np.random.default_rng(self.random_state)
+        train_parts, val_parts = [], []
+        for code, name in enumerate(self.classes_):
+            rows = rng.permutation(labeled_idx[codes[labeled_idx] == code])
+            n_val = int(round(self.val_fraction * len(rows)))
+            if n_val >= len(rows):
+                raise InputError(
+                    f"Class '{name}' has no labeled row left after the validation split "
+                    f"({len(rows)} labeled); lower --val-fraction or label more rows of it."
+                )
+            val_parts.append(rows[:n_val])
+            train_parts.append(rows[n_val:])
+        return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))
+
+    def _encode(self, y: Any) -> np.ndarray:
+        y = np.asarray(y, dtype=object if np.asarray(y).dtype.kind in "OUS" else None)
+        known = np.isin(y, self.classes_)
+        if not known.all():
+            raise InputError(f"Validation label '{y[~known][0]}' is not a class of the training labels {list(self.classes_)}.")
+        return np.searchsorted(self.classes_, y).astype(np.int64)
+
+    # ---------------------------------------------------------------- inference
+    def _joint_log_prob(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        model = self.model_.eval()
+        device = next(model.parameters()).device
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, len(X), _PREDICT_CHUNK):
+                chunk = torch.from_numpy(X[start : start + _PREDICT_CHUNK]).to(device)
+                parts.append(model.joint_log_prob(chunk).double().cpu().numpy())
+        return np.concatenate(parts) if parts else np.empty((0, len(self.classes_)))
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """``log p(y=k | x)`` per row and class, columns in the order of ``classes_``."""
+        joint = self._joint_log_prob(X)
+        return joint - np.logaddexp.reduce(joint, axis=1, keepdims=True)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """``p(y=k | x)`` per row and class, columns in the order of ``classes_``."""
+        return np.exp(self.predict_log_proba(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row."""
+        return self.classes_[np.argmax(self._joint_log_prob(X), axis=1)]
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """``log p(x)`` per row under the fitted density (low values flag unusual inputs)."""
+        return np.logaddexp.reduce(self._joint_log_prob(X), axis=1)
+
+    def sample(self, n_samples: int = 1, random_state: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n_samples`` rows from the fitted model; returns ``(X, y)`` like GaussianMixture."""
+        check_is_fitted(self, "model_")
+        generator = torch.Generator().manual_seed(self.random_state if random_state is None else random_state)
+        X, codes = self.model_.sample(n_samples, generator=generator)
+        return X.cpu().numpy().astype(np.float64), self.classes_[codes.cpu().numpy()]
+
+    # --------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike, **header: Any) -> None:
+        """Write the fitted model to one safetensors file; extra ``header`` entries are stored too."""
+        check_is_fitted(self, "model_")
+        save_model(
+            self.model_,
+            path,
+            {
+                "classes": self.classes_.tolist(),
+                "feature_dim": int(self.n_features_in_),
+                "params": self.get_params(),
+                "training": self.training_options_.to_dict(),
+                **header,
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "FlowGMMClassifier":
+        """Read a model written by :meth:`save`; no code from the file is executed."""
+        model, header = load_model(path, resolve_device(device))
+        params = {k: v for k, v in header.get("params", {}).items() if k in cls._get_param_names()}
+        estimator = cls(**params)
+        estimator.model_ = model
+        estimator.classes_ = np.array(header["classes"], dtype=object if any(isinstance(c, str) for c in header["classes"]) else None)
+        estimator.n_features_in_ = int(header["feature_dim"])
+        estimator.architecture_ = model.architecture
+        estimator.training_options_ = TrainingOptions(**header["training"]) if "training" in header else None
+        estimator.header_ = header
+        return estimator
+
+
+def _unlabeled_mask(y: np.ndarray) -> np.ndarray:
+    """Rows marked ``-1`` (as a number or, in object arrays, the integer -1)."""
+    if y.dtype == object:
+        return np.array([isinstance(v, (int, np.integer)) and v == UNLABELED for v in y], dtype=bool)
+    return y == UNLABELED

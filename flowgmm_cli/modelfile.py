@@ -1,0 +1,77 @@
+"""The model file: tensors in safetensors, everything else in a JSON header; loading runs no code."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .atomic import atomic_path
+from .errors import InputError
+from .model import Architecture, FlowGMM
+
+__all__ = ["FORMAT_VERSION", "save_model", "load_model", "read_header"]
+
+FORMAT_VERSION = 1
+_HEADER_KEY = "flowgmm"
+
+
+def save_model(model: FlowGMM, path: str | os.PathLike, header: dict[str, Any]) -> None:
+    """Write ``model`` and ``header`` (class names, extractor, training options…) atomically."""
+    full_header = {
+        "format": "flowgmm",
+        "format_version": FORMAT_VERSION,
+        "architecture": model.architecture.to_dict(),
+        "temperature": float(model.prior.log_temperature.exp()),
+        **header,
+    }
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={_HEADER_KEY: json.dumps(full_header)})
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a model file, without building the model."""
+    with _open(path) as handle:
+        return _header(handle, path)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[FlowGMM, dict[str, Any]]:
+    """Rebuild the model from a file written by :func:`save_model`; returns ``(model, header)``."""
+    with _open(path) as handle:
+        header = _header(handle, path)
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    try:
+        model = FlowGMM(Architecture(**header["architecture"]))
+        model.load_state_dict(tensors, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise InputError(f"Model file '{path}' is damaged or from an incompatible version ({error}).") from None
+    return model.to(device).eval(), header
+
+
+def _open(path: str | os.PathLike):
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"Model file '{file}' does not exist; train one with 'flowgmm train'.")
+    try:
+        return safe_open(str(file), framework="pt")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise InputError(f"'{file}' is not a flowgmm model file (it is not in safetensors format: {error}).") from None
+
+
+def _header(handle, path: str | os.PathLike) -> dict[str, Any]:
+    metadata = handle.metadata() or {}
+    try:
+        header = json.loads(metadata[_HEADER_KEY])
+    except (KeyError, json.JSONDecodeError):
+        raise InputError(f"'{path}' is a safetensors file but not a flowgmm model (no flowgmm header).") from None
+    if header.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(
+            f"Model file '{path}' has format version {header['format_version']}; upgrade flowgmm to read it."
+        )
+    return header
