@@ -86,18 +86,18 @@ def train(
     seed: int = typer.Option(0, help="Seed of the means, the weights' init, batches and noise."),
     device: str = Device,
     resume: bool = typer.Option(False, help="Continue from OUTPUT.ckpt, the checkpoint an interrupted run left."),
-    coupling_layers: Optional[int] = typer.Option(None, min=1, show_default="auto: 6", help="Affine coupling layers."),
-    hidden: Optional[int] = typer.Option(None, min=1, show_default="auto: 256-1024 by dimension", help="Width of the s/t networks."),
-    hidden_layers: int = typer.Option(2, min=1, help="Hidden layers per s/t network."),
+    coupling_layers: Optional[int] = typer.Option(None, min=1, show_default="auto: 10 up to 8 features, else 6", help="Affine coupling layers."),
+    hidden: Optional[int] = typer.Option(None, min=1, show_default="auto: 512 up to 8 features, else 2*dim in [128, 512]", help="Width of the s/t networks."),
+    hidden_layers: Optional[int] = typer.Option(None, min=1, show_default="auto: 1", help="Hidden layers per s/t network."),
     dropout: float = typer.Option(0.0, min=0.0, max=0.9, help="Dropout inside the s/t networks."),
     actnorm: bool = typer.Option(False, help="ActNorm before each coupling."),
     permutation: str = typer.Option("reverse", help="Permutation between couplings: reverse or random."),
-    means_scale: Optional[float] = typer.Option(None, min=0.0, show_default="auto", help="Std of the fixed random class means."),
-    variance: Optional[float] = typer.Option(None, min=1e-6, show_default="auto", help="Variance of each mixture component."),
+    means_scale: Optional[float] = typer.Option(None, min=0.0, show_default="auto: closest means 7 std apart", help="Std of the fixed random class means (paper: 1)."),
+    variance: Optional[float] = typer.Option(None, min=1e-6, show_default="auto: 1.72", help="Variance of each mixture component."),
     learn_means: bool = typer.Option(False, help="Train the class means with the flow."),
     learn_weights: bool = typer.Option(False, help="Train the mixture weights (class imbalance)."),
-    unlabeled_weight: float = typer.Option(1.0, min=0.0, help="Weight of the unlabeled NLL in the loss."),
-    labeled_noise: Optional[float] = typer.Option(None, min=0.0, show_default="auto", help="Std of Gaussian noise on standardised labeled inputs."),
+    unlabeled_weight: Optional[float] = typer.Option(None, min=0.0, show_default="auto: 1 up to 8 features, else 0.3", help="Weight of the unlabeled NLL in the loss."),
+    labeled_noise: Optional[float] = typer.Option(None, min=0.0, show_default="auto: 1.2 x median neighbour distance / sqrt(dim)", help="Std of Gaussian noise on standardised labeled inputs."),
     batch_size: Optional[int] = typer.Option(None, min=1, show_default="auto: 256", help="Unlabeled rows per step."),
     labeled_batch_size: Optional[int] = typer.Option(None, min=1, show_default="auto: 64", help="Labeled rows per step."),
     lr: float = typer.Option(1e-3, min=0.0, help="AdamW learning rate (cosine schedule)."),
@@ -312,7 +312,8 @@ def demo(
 def main() -> None:
     """Entry point: run the app and turn errors into one sentence and an exit code."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, Click returns the code of a typer.Exit (130 for Ctrl-C).
+        code = app(standalone_mode=False)
     except InputError as error:
         _fail(str(error), 2)
     except TrainingDiverged as error:
@@ -323,10 +324,17 @@ def main() -> None:
         error.show()
         sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        _fail("Interrupted; outputs were left as they were (train --resume continues).", 130)
+        _fail(_INTERRUPTED, 130)
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(1)
+    if code == 130:
+        _fail(_INTERRUPTED, 130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+_INTERRUPTED = "Interrupted; no output was written (train --resume continues from the last epoch)."
 
 
 def _fail(message: str, code: int) -> None:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import defaults
 from .errors import InputError
-from .model import Architecture, FlowGMM
+from .model import Architecture, FlowGMM, standardization_stats
 from .modelfile import load_model, save_model
 from .training import TrainingCallback, TrainingOptions, fit_flowgmm
 
@@ -43,17 +45,21 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     dimension (see :mod:`flowgmm_cli.defaults`).
 
     Arguments:
-        coupling_layers: affine coupling layers (default: 6).
-        hidden: width of the s/t networks (default: from the dimension, 256 to 1024).
-        hidden_layers: hidden layers per s/t network.
+        coupling_layers: affine coupling layers (default: 10 up to 8 features, else 6).
+        hidden: width of the s/t networks (default: 512 up to 8 features, else 2·dim within [128, 512]).
+        hidden_layers: hidden layers per s/t network (default: 1).
         dropout: dropout inside the s/t networks.
         actnorm: add an ActNorm layer before each coupling.
         permutation: ``"reverse"`` or ``"random"`` fixed permutations between couplings.
-        means_scale: standard deviation of the fixed random class means in latent space.
-        variance: variance σ² of each mixture component.
+        means_scale: standard deviation of the fixed random class means in latent space (the
+            paper's 1). Default: the means are scaled so that the closest two lie 7 component
+            standard deviations apart.
+        variance: variance σ² of each mixture component (default: 1.72).
         learn_means, learn_weights: train the means / the mixture weights (class imbalance).
-        unlabeled_weight: weight of the unlabeled NLL in the loss (equation 4 uses 1).
-        labeled_noise: standard deviation of Gaussian noise added to standardised labeled inputs.
+        unlabeled_weight: weight of the unlabeled NLL in the loss (equation 4 uses 1; default:
+            1 up to 8 features, else 0.3).
+        labeled_noise: standard deviation of Gaussian noise added to standardised labeled inputs
+            (default: 1.2 × the median nearest-neighbour distance per √dimension).
         epochs: passes over the unlabeled rows (default: about 1,500 optimiser steps).
         batch_size, labeled_batch_size: unlabeled and labeled rows per step.
         lr, weight_decay, grad_clip: AdamW with a cosine schedule and gradient-norm clipping.
@@ -74,7 +80,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         self,
         coupling_layers: int | None = None,
         hidden: int | None = None,
-        hidden_layers: int = 2,
+        hidden_layers: int | None = None,
         dropout: float = 0.0,
         actnorm: bool = False,
         permutation: str = "reverse",
@@ -82,7 +88,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         variance: float | None = None,
         learn_means: bool = False,
         learn_weights: bool = False,
-        unlabeled_weight: float = 1.0,
+        unlabeled_weight: float | None = None,
         labeled_noise: float | None = None,
         epochs: int | None = None,
         batch_size: int | None = None,
@@ -134,9 +140,12 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         ``X_val``/``y_val`` (or ``val_fraction``) choose the best epoch. ``checkpoint`` saves the
         training state after each epoch; ``resume=True`` continues from it.
         """
+        if isinstance(y, (list, tuple)) and any(isinstance(v, str) for v in y):
+            y = np.array(list(y), dtype=object)  # keep -1 an integer beside string classes
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2, y_numeric=False)
         y = np.asarray(y, dtype=object) if y.dtype.kind in "OUS" else y
         unlabeled = _unlabeled_mask(y)
+        check_classification_targets(y[~unlabeled])
         self.classes_ = np.unique(y[~unlabeled])
         if len(self.classes_) < 2:
             raise InputError(
@@ -156,8 +165,11 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             X_val_arr = val_codes = None
 
         device = resolve_device(self.device)
-        self.architecture_, self.training_options_ = self._resolve(X.shape[1], len(labeled_idx), int(unlabeled.sum()))
         torch.manual_seed(self.random_state)
+        mean, scale = (t.numpy() for t in standardization_stats(torch.from_numpy(X)))
+        self.architecture_, self.training_options_ = self._resolve(
+            X.shape[1], len(labeled_idx), int(unlabeled.sum()), lambda: (X - mean) / scale
+        )
         model = FlowGMM(self.architecture_)
         model.set_standardization(torch.from_numpy(X))
         model.to(device)
@@ -182,8 +194,11 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = model
         return self
 
-    def _resolve(self, dim: int, n_labeled: int, n_unlabeled: int) -> tuple[Architecture, TrainingOptions]:
-        """Fill the options left at ``None`` from the data's size and dimension."""
+    def _resolve(
+        self, dim: int, n_labeled: int, n_unlabeled: int, standardized: Callable[[], np.ndarray]
+    ) -> tuple[Architecture, TrainingOptions]:
+        """Fill the options left at ``None`` from the data's size and dimension (see :mod:`.defaults`)."""
+        variance = defaults.DEFAULT_VARIANCE if self.variance is None else self.variance
         unlabeled_batch, labeled_batch = defaults.default_batch_sizes(n_labeled, n_unlabeled)
         batch_size = self.batch_size or unlabeled_batch
         epoch_rows, epoch_batch = (n_unlabeled, batch_size) if n_unlabeled else (n_labeled, self.labeled_batch_size or labeled_batch)
@@ -192,12 +207,13 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             n_classes=len(self.classes_),
             coupling_layers=self.coupling_layers or defaults.default_coupling_layers(dim),
             hidden=self.hidden or defaults.default_hidden(dim),
-            hidden_layers=self.hidden_layers,
+            hidden_layers=self.hidden_layers or 1,
             dropout=self.dropout,
             actnorm=self.actnorm,
             permutation=self.permutation,
-            means_scale=defaults.default_means_scale(dim) if self.means_scale is None else self.means_scale,
-            variance=defaults.DEFAULT_VARIANCE if self.variance is None else self.variance,
+            means_scale=1.0 if self.means_scale is None else self.means_scale,
+            means_separation=defaults.default_means_separation(dim) if self.means_scale is None else None,
+            variance=variance,
             learn_means=self.learn_means,
             learn_weights=self.learn_weights,
             seed=self.random_state,
@@ -209,8 +225,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             lr=self.lr,
             weight_decay=self.weight_decay,
             grad_clip=self.grad_clip,
-            unlabeled_weight=self.unlabeled_weight,
-            labeled_noise=defaults.DEFAULT_LABELED_NOISE if self.labeled_noise is None else self.labeled_noise,
+            unlabeled_weight=defaults.default_unlabeled_weight(dim) if self.unlabeled_weight is None else self.unlabeled_weight,
+            labeled_noise=defaults.default_labeled_noise(standardized(), self.random_state) if self.labeled_noise is None else self.labeled_noise,
             seed=self.random_state,
         )
         return architecture, options
@@ -221,7 +237,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         train_parts, val_parts = [], []
         for code, name in enumerate(self.classes_):
             rows = rng.permutation(labeled_idx[codes[labeled_idx] == code])
-            n_val = int(round(self.val_fraction * len(rows)))
+            n_val = math.ceil(self.val_fraction * len(rows))
             if n_val >= len(rows):
                 raise InputError(
                     f"Class '{name}' has no labeled row left after the validation split "
@@ -262,6 +278,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
+        check_is_fitted(self, "model_")
         return self.classes_[np.argmax(self._joint_log_prob(X), axis=1)]
 
     def score_samples(self, X: Any) -> np.ndarray:

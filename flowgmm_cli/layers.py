@@ -109,7 +109,7 @@ class ActNorm(FlowLayer):
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized) and x.shape[0] > 1:
+        if self.training and not bool(self.initialized) and x.reshape(-1, x.shape[-1]).shape[0] > 1:
             self._initialize(x)
         y = (x + self.bias) * self.log_scale.exp()
         return y, self.log_scale.sum().expand(x.shape[:-1])

@@ -10,7 +10,13 @@ from torch import Tensor, nn
 from .layers import build_realnvp
 from .prior import GaussianMixturePrior
 
-__all__ = ["Architecture", "FlowGMM"]
+__all__ = ["Architecture", "FlowGMM", "standardization_stats"]
+
+
+def standardization_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and standard deviation of ``x``; constant features get scale 1."""
+    std = x.std(dim=0, unbiased=False)
+    return x.mean(dim=0), torch.where(std > 1e-8, std, torch.ones_like(std))
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,7 @@ class Architecture:
     learn_means: bool = False
     learn_weights: bool = False
     seed: int = 0
+    means_separation: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,17 +62,17 @@ class FlowGMM(nn.Module):
             a.dim, a.coupling_layers, a.hidden, a.hidden_layers, a.dropout, a.actnorm, a.permutation, a.seed
         )
         self.prior = GaussianMixturePrior(
-            a.n_classes, a.dim, a.means_scale, a.variance, a.learn_means, a.learn_weights, a.seed
+            a.n_classes, a.dim, a.means_scale, a.variance, a.learn_means, a.learn_weights, a.seed, a.means_separation
         )
         self.register_buffer("feature_mean", torch.zeros(a.dim))
         self.register_buffer("feature_scale", torch.ones(a.dim))
 
     @torch.no_grad()
     def set_standardization(self, x: Tensor) -> None:
-        """Take mean and scale from training features; constant features keep scale 1."""
-        self.feature_mean.copy_(x.mean(dim=0))
-        std = x.std(dim=0, unbiased=False)
-        self.feature_scale.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
+        """Take mean and scale from training features (see :func:`standardization_stats`)."""
+        mean, scale = standardization_stats(x)
+        self.feature_mean.copy_(mean)
+        self.feature_scale.copy_(scale)
 
     def standardize(self, x: Tensor) -> Tensor:
         return (x - self.feature_mean) / self.feature_scale

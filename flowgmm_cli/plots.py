@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
@@ -32,13 +33,15 @@ def plot_decision_boundaries(
     points = np.column_stack([xx.ravel(), yy.ravel()]).astype(np.float32)
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
     for axis, (title, model) in zip(axes[0], panels):
+        n_classes = len(model.classes_)
+        colours = ListedColormap(plt.get_cmap("tab10").colors[:n_classes])
         region = np.searchsorted(model.classes_, model.predict(points)).reshape(xx.shape)
         density = model.score_samples(points).reshape(xx.shape)
-        axis.contourf(xx, yy, region, levels=np.arange(len(model.classes_) + 1) - 0.5, cmap="tab10", alpha=0.25)
+        axis.contourf(xx, yy, region, levels=np.arange(n_classes + 1) - 0.5, cmap=colours, alpha=0.25)
         axis.contour(xx, yy, np.clip(density, np.percentile(density, 20), None), levels=8, colors="k", linewidths=0.4, alpha=0.5)
         axis.scatter(X[:, 0], X[:, 1], s=3, c="tab:gray", alpha=0.5, label="unlabeled")
         codes = np.searchsorted(model.classes_, y_labeled)
-        axis.scatter(X[labeled, 0], X[labeled, 1], s=60, c=codes, cmap="tab10", vmin=0, vmax=9, marker="^", edgecolors="k", label="labeled")
+        axis.scatter(X[labeled, 0], X[labeled, 1], s=60, c=codes, cmap=colours, vmin=-0.5, vmax=n_classes - 0.5, marker="^", edgecolors="k", label="labeled")
         axis.set_title(title)
         axis.set_xticks([])
         axis.set_yticks([])

@@ -26,6 +26,8 @@ class GaussianMixturePrior(nn.Module):
         learn_means: train the means with the flow.
         learn_weights: train the mixture weights (helps with class imbalance).
         seed: seed of the means' draw.
+        separation: if given, ignore ``means_scale`` and scale the drawn means so that the
+            closest two are ``separation`` component standard deviations apart.
 
     Example:
         >>> prior = GaussianMixturePrior(n_classes=3, dim=2)
@@ -42,13 +44,19 @@ class GaussianMixturePrior(nn.Module):
         learn_means: bool = False,
         learn_weights: bool = False,
         seed: int = 0,
+        separation: float | None = None,
     ) -> None:
         super().__init__()
         if n_classes < 1 or dim < 1:
             raise ValueError("a mixture needs at least one class and one dimension")
         if variance <= 0 or means_scale < 0:
             raise ValueError("variance must be positive and means_scale non-negative")
-        means = _spread_means(n_classes, dim, seed) * means_scale
+        means = _spread_means(n_classes, dim, seed)
+        if separation is not None and n_classes > 1:
+            closest = torch.pdist(means).min()
+            means = means * (separation * math.sqrt(variance) / closest)
+        else:
+            means = means * means_scale
         logits = torch.zeros(n_classes)
         self.means = nn.Parameter(means, requires_grad=learn_means)
         self.weight_logits = nn.Parameter(logits, requires_grad=learn_weights)
@@ -103,5 +111,5 @@ def _spread_means(n_classes: int, dim: int, seed: int, draws: int = 64) -> Tenso
     candidates = torch.randn(draws, n_classes, dim, generator=generator)
     if n_classes < 2:
         return candidates[0]
-    distances = torch.cdist(candidates, candidates) + torch.eye(n_classes) * float("inf")
+    distances = torch.cdist(candidates, candidates).masked_fill(torch.eye(n_classes, dtype=torch.bool), float("inf"))
     return candidates[distances.amin(dim=(1, 2)).argmax()]

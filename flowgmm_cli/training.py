@@ -91,6 +91,8 @@ def fit_flowgmm(
     kept; otherwise those of the last epoch. With ``checkpoint`` the state is saved after every
     epoch, and ``resume=True`` continues from it to the same result as an uninterrupted run.
     """
+    if validation is not None and len(validation[0]) == 0:
+        raise ValueError("the validation set is empty; pass validation=None to keep the last epoch")
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(options.seed)
     torch.manual_seed(options.seed)
