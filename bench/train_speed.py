@@ -88,9 +88,9 @@ class Shape:
 
 
 SHAPES = [
-    Shape("D=384 L=7 k=1024", dim=384, coupling_layers=7, hidden=1024, hidden_layers=2,
+    Shape("D=384 L=7 k=1024", dim=384, coupling_layers=7, hidden=1024, hidden_layers=1,
           unlabeled_batch=5000, labeled_batch=200, n_classes=4, target=0.85),
-    Shape("D=10 L=10 k=256", dim=10, coupling_layers=10, hidden=256, hidden_layers=2,
+    Shape("D=10 L=10 k=256", dim=10, coupling_layers=10, hidden=256, hidden_layers=1,
           unlabeled_batch=5000, labeled_batch=20, n_classes=2, target=0.75),
 ]
 

@@ -7,7 +7,6 @@ bad input, 1 any other failure, 130 interrupted.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import sys
 from pathlib import Path
@@ -18,12 +17,13 @@ import numpy as np
 import typer
 
 from . import __version__
-from .atomic import atomic_path, check_output_path
+from .atomic import check_output_path
 from .errors import InputError, TrainingDiverged
 from .estimator import UNLABELED, FlowGMMClassifier
 from .features import FeatureFile, align_labels, read_features, read_labels
 from .metrics import classification_report
 from .modelfile import read_header
+from .predictions import prediction_table, write_table
 from .progress import TrainingProgress, stderr_console
 
 app = typer.Typer(
@@ -82,11 +82,11 @@ def train(
     val: Optional[Path] = typer.Option(None, help="Feature file of validation rows to choose the best epoch."),
     val_labels: Optional[Path] = typer.Option(None, help="Labels CSV for --val (else its /labels)."),
     val_fraction: float = typer.Option(0.0, min=0.0, max=0.9, help="Hold out this share of each class's labeled rows to choose the best epoch."),
-    epochs: Optional[int] = typer.Option(None, min=1, show_default="auto: about 1,500 steps", help="Passes over the unlabeled rows."),
+    epochs: Optional[int] = typer.Option(None, min=1, show_default="auto: about 3,000 steps", help="Passes over the unlabeled rows."),
     seed: int = typer.Option(0, help="Seed of the means, the weights' init, batches and noise."),
     device: str = Device,
     resume: bool = typer.Option(False, help="Continue from OUTPUT.ckpt, the checkpoint an interrupted run left."),
-    coupling_layers: Optional[int] = typer.Option(None, min=1, show_default="auto: 10 up to 8 features, else 6", help="Affine coupling layers."),
+    coupling_layers: Optional[int] = typer.Option(None, min=1, show_default="auto: 10 up to 8 features, else 8", help="Affine coupling layers."),
     hidden: Optional[int] = typer.Option(None, min=1, show_default="auto: 512 up to 8 features, else 2*dim in [128, 512]", help="Width of the s/t networks."),
     hidden_layers: Optional[int] = typer.Option(None, min=1, show_default="auto: 1", help="Hidden layers per s/t network."),
     dropout: float = typer.Option(0.0, min=0.0, max=0.9, help="Dropout inside the s/t networks."),
@@ -110,6 +110,8 @@ def train(
         raise InputError(f"--permutation must be 'reverse' or 'random', not '{permutation}'.")
     check_output_path(output)
     feature_file = read_features(features)
+    if labels is None and feature_file.labels is None:
+        raise InputError(f"Feature file '{features}' has no /labels; pass --labels LABELS.csv (columns id,label).")
     names = align_labels(feature_file, read_labels(labels) if labels else None, str(labels), allow_missing)
     y = _semi_supervised_targets(names, feature_file.path, labels)
     X_val = y_val = None
@@ -217,22 +219,10 @@ def predict(
         check_output_path(output)
     feature_file = read_features(features)
     estimator = _load_for(model, feature_file, device)
-    joint = estimator._joint_log_prob(feature_file.features)
-    log_px = np.logaddexp.reduce(joint, axis=1)
-    proba = np.exp(joint - log_px[:, None])
-    classes = [str(c) for c in estimator.classes_]
-    table = {"id": feature_file.ids, "label": np.array(classes, dtype=object)[proba.argmax(1)], "confidence": proba.max(1)}
-    table.update({f"p_{name}": proba[:, k] for k, name in enumerate(classes)})
-    table["log_px"] = log_px
-    import pandas as pd
-
-    frame = pd.DataFrame(table)
-    if output == "-":
-        frame.to_csv(sys.stdout, index=False, float_format="%.6g")
-        return
-    with atomic_path(output) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
-    stderr_console(quiet).print(f"wrote {len(frame)} predictions to {output}")
+    frame = prediction_table(estimator, feature_file.ids, feature_file.features)
+    write_table(frame, output)
+    if output != "-":
+        stderr_console(quiet).print(f"wrote {len(frame)} predictions to {output}")
 
 
 @app.command()

@@ -6,14 +6,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from rich.console import Console
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from .atomic import atomic_path
 from .estimator import UNLABELED, FlowGMMClassifier
 from .plots import plot_decision_boundaries
+from .predictions import prediction_table, write_table
 from .toy_data import TOY_DATASETS, make_toy, pick_labeled
 
 __all__ = ["run_demo", "digits_split"]
@@ -43,16 +42,6 @@ def _fit_pair(X: np.ndarray, partial: np.ndarray, seed: int) -> tuple[FlowGMMCla
     return semi, supervised
 
 
-def _write_predictions(model: FlowGMMClassifier, X: np.ndarray, path: Path) -> None:
-    proba = model.predict_proba(X)
-    frame = pd.DataFrame({"id": np.arange(len(X)), "label": model.classes_[proba.argmax(1)], "confidence": proba.max(1)})
-    for k, name in enumerate(model.classes_):
-        frame[f"p_{name}"] = proba[:, k]
-    frame["log_px"] = model.score_samples(X)
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
-
-
 def run_demo(output: Path, console: Console, seed: int = 0) -> list[dict]:
     """Run every demo case, write ``<case>_predictions.csv`` and ``<case>_boundary.png``; return the scores."""
     results = []
@@ -64,7 +53,7 @@ def run_demo(output: Path, console: Console, seed: int = 0) -> list[dict]:
         partial = np.full_like(y, UNLABELED)
         partial[labeled] = y[labeled]
         semi, supervised = _fit_pair(X, partial, seed)
-        _write_predictions(semi, X, output / f"{name}_predictions.csv")
+        write_table(prediction_table(semi, np.arange(len(X)), X), output / f"{name}_predictions.csv")
         plot_decision_boundaries(
             [("FlowGMM (labeled + unlabeled)", semi), ("labeled only", supervised)],
             X, labeled, y[labeled], output / f"{name}_boundary.png",
@@ -74,7 +63,7 @@ def run_demo(output: Path, console: Console, seed: int = 0) -> list[dict]:
     start = time.perf_counter()
     X_pool, partial, _, X_test, y_test = digits_split(seed)
     semi, supervised = _fit_pair(X_pool, partial, seed)
-    _write_predictions(semi, X_test, output / "digits_predictions.csv")
+    write_table(prediction_table(semi, np.arange(len(X_test)), X_test), output / "digits_predictions.csv")
     results.append(_row("digits", int((partial != UNLABELED).sum()), semi.score(X_test, y_test), supervised.score(X_test, y_test)))
     console.print(f"digits: FlowGMM {results[-1]['flowgmm']:.3f}, labeled-only {results[-1]['labeled_only']:.3f} ({time.perf_counter() - start:.0f} s)")
     return results

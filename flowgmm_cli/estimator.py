@@ -45,7 +45,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     dimension (see :mod:`flowgmm_cli.defaults`).
 
     Arguments:
-        coupling_layers: affine coupling layers (default: 10 up to 8 features, else 6).
+        coupling_layers: affine coupling layers (default: 10 up to 8 features, else 8).
         hidden: width of the s/t networks (default: 512 up to 8 features, else 2·dim within [128, 512]).
         hidden_layers: hidden layers per s/t network (default: 1).
         dropout: dropout inside the s/t networks.
@@ -60,7 +60,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             1 up to 8 features, else 0.3).
         labeled_noise: standard deviation of Gaussian noise added to standardised labeled inputs
             (default: 1.2 × the median nearest-neighbour distance per √dimension).
-        epochs: passes over the unlabeled rows (default: about 1,500 optimiser steps).
+        epochs: passes over the unlabeled rows (default: about 3,000 optimiser steps).
         batch_size, labeled_batch_size: unlabeled and labeled rows per step.
         lr, weight_decay, grad_clip: AdamW with a cosine schedule and gradient-norm clipping.
         val_fraction: share of the labeled rows held out (stratified) to choose the best epoch.
@@ -255,7 +255,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         return np.searchsorted(self.classes_, y).astype(np.int64)
 
     # ---------------------------------------------------------------- inference
-    def _joint_log_prob(self, X: Any) -> np.ndarray:
+    def joint_log_prob(self, X: Any) -> np.ndarray:
+        """``log p(x, y=k)`` per row and class: the one pass that probabilities and ``log p(x)`` share."""
         check_is_fitted(self, "model_")
         X = validate_data(self, X, dtype=np.float32, reset=False)
         model = self.model_.eval()
@@ -269,7 +270,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """``log p(y=k | x)`` per row and class, columns in the order of ``classes_``."""
-        joint = self._joint_log_prob(X)
+        joint = self.joint_log_prob(X)
         return joint - np.logaddexp.reduce(joint, axis=1, keepdims=True)
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -279,11 +280,11 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
         check_is_fitted(self, "model_")
-        return self.classes_[np.argmax(self._joint_log_prob(X), axis=1)]
+        return self.classes_[np.argmax(self.joint_log_prob(X), axis=1)]
 
     def score_samples(self, X: Any) -> np.ndarray:
         """``log p(x)`` per row under the fitted density (low values flag unusual inputs)."""
-        return np.logaddexp.reduce(self._joint_log_prob(X), axis=1)
+        return np.logaddexp.reduce(self.joint_log_prob(X), axis=1)
 
     def sample(self, n_samples: int = 1, random_state: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n_samples`` rows from the fitted model; returns ``(X, y)`` like GaussianMixture."""

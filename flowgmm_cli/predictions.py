@@ -1,0 +1,41 @@
+"""The predictions table (``id,label,confidence,p_<class>...,log_px``) shared by ``predict`` and the demo."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .atomic import atomic_path
+from .estimator import FlowGMMClassifier
+
+__all__ = ["prediction_table", "write_table"]
+
+
+def prediction_table(estimator: FlowGMMClassifier, ids: Any, X: np.ndarray) -> pd.DataFrame:
+    """One row per input row, in input order: the predicted class, its probability, every class's
+    probability and ``log p(x)``, from a single pass through the flow."""
+    joint = estimator.joint_log_prob(X)
+    log_px = np.logaddexp.reduce(joint, axis=1)
+    proba = np.exp(joint - log_px[:, None])
+    classes = [str(c) for c in estimator.classes_]
+    columns: dict[str, Any] = {
+        "id": np.asarray(ids),
+        "label": np.array(classes, dtype=object)[proba.argmax(axis=1)],
+        "confidence": proba.max(axis=1),
+    }
+    columns.update({f"p_{name}": proba[:, k] for k, name in enumerate(classes)})
+    columns["log_px"] = log_px
+    return pd.DataFrame(columns)
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write CSV to ``path`` atomically, or to standard output when ``path`` is ``-``."""
+    if str(path) == "-":
+        frame.to_csv(sys.stdout, index=False, float_format="%.6g")
+        return
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
