@@ -10,7 +10,9 @@ For each shape this measures, side by side and interleaved step by step:
 * **bound**: the same s/t networks as plain tensors -- per coupling layer the weights of
   ``split -> hidden (-> hidden)* -> 2 * (dim - split)`` with ``requires_grad`` -- run forward
   with ``torch.addmm``/``torch.relu`` on a ``(batch rows, split)`` input, summed, and run
-  backward. No coupling algebra, no permutations, no prior, no loss, no clipping, no optimizer.
+  backward. No coupling algebra, no permutations, no prior, no loss, no clipping, no optimizer,
+  no gradient for the input. The first layer's weight gradient uses the same fast layout as the
+  model's ``NarrowInputLinear``, so the bound stays a bound.
 
 The bound step runs inside the same callback, right after each real step, so the two
 alternate (bound, real, bound, real, ...) and share whatever load the machine has.
@@ -30,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -45,7 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from flowgmm_cli.layers import _NarrowInputLinearFunction  # noqa: E402
 from flowgmm_cli.model import Architecture, FlowGMM  # noqa: E402
+
+narrow_linear = _NarrowInputLinearFunction.apply
 from flowgmm_cli.training import EpochReport, TrainingOptions, fit_flowgmm  # noqa: E402
 
 
@@ -121,7 +127,8 @@ class BoundNetworks:
         for linears, x in zip(self.layers, self.inputs):
             h = x
             for index, (weight, bias) in enumerate(linears):
-                h = torch.addmm(bias, h, weight.t())
+                # the first layer's weight gradient in the fastest layout, as the model computes it
+                h = narrow_linear(h, weight, bias) if index == 0 else torch.addmm(bias, h, weight.t())
                 if index < len(linears) - 1:
                     h = torch.relu(h)
             part = h.sum()
@@ -271,12 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", action="append", choices=[s.name for s in SHAPES],
                         help="only this shape (repeatable; default all)")
     parser.add_argument("--no-predict", action="store_true", help="skip the predict measurement")
+    parser.add_argument("--hidden-layers", type=int, default=1,
+                        help="hidden layers per s/t network (default 1, the project's default)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
 
     torch.set_num_threads(args.threads)
-    shapes = [s for s in SHAPES if not args.shape or s.name in args.shape]
+    shapes = [dataclasses.replace(s, hidden_layers=args.hidden_layers) for s in SHAPES if not args.shape or s.name in args.shape]
     results, predict = [], None
     for shape in shapes:
         result, model = measure_training(shape, args.repeats)
@@ -284,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         if args.json:
             print(json.dumps(result), flush=True)
-        if shape is SHAPES[0] and not args.no_predict:
+        if shape.name == SHAPES[0].name and not args.no_predict:
             predict = measure_predict(shape, model, args.predict_rows, args.repeats)
             predict["threads"] = args.threads
         del model

@@ -275,3 +275,23 @@ def test_build_realnvp_structure_and_arguments():
 def test_affine_coupling_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         AffineCoupling(hidden=8, **kwargs)
+
+
+def test_narrow_input_linear_matches_nn_linear_and_passes_gradcheck(float64):
+    """The reordered backward of the s/t networks' first layer computes the same gradients."""
+    from flowgmm_cli.layers import NarrowInputLinear, _NarrowInputLinearFunction
+
+    torch.manual_seed(0)
+    layer = NarrowInputLinear(5, 7)
+    reference = torch.nn.Linear(5, 7)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 11, 5, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    layer(x).sin().sum().backward()
+    reference(x_ref).sin().sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad)
+    assert torch.allclose(layer.weight.grad, reference.weight.grad)
+    assert torch.allclose(layer.bias.grad, reference.bias.grad)
+    rows = torch.randn(13, 5, requires_grad=True)
+    weight, bias = torch.randn(7, 5, requires_grad=True), torch.randn(7, requires_grad=True)
+    assert torch.autograd.gradcheck(_NarrowInputLinearFunction.apply, (rows, weight, bias))
