@@ -18,7 +18,7 @@ demo: install
 
 # pytest exits 5 when it collects no test (e.g. a filtered run): report it instead of failing CI.
 test: install
-	$(BIN)/python -m pytest -q -n 2 flowgmm_cli extractors tests; rc=$$?; \
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal flowgmm_cli extractors tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 bench: install
