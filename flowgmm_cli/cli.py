@@ -108,6 +108,8 @@ def train(
     """Fit FlowGMM on labeled and unlabeled rows by their exact joint likelihood (paper, equation 4)."""
     if permutation not in ("reverse", "random"):
         raise InputError(f"--permutation must be 'reverse' or 'random', not '{permutation}'.")
+    if val_labels is not None and val is None:
+        raise InputError("--val-labels needs --val FEATURES.h5, the validation rows it labels.")
     check_output_path(output)
     feature_file = read_features(features)
     if labels is None and feature_file.labels is None:

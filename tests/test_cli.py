@@ -178,6 +178,7 @@ def bad_cases(w: dict[str, Path]) -> dict[str, tuple[list, Path | None]]:
         "evaluate with an unknown class": (["evaluate", w["model"], w["features"], "--labels", csv("l8.csv", "id,label\nr0,martian\n")], None),
         "resume with a checkpoint from other data": train(w["features"], w["labels.csv"], "other.flowgmm", "--resume"),
         "unknown device": train(w["features"], w["labels.csv"], "o21.flowgmm", "--device", "tpu"),
+        "validation labels without validation rows": train(w["features"], w["labels.csv"], "o22.flowgmm", "--val-labels", w["labels.csv"]),
     }
 
 
@@ -219,3 +220,17 @@ def test_non_numeric_message_names_the_column(workspace, capsys):
     (f / "mixed.csv").write_text("id,a,colour\nx0,1,red\n")
     code, _, err = run_cli(["embed", "--model", "tabular", f / "mixed.csv", "-o", f / "mixed.h5"], capsys)
     assert code == 2 and "'colour'" in err
+
+
+def test_validation_file_chooses_the_best_epoch(workspace, capsys):
+    """--val with --val-labels: training reports validation accuracy and keeps the best epoch."""
+    w = workspace
+    out = w["folder"] / "val.flowgmm"
+    code, _, err = run_cli(["train", w["features"], "--labels", w["labels.csv"], "--val", w["features"],
+                            "--val-labels", w["labels.csv"], "-o", out, *FAST[:-1]], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "best epoch" in err and "val acc" in err
+    from flowgmm_cli.modelfile import read_header
+
+    history = read_header(out)["history"]
+    assert all(h["val_accuracy"] is not None for h in history)
