@@ -91,7 +91,7 @@ def train(
     hidden_layers: Optional[int] = typer.Option(None, min=1, show_default="auto: 1", help="Hidden layers per s/t network."),
     dropout: float = typer.Option(0.0, min=0.0, max=0.9, help="Dropout inside the s/t networks."),
     actnorm: bool = typer.Option(False, help="ActNorm before each coupling."),
-    permutation: str = typer.Option("reverse", help="reverse: couplings alternate halves; random: fixed random permutations between them."),
+    permutation: str = typer.Option("reverse", help="Between couplings: reverse the features, or a fixed random permutation."),
     means_scale: Optional[float] = typer.Option(None, min=0.0, show_default="auto: closest means 7 std apart", help="Std of the fixed random class means (paper: 1)."),
     variance: Optional[float] = typer.Option(None, min=1e-6, show_default="auto: 1.72", help="Variance of each mixture component."),
     learn_means: bool = typer.Option(False, help="Train the class means with the flow."),

@@ -50,8 +50,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         hidden_layers: hidden layers per s/t network (default: 1).
         dropout: dropout inside the s/t networks.
         actnorm: add an ActNorm layer before each coupling.
-        permutation: ``"reverse"`` (couplings alternate which half conditions the other) or
-            ``"random"`` (fixed random permutations between couplings).
+        permutation: ``"reverse"`` or ``"random"`` fixed permutations between couplings.
         means_scale: standard deviation of the fixed random class means in latent space (the
             paper's 1). Default: the means are scaled so that the closest two lie 7 component
             standard deviations apart.

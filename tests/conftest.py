@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-# The project runs pytest with --import-mode=importlib, which puts no test folder on sys.path:
-# add this one so the tests can import flowgmm_testutils, and the repository root so the
-# package imports even without the editable install.
+# Put this folder on sys.path so the tests can import flowgmm_testutils, and the repository
+# root so the package imports even without the editable install.
 _HERE = Path(__file__).resolve().parent
 for _path in (str(_HERE.parent), str(_HERE)):
     if _path not in sys.path:
