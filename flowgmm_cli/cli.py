@@ -274,13 +274,20 @@ def info(
         f"classes      {', '.join(map(str, header.get('classes', [])))}",
         f"features     {header.get('feature_dim')}-d from extractor '{header.get('extractor') or '?'}'",
         f"flow         {arch.get('coupling_layers')} couplings, hidden {arch.get('hidden')} x {arch.get('hidden_layers')}",
-        f"mixture      means scale {arch.get('means_scale')}, variance {arch.get('variance')}, temperature {header.get('temperature')}",
+        f"mixture      {_means_summary(arch)}, variance {arch.get('variance')}, temperature {header.get('temperature')}",
         f"rows         {header.get('n_labeled')} labeled, {header.get('n_unlabeled')} unlabeled",
         f"training     {json.dumps(header.get('training', {}))}",
     ]
     if history:
         lines.append(f"final loss   {history[-1]['loss']:.4f} nats/dim after {len(history)} epochs")
     typer.echo("\n".join(lines))
+
+
+def _means_summary(architecture: dict) -> str:
+    separation = architecture.get("means_separation")
+    if separation is not None:
+        return f"closest means {separation} std apart"
+    return f"means scale {architecture.get('means_scale')}"
 
 
 @app.command()

@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "LOW_DIM",
+    "DEFAULT_HIDDEN_LAYERS",
     "DEFAULT_VARIANCE",
     "default_hidden",
     "default_coupling_layers",
@@ -33,6 +34,8 @@ __all__ = [
 LOW_DIM = 8
 #: Optimiser steps a default run aims at.
 TARGET_STEPS = 3000
+#: Hidden layers per s/t network; one beat two on digits (83.2 vs 82.4 validation accuracy).
+DEFAULT_HIDDEN_LAYERS = 1
 #: Component variance σ²; 1.72 (the paper's tabular code's effective value) beat the paper's 1 on digits.
 DEFAULT_VARIANCE = 1.72
 #: Labeled-row noise in units of the median nearest-neighbour distance per √dimension.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,24 +166,25 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
         device = resolve_device(self.device)
         torch.manual_seed(self.random_state)
-        mean, scale = (t.numpy() for t in standardization_stats(torch.from_numpy(X)))
+        features = torch.from_numpy(X)
+        mean, scale = standardization_stats(features)
+        standardized = (features - mean) / scale  # once, for the defaults and for training
         self.architecture_, self.training_options_ = self._resolve(
-            X.shape[1], len(labeled_idx), int(unlabeled.sum()), lambda: (X - mean) / scale
+            X.shape[1], len(labeled_idx), int(unlabeled.sum()), standardized.numpy()
         )
         model = FlowGMM(self.architecture_)
-        model.set_standardization(torch.from_numpy(X))
+        model.set_standardization(mean, scale)
         model.to(device)
-        standardize = lambda a: model.standardize(torch.from_numpy(np.ascontiguousarray(a)).to(device))  # noqa: E731
         validation = None
         if X_val_arr is not None:
-            validation = (standardize(X_val_arr), torch.from_numpy(val_codes).to(device))
-        with torch.no_grad():
-            x_labeled, x_unlabeled = standardize(X[labeled_idx]), standardize(X[unlabeled])
+            with torch.no_grad():
+                u_val = model.standardize(torch.from_numpy(np.ascontiguousarray(X_val_arr)).to(device))
+            validation = (u_val, torch.from_numpy(val_codes).to(device))
         self.history_ = fit_flowgmm(
             model,
-            x_labeled,
+            standardized[labeled_idx].to(device),
             torch.from_numpy(codes[labeled_idx]).to(device),
-            x_unlabeled,
+            standardized[torch.from_numpy(unlabeled)].to(device),
             self.training_options_,
             validation=validation,
             checkpoint=checkpoint,
@@ -195,7 +196,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _resolve(
-        self, dim: int, n_labeled: int, n_unlabeled: int, standardized: Callable[[], np.ndarray]
+        self, dim: int, n_labeled: int, n_unlabeled: int, standardized: np.ndarray
     ) -> tuple[Architecture, TrainingOptions]:
         """Fill the options left at ``None`` from the data's size and dimension (see :mod:`.defaults`)."""
         variance = defaults.DEFAULT_VARIANCE if self.variance is None else self.variance
@@ -207,7 +208,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             n_classes=len(self.classes_),
             coupling_layers=self.coupling_layers or defaults.default_coupling_layers(dim),
             hidden=self.hidden or defaults.default_hidden(dim),
-            hidden_layers=self.hidden_layers or 1,
+            hidden_layers=self.hidden_layers or defaults.DEFAULT_HIDDEN_LAYERS,
             dropout=self.dropout,
             actnorm=self.actnorm,
             permutation=self.permutation,
@@ -226,7 +227,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             weight_decay=self.weight_decay,
             grad_clip=self.grad_clip,
             unlabeled_weight=defaults.default_unlabeled_weight(dim) if self.unlabeled_weight is None else self.unlabeled_weight,
-            labeled_noise=defaults.default_labeled_noise(standardized(), self.random_state) if self.labeled_noise is None else self.labeled_noise,
+            labeled_noise=defaults.default_labeled_noise(standardized, self.random_state) if self.labeled_noise is None else self.labeled_noise,
             seed=self.random_state,
         )
         return architecture, options
@@ -279,8 +280,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
-        check_is_fitted(self, "model_")
-        return self.classes_[np.argmax(self.joint_log_prob(X), axis=1)]
+        joint = self.joint_log_prob(X)
+        return self.classes_[np.argmax(joint, axis=1)]
 
     def score_samples(self, X: Any) -> np.ndarray:
         """``log p(x)`` per row under the fitted density (low values flag unusual inputs)."""

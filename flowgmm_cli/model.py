@@ -69,9 +69,8 @@ class FlowGMM(nn.Module):
         self.register_buffer("feature_scale", torch.ones(a.dim))
 
     @torch.no_grad()
-    def set_standardization(self, x: Tensor) -> None:
-        """Take mean and scale from training features (see :func:`standardization_stats`)."""
-        mean, scale = standardization_stats(x)
+    def set_standardization(self, mean: Tensor, scale: Tensor) -> None:
+        """Store the input statistics, usually ``standardization_stats(training_features)``."""
         self.feature_mean.copy_(mean)
         self.feature_scale.copy_(scale)
 

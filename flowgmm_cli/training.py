@@ -118,15 +118,15 @@ def fit_flowgmm(
             step = (epoch - 1) * steps_per_epoch + step_in_epoch
             if labeled_cursor + labeled_batch > len(labeled_order):
                 labeled_order, labeled_cursor = torch.randperm(n_labeled, generator=generator), 0
-            labeled_rows = labeled_order[labeled_cursor : labeled_cursor + labeled_batch]
+            labeled_rows = labeled_order[labeled_cursor : labeled_cursor + labeled_batch].to(device)
             labeled_cursor += labeled_batch
             unlabeled_rows = unlabeled_order[step_in_epoch * unlabeled_batch : (step_in_epoch + 1) * unlabeled_batch]
-            x_l = x_labeled[labeled_rows.to(device)]
+            x_l = x_labeled[labeled_rows]
             if options.labeled_noise > 0:
                 x_l = x_l + options.labeled_noise * torch.randn(x_l.shape, generator=generator).to(device)
             batch = torch.cat([x_l, x_unlabeled[unlabeled_rows.to(device)]]) if len(unlabeled_rows) else x_l
             joint = model.joint_log_prob_standardized(batch)
-            labeled_nll = -joint[: len(x_l)].gather(1, y_labeled[labeled_rows.to(device)].unsqueeze(1)).mean()
+            labeled_nll = -joint[: len(x_l)].gather(1, y_labeled[labeled_rows].unsqueeze(1)).mean()
             unlabeled_nll = -torch.logsumexp(joint[len(x_l) :], dim=1).mean() if len(unlabeled_rows) else joint.new_zeros(())
             loss = (labeled_nll + options.unlabeled_weight * unlabeled_nll) / dim
             if not torch.isfinite(loss):

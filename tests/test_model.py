@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from torch.autograd.functional import jacobian
 
 from flowgmm_cli.errors import InputError
-from flowgmm_cli.model import Architecture, FlowGMM
+from flowgmm_cli.model import Architecture, FlowGMM, standardization_stats
 from flowgmm_cli.modelfile import load_model, read_header, save_model
 from flowgmm_testutils import perturb_
 
@@ -34,7 +34,7 @@ def _model(dim: int = 3, actnorm: bool = True, **kwargs) -> FlowGMM:
     architecture = Architecture(dim=dim, n_classes=3, coupling_layers=3, hidden=8, actnorm=actnorm, **kwargs)
     model = FlowGMM(architecture)
     x = _features(200)[:, :dim]
-    model.set_standardization(x)
+    model.set_standardization(*standardization_stats(x))
     model.train()
     with torch.no_grad():
         model.flow(model.standardize(x))  # ActNorm's data-dependent initialisation
@@ -69,7 +69,7 @@ def test_density_integrates_to_one_in_feature_space(float64):
     """On a 2-D model, ∫ p(x) dx over a wide grid is 1: the standardisation's Jacobian is counted once."""
     torch.manual_seed(0)
     model = FlowGMM(Architecture(dim=2, n_classes=2, coupling_layers=2, hidden=8))
-    model.set_standardization(_features(300)[:, :2])  # scales 3 and 0.5, offsets 5 and -2
+    model.set_standardization(*standardization_stats(_features(300)[:, :2]))  # scales 3 and 0.5, offsets 5 and -2
     perturb_(model.flow, scale=0.05, seed=2)
     model.eval()
     mean, scale = model.feature_mean, model.feature_scale
@@ -118,7 +118,7 @@ def test_sample_returns_feature_space_points_and_classes():
 def test_standardization_keeps_constant_features_at_scale_one():
     model = FlowGMM(Architecture(dim=3, n_classes=2, coupling_layers=1, hidden=4))
     x = torch.tensor([[1.0, 7.0, 2.0], [3.0, 7.0, 4.0], [5.0, 7.0, 9.0]])
-    model.set_standardization(x)
+    model.set_standardization(*standardization_stats(x))
     torch.testing.assert_close(model.feature_mean, x.mean(0))
     assert model.feature_scale[1] == 1.0
     torch.testing.assert_close(model.feature_scale[[0, 2]], x.std(0, unbiased=False)[[0, 2]])
