@@ -16,28 +16,18 @@ import click
 import numpy as np
 import typer
 
-from . import __version__
+from . import (
+    __version__,
+    cli_analysis,  # noqa: F401  (registers evaluate, calibrate, visualize)
+)
 from .atomic import check_output_path
+from .cli_common import Device, Quiet, app, check_dim, load_model_for
 from .errors import InputError, TrainingDiverged
 from .estimator import UNLABELED, FlowGMMClassifier
-from .features import FeatureFile, align_labels, read_features, read_labels
-from .metrics import classification_report
+from .features import align_labels, read_features, read_labels
 from .modelfile import read_header
 from .predictions import prediction_table, write_table
 from .progress import TrainingProgress, stderr_console
-
-app = typer.Typer(
-    name="flowgmm",
-    help="Semi-supervised classification with normalizing flows (FlowGMM): embed, train, predict, evaluate.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    pretty_exceptions_show_locals=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-Quiet = typer.Option(False, "--quiet", "-q", help="No progress, only errors.")
-Device = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N.")
 
 
 def _version(value: bool) -> None:
@@ -119,7 +109,7 @@ def train(
     X_val = y_val = None
     if val is not None:
         val_file = read_features(val)
-        _check_dim(val_file, feature_file.dim, f"training features '{features}'")
+        check_dim(val_file, feature_file.dim, f"training features '{features}'")
         val_names = align_labels(val_file, read_labels(val_labels) if val_labels else None, str(val_labels))
         keep = val_names != ""
         if not keep.any():
@@ -186,28 +176,7 @@ def _fingerprint(X: np.ndarray, y: np.ndarray, params: dict, X_val: Optional[np.
     return digest.hexdigest()
 
 
-# -------------------------------------------------------------------------- predict and evaluate
-def _load_for(model_path: Path, feature_file: FeatureFile, device: str) -> FlowGMMClassifier:
-    estimator = FlowGMMClassifier.load(model_path, device=device)
-    _check_dim(feature_file, estimator.n_features_in_, f"model '{model_path}'")
-    trained_on = estimator.header_.get("extractor") or ""
-    given = str(feature_file.attrs.get("extractor", "") or "")
-    if trained_on and given and trained_on != given:
-        raise InputError(
-            f"Model '{model_path}' was trained on '{trained_on}' features but '{feature_file.path}' holds '{given}' features; "
-            "embed the input with the same extractor."
-        )
-    return estimator
-
-
-def _check_dim(feature_file: FeatureFile, expected: int, what: str) -> None:
-    if feature_file.dim != expected:
-        raise InputError(
-            f"'{feature_file.path}' has {feature_file.dim}-dimensional features but {what} expects {expected}; "
-            "use features from the same extractor."
-        )
-
-
+# -------------------------------------------------------------------------------- predict
 @app.command()
 def predict(
     model: Path = typer.Argument(..., help="Model file from 'flowgmm train'."),
@@ -220,41 +189,11 @@ def predict(
     if output != "-":
         check_output_path(output)
     feature_file = read_features(features)
-    estimator = _load_for(model, feature_file, device)
+    estimator = load_model_for(model, feature_file, device)
     frame = prediction_table(estimator, feature_file.ids, feature_file.features)
     write_table(frame, output)
     if output != "-":
         stderr_console(quiet).print(f"wrote {len(frame)} predictions to {output}")
-
-
-@app.command()
-def evaluate(
-    model: Path = typer.Argument(..., help="Model file from 'flowgmm train'."),
-    features: Path = typer.Argument(..., help="Feature file (HDF5) of test rows."),
-    labels: Optional[Path] = typer.Option(None, help="CSV id,label of the test rows (else the file's /labels)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    device: str = Device,
-    quiet: bool = Quiet,
-) -> None:
-    """Accuracy, NLL, ECE (15 bins), n and per-class recall on the labeled rows of FEATURES."""
-    feature_file = read_features(features)
-    estimator = _load_for(model, feature_file, device)
-    names = align_labels(feature_file, read_labels(labels) if labels else None, str(labels))
-    keep = names != ""
-    if not keep.any():
-        raise InputError(f"No labeled rows to evaluate in '{features}'; pass --labels.")
-    classes = [str(c) for c in estimator.classes_]
-    unknown = sorted(set(names[keep]) - set(classes))
-    if unknown:
-        raise InputError(f"Label '{unknown[0]}' is not a class of model '{model}' (classes: {', '.join(classes)}).")
-    y = np.array([classes.index(v) for v in names[keep]])
-    report = classification_report(estimator.predict_log_proba(feature_file.features[keep]), y, classes)
-    if as_json:
-        typer.echo(json.dumps(report))
-        return
-    typer.echo(f"accuracy  {report['accuracy']:.4f}\nnll       {report['nll']:.4f}\nece       {report['ece']:.4f}\nn         {report['n']}")
-    for name, recall in report["per_class_recall"].items():
-        typer.echo(f"recall[{name}]  {'-' if recall is None else f'{recall:.4f}'}")
 
 
 @app.command()

@@ -1,0 +1,70 @@
+"""What every ``flowgmm`` command module shares: the Typer app, common options and model loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from .errors import InputError
+from .estimator import FlowGMMClassifier
+from .features import FeatureFile, align_labels, read_labels
+
+__all__ = ["app", "Quiet", "Device", "load_model_for", "check_dim", "labeled_rows"]
+
+app = typer.Typer(
+    name="flowgmm",
+    help="Semi-supervised classification with normalizing flows (FlowGMM): embed, train, predict, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress, only errors.")
+Device = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N.")
+
+
+def load_model_for(model_path: Path, feature_file: FeatureFile, device: str) -> FlowGMMClassifier:
+    """Load a model and check that ``feature_file`` holds features it can score (dimension, extractor)."""
+    estimator = FlowGMMClassifier.load(model_path, device=device)
+    check_dim(feature_file, estimator.n_features_in_, f"model '{model_path}'")
+    trained_on = estimator.header_.get("extractor") or ""
+    given = str(feature_file.attrs.get("extractor", "") or "")
+    if trained_on and given and trained_on != given:
+        raise InputError(
+            f"Model '{model_path}' was trained on '{trained_on}' features but '{feature_file.path}' holds '{given}' features; "
+            "embed the input with the same extractor."
+        )
+    return estimator
+
+
+def check_dim(feature_file: FeatureFile, expected: int, what: str) -> None:
+    """A clear error when ``feature_file``'s dimension is not the ``expected`` one of ``what``."""
+    if feature_file.dim != expected:
+        raise InputError(
+            f"'{feature_file.path}' has {feature_file.dim}-dimensional features but {what} expects {expected}; "
+            "use features from the same extractor."
+        )
+
+
+def labeled_rows(
+    feature_file: FeatureFile, labels: Optional[Path], classes: list[str], model_path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """The features of the labeled rows and their class indices in ``classes``.
+
+    Labels come from ``labels`` (CSV id,label) or else the file's own /labels; a file with no
+    labeled row, or a label the model does not know, is an ``InputError``.
+    """
+    names = align_labels(feature_file, read_labels(labels) if labels else None, str(labels))
+    keep = names != ""
+    if not keep.any():
+        raise InputError(f"No labeled rows in '{feature_file.path}'; pass --labels.")
+    unknown = sorted(set(names[keep]) - set(classes))
+    if unknown:
+        raise InputError(f"Label '{unknown[0]}' is not a class of model '{model_path}' (classes: {', '.join(classes)}).")
+    index = {name: k for k, name in enumerate(classes)}
+    return feature_file.features[keep], np.array([index[v] for v in names[keep]])
