@@ -12,7 +12,7 @@ from .errors import InputError
 from .estimator import FlowGMMClassifier
 from .features import FeatureFile, align_labels, read_labels
 
-__all__ = ["app", "Quiet", "Device", "load_model_for", "check_dim", "labeled_rows"]
+__all__ = ["Device", "Quiet", "app", "check_dim", "labeled_rows", "load_model_for", "row_classes"]
 
 app = typer.Typer(
     name="flowgmm",
@@ -51,20 +51,29 @@ def check_dim(feature_file: FeatureFile, expected: int, what: str) -> None:
         )
 
 
-def labeled_rows(
-    feature_file: FeatureFile, labels: Optional[Path], classes: list[str], model_path: Path
-) -> tuple[np.ndarray, np.ndarray]:
-    """The features of the labeled rows and their class indices in ``classes``.
+def row_classes(feature_file: FeatureFile, labels: Optional[Path], classes: list[str], model_path: Path) -> np.ndarray:
+    """Each row's class index in ``classes`` (-1 for an unlabeled row).
 
-    Labels come from ``labels`` (CSV id,label) or else the file's own /labels; a file with no
-    labeled row, or a label the model does not know, is an ``InputError``.
+    Labels come from ``labels`` (CSV id,label) or else the file's own /labels; a label the model
+    does not know is an ``InputError``.
     """
     names = align_labels(feature_file, read_labels(labels) if labels else None, str(labels))
-    keep = names != ""
-    if not keep.any():
-        raise InputError(f"No labeled rows in '{feature_file.path}'; pass --labels.")
-    unknown = sorted(set(names[keep]) - set(classes))
+    unknown = sorted(set(names[names != ""]) - set(classes))
     if unknown:
         raise InputError(f"Label '{unknown[0]}' is not a class of model '{model_path}' (classes: {', '.join(classes)}).")
     index = {name: k for k, name in enumerate(classes)}
-    return feature_file.features[keep], np.array([index[v] for v in names[keep]])
+    return np.array([index.get(name, -1) for name in names], dtype=np.int64)
+
+
+def labeled_rows(
+    feature_file: FeatureFile, labels: Optional[Path], classes: list[str], model_path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """The features of the labeled rows and their class indices in ``classes`` (see :func:`row_classes`).
+
+    A file with no labeled row is an ``InputError``.
+    """
+    y = row_classes(feature_file, labels, classes, model_path)
+    keep = y >= 0
+    if not keep.any():
+        raise InputError(f"No labeled rows in '{feature_file.path}'; pass --labels.")
+    return feature_file.features[keep], y[keep]

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import defaults
+from .calibration import fit_temperature, tempered_log_proba
 from .errors import InputError
 from .model import Architecture, FlowGMM, standardization_stats
 from .modelfile import load_model, save_model
@@ -259,20 +261,21 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     def joint_log_prob(self, X: Any) -> np.ndarray:
         """``log p(x, y=k)`` per row and class: the one pass that probabilities and ``log p(x)`` share."""
         check_is_fitted(self, "model_")
-        X = validate_data(self, X, dtype=np.float32, reset=False)
-        model = self.model_.eval()
-        device = next(model.parameters()).device
-        parts = []
-        with torch.inference_mode():
-            for start in range(0, len(X), _PREDICT_CHUNK):
-                chunk = torch.from_numpy(X[start : start + _PREDICT_CHUNK]).to(device)
-                parts.append(model.joint_log_prob(chunk).double().cpu().numpy())
-        return np.concatenate(parts) if parts else np.empty((0, len(self.classes_)))
+        return self._map_rows(validate_data(self, X, dtype=np.float32, reset=False), self.model_.joint_log_prob, len(self.classes_))
 
-    def predict_log_proba(self, X: Any) -> np.ndarray:
-        """``log p(y=k | x)`` per row and class, columns in the order of ``classes_``."""
-        joint = self.joint_log_prob(X)
-        return joint - np.logaddexp.reduce(joint, axis=1, keepdims=True)
+    def predict_log_proba(self, X: Any, temperature: float | None = None) -> np.ndarray:
+        """``log p(y=k | x)`` per row and class, columns in the order of ``classes_``.
+
+        At the model's own variance scale (see :meth:`calibrate`), or at ``temperature`` without
+        changing the model (``temperature=1`` gives the probabilities as trained).
+        """
+        if temperature is None:
+            joint = self.joint_log_prob(X)
+            return joint - np.logaddexp.reduce(joint, axis=1, keepdims=True)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        log_weights = self.model_.prior.log_weights.detach().double().cpu().numpy()
+        return tempered_log_proba(self._scaled_distances(X), log_weights, math.log(temperature))
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """``p(y=k | x)`` per row and class, columns in the order of ``classes_``."""
@@ -284,15 +287,99 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(joint, axis=1)]
 
     def score_samples(self, X: Any) -> np.ndarray:
-        """``log p(x)`` per row under the fitted density (low values flag unusual inputs)."""
+        """``log p(x)`` per row under the fitted density, calibrated variance included (low values flag unusual inputs)."""
         return np.logaddexp.reduce(self.joint_log_prob(X), axis=1)
 
     def sample(self, n_samples: int = 1, random_state: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n_samples`` rows from the fitted model; returns ``(X, y)`` like GaussianMixture."""
+        Z, y = self.sample_latent(n_samples, random_state)
+        return self.decode(Z), y
+
+    # ------------------------------------------------------------- latent space
+    @property
+    def means_(self) -> np.ndarray:
+        """The class means ``μ_k`` in latent space, shape ``(n_classes, n_features)``."""
+        check_is_fitted(self, "model_")
+        return self.model_.prior.means.detach().double().cpu().numpy()
+
+    @property
+    def temperature_(self) -> float:
+        """The variance scale ``T`` set by :meth:`calibrate` (1 as trained): components are ``N(μ_k, σ²T I)``."""
+        check_is_fitted(self, "model_")
+        return float(self.model_.prior.log_temperature.exp())
+
+    def encode(self, X: Any) -> np.ndarray:
+        """Latent codes ``z = f(x)`` of the rows of ``X``."""
+        check_is_fitted(self, "model_")
+        return self._map_rows(validate_data(self, X, dtype=np.float32, reset=False), self.model_.encode, self.n_features_in_)
+
+    def decode(self, Z: Any) -> np.ndarray:
+        """Feature-space rows ``x = f⁻¹(z)`` of latent codes ``Z`` (the inverse of :meth:`encode`)."""
+        check_is_fitted(self, "model_")
+        Z = check_array(Z, dtype=np.float32, ensure_min_samples=0)
+        if Z.shape[1] != self.n_features_in_:
+            raise ValueError(f"latent codes have {Z.shape[1]} columns but the model's latent space has {self.n_features_in_}")
+        return self._map_rows(Z, self.model_.decode, self.n_features_in_)
+
+    def sample_latent(self, n_samples: int = 1, random_state: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n_samples`` latent codes from the mixture (classes drawn from its weights); returns ``(Z, y)``.
+
+        :meth:`sample` maps the same draws to feature space.
+        """
         check_is_fitted(self, "model_")
         generator = torch.Generator().manual_seed(self.random_state if random_state is None else random_state)
-        X, codes = self.model_.sample(n_samples, generator=generator)
-        return X.cpu().numpy().astype(np.float64), self.classes_[codes.cpu().numpy()]
+        Z, codes = self.model_.prior.sample(n_samples, generator=generator)
+        return Z.cpu().numpy().astype(np.float64), self.classes_[codes.cpu().numpy()]
+
+    def calibrate(self, X: Any, y: Any) -> "FlowGMMClassifier":
+        """Fit the variance scale ``T`` of all components on labeled validation rows (paper, section 6.1).
+
+        ``T`` minimises the NLL of ``y`` under ``p(y | x)``, which is temperature scaling of the class
+        log-densities. As in the paper, ``T`` is the variance of the model (components
+        ``N(μ_k, σ²T I)``), so from then on class probabilities, ``log p(x)`` (:meth:`score_samples`,
+        ``predict``'s ``log_px``, ``evaluate --ood``) and samples all use it: one density whose class
+        posterior is the calibrated one. The price of ``T > 1`` is a wider density: ``log p(x)``
+        values shift, samples spread, and out-of-distribution scores separate less (digits trained
+        without class 9, test 9s as outliers, three seeds: AUROC 0.83-0.90 at ``T = 1``, 0.59-0.77 at
+        ``T`` ≈ 5.5); keep the uncalibrated model for those. The fit starts from the trained variance,
+        so calibrating again gives the same ``T``.
+
+        Example:
+            >>> from sklearn.datasets import make_blobs
+            >>> X, y = make_blobs(400, centers=2, cluster_std=3.0, random_state=0)
+            >>> clf = FlowGMMClassifier(epochs=2, hidden=16, coupling_layers=2).fit(X[:200], y[:200])
+            >>> clf.calibrate(X[200:], y[200:]).temperature_ != 1.0
+            True
+        """
+        check_is_fitted(self, "model_")
+        codes = self._encode(y)
+        if len(np.unique(codes)) < 2:
+            raise InputError(f"Calibration needs labeled rows of at least 2 classes, got only '{self.classes_[codes[0]]}'.")
+        log_weights = self.model_.prior.log_weights.detach().double().cpu().numpy()
+        log_temperature = fit_temperature(self._scaled_distances(X), log_weights, codes)
+        with torch.no_grad():
+            self.model_.prior.log_temperature.fill_(log_temperature)
+        return self
+
+    def _scaled_distances(self, X: Any) -> np.ndarray:
+        """``‖f(x) − μ_k‖² / (2σ²)`` per row and class at the trained variance σ² (``T = 1``)."""
+        check_is_fitted(self, "model_")
+        prior = self.model_.prior
+        squared = self._map_rows(
+            validate_data(self, X, dtype=np.float32, reset=False), lambda x: prior.squared_distances(self.model_.encode(x)), len(self.classes_)
+        )
+        return squared / (2 * math.exp(float(prior.log_variance)))
+
+    def _map_rows(self, X: np.ndarray, function: Callable[[torch.Tensor], torch.Tensor], width: int) -> np.ndarray:
+        """``function`` of the model applied to ``X`` in chunks without gradients, as float64 numpy."""
+        model = self.model_.eval()
+        device = next(model.parameters()).device
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, len(X), _PREDICT_CHUNK):
+                chunk = torch.from_numpy(np.ascontiguousarray(X[start : start + _PREDICT_CHUNK])).to(device)
+                parts.append(function(chunk).double().cpu().numpy())
+        return np.concatenate(parts) if parts else np.empty((0, width))
 
     # --------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike, **header: Any) -> None:

@@ -22,14 +22,18 @@ _HEADER_KEY = "flowgmm"
 
 
 def save_model(model: FlowGMM, path: str | os.PathLike, header: dict[str, Any]) -> None:
-    """Write ``model`` and ``header`` (class names, extractor, training options…) atomically."""
-    full_header = {
+    """Write ``model`` and ``header`` (class names, extractor, training options…) atomically.
+
+    The entries that describe the model itself (format, architecture, temperature) are taken from
+    ``model`` and win over stale copies in ``header``, so re-saving a loaded model's header is safe.
+    """
+    own = {
         "format": "flowgmm",
         "format_version": FORMAT_VERSION,
         "architecture": model.architecture.to_dict(),
         "temperature": float(model.prior.log_temperature.exp()),
-        **header,
     }
+    full_header = {**own, **{key: value for key, value in header.items() if key not in own}}
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={_HEADER_KEY: json.dumps(full_header)})

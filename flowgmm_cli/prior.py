@@ -79,13 +79,16 @@ class GaussianMixturePrior(nn.Module):
         """log(σ² τ): the variance the density uses, calibration included."""
         return self.log_variance + self.log_temperature
 
+    def squared_distances(self, z: Tensor) -> Tensor:
+        """``‖z − μ_k‖²`` for every row and class, shape ``(N, K)``."""
+        # ‖z − μ‖² = ‖z‖² − 2 z·μ + ‖μ‖²: one matrix product for all classes.
+        return (z.pow(2).sum(-1, keepdim=True) - 2 * z @ self.means.T + self.means.pow(2).sum(-1)).clamp_min(0)
+
     def class_log_prob(self, z: Tensor) -> Tensor:
         """``log π_k + log N(z | μ_k, σ²τ I)`` for every row and class, shape ``(N, K)``."""
         log_var = self.effective_log_variance()
-        # ‖z − μ‖² = ‖z‖² − 2 z·μ + ‖μ‖²: one matrix product for all classes.
-        squared = (z.pow(2).sum(-1, keepdim=True) - 2 * z @ self.means.T + self.means.pow(2).sum(-1)).clamp_min(0)
         normaliser = 0.5 * self.dim * (math.log(2 * math.pi) + log_var)
-        return self.log_weights - 0.5 * squared * torch.exp(-log_var) - normaliser
+        return self.log_weights - 0.5 * self.squared_distances(z) * torch.exp(-log_var) - normaliser
 
     def log_prob(self, z: Tensor) -> Tensor:
         """``log p(z)``, shape ``(N,)``."""

@@ -11,25 +11,9 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-
-from flowgmm_cli.cli import main
+from flowgmm_testutils import run_cli
 
 FAST = ["--epochs", "100", "--hidden", "32", "--coupling-layers", "4", "--lr", "0.01", "--quiet"]
-
-
-def run_cli(args: list, capsys) -> tuple[int, str, str]:
-    """Run ``flowgmm ARGS`` in this process; returns (exit code, stdout, stderr)."""
-    old_argv = sys.argv
-    sys.argv = ["flowgmm", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    finally:
-        sys.argv = old_argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +56,7 @@ def test_end_to_end_through_a_subprocess(workspace):
     assert len(lines) == 81 and lines[1].startswith("r0,")
     evaluate = subprocess.run([*flowgmm, "evaluate", model, w["features"], "--labels", w["labels.csv"], "--json"], capture_output=True, text=True)
     report = json.loads(evaluate.stdout)
-    assert set(report) == {"accuracy", "nll", "ece", "n", "per_class_recall"}
+    assert set(report) == {"accuracy", "nll", "ece", "brier", "n", "per_class", "confusion_matrix"}
     assert report["n"] == 20 and report["accuracy"] > 0.9
     info = subprocess.run([*flowgmm, "info", model, "--json"], capture_output=True, text=True)
     assert json.loads(info.stdout)["classes"] == ["neg", "pos"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -157,7 +158,7 @@ def test_third_party_extractor_from_an_entry_point(tmp_path):
 
     listed = flowgmm("extractors", "--json")
     assert listed.returncode == 0, listed.stderr
-    assert any(row["name"] == "textlength" and row["dim"] == 1 for row in __import__("json").loads(listed.stdout)["extractors"])
+    assert any(row["name"] == "textlength" and row["dim"] == 1 for row in json.loads(listed.stdout)["extractors"])
     (tmp_path / "t.csv").write_text("id,text\na,hello\nb,hi\n")
     done = flowgmm("embed", tmp_path / "t.csv", "--model", "textlength", "-o", tmp_path / "f.h5")
     assert done.returncode == 0, done.stderr
@@ -165,3 +166,12 @@ def test_third_party_extractor_from_an_entry_point(tmp_path):
         assert handle["features"][:, 0].tolist() == [5.0, 2.0]
     unknown = flowgmm("embed", tmp_path / "t.csv", "--model", "nosuch", "-o", tmp_path / "g.h5")
     assert unknown.returncode == 2 and "textlength" in unknown.stderr
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Temporary files are private (0600); the finished file must not stay so."""
+    with FeatureWriter(tmp_path / "f.h5", 1, {}) as writer:
+        writer.append(["a"], np.zeros((1, 1)))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.h5").stat().st_mode & 0o777 == 0o666 & ~umask

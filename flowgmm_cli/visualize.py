@@ -1,0 +1,435 @@
+"""Model analysis plots (paper, section 6): one function per kind, each returning a figure, the table
+of numbers behind it and a one-line summary; :func:`render` writes ``<kind>.png`` and ``<kind>.csv``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .estimator import FlowGMMClassifier  # noqa: E402
+from .metrics import expected_calibration_error, reliability_bins  # noqa: E402
+from .plots import class_colours, draw_decision_panel, save_png  # noqa: E402
+from .predictions import write_table  # noqa: E402
+
+__all__ = ["KINDS", "Scene", "Plot", "boundary_distance", "latent_plane", "unavailable", "render"]
+
+#: Most points a scatter plot draws (a seeded subsample beyond; labeled rows are always drawn).
+MAX_POINTS = 5000
+#: Points along each interpolation segment.
+INTERPOLATION_STEPS = 41
+
+
+class Plot(NamedTuple):
+    """What a kind produces: the figure, its numbers and one line for the user."""
+
+    figure: Figure
+    table: pd.DataFrame
+    summary: str
+
+
+@dataclass
+class Scene:
+    """The model, the rows and the options every kind draws from; latent codes are computed once.
+
+    Arguments:
+        estimator: the fitted model.
+        X: feature rows, shape ``(N, D)``.
+        ids: row ids, shape ``(N,)``.
+        y: class index of each row in ``estimator.classes_``, ``-1`` for an unlabeled row.
+        name: the model's name in legends.
+        compare: a second model whose distances ``distance`` overlays.
+        compare_name: its name in legends.
+        pair: row indices of the two ends for ``interpolation`` (default: chosen, see :func:`interpolation`).
+        near: ``distance`` counts rows with ``d(x) < near``.
+        seed: seed of the mixture samples and of the subsample of drawn points.
+    """
+
+    estimator: FlowGMMClassifier
+    X: np.ndarray
+    ids: np.ndarray
+    y: np.ndarray
+    name: str = "model"
+    compare: FlowGMMClassifier | None = None
+    compare_name: str = "compare"
+    pair: tuple[int, int] | None = None
+    near: float = 5.0
+    seed: int = 0
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.estimator.classes_]
+
+    @property
+    def labeled(self) -> np.ndarray:
+        return np.flatnonzero(self.y >= 0)
+
+    @cached_property
+    def latent(self) -> np.ndarray:
+        return self.estimator.encode(self.X)
+
+    @cached_property
+    def plane(self) -> tuple[np.ndarray, np.ndarray]:
+        return latent_plane(self.estimator.means_, self.latent)
+
+    @cached_property
+    def joint(self) -> np.ndarray:
+        """``log p(x, y=k)`` of each row and class."""
+        return self.estimator.joint_log_prob(self.X)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """Predicted class index of each row."""
+        return self.joint.argmax(axis=1)
+
+    @property
+    def log_px(self) -> np.ndarray:
+        return np.logaddexp.reduce(self.joint, axis=1)
+
+    @cached_property
+    def shown(self) -> np.ndarray:
+        """Rows a scatter plot draws: all, or a seeded subsample of :data:`MAX_POINTS` plus the labeled rows."""
+        if len(self.X) <= MAX_POINTS:
+            return np.arange(len(self.X))
+        sample = np.random.default_rng(self.seed).choice(len(self.X), MAX_POINTS, replace=False)
+        return np.union1d(sample, self.labeled)
+
+    def project(self, Z: np.ndarray) -> np.ndarray:
+        """Latent codes in the coordinates of :attr:`plane`, shape ``(N, 2)``."""
+        origin, basis = self.plane
+        return (Z - origin) @ basis.T
+
+
+def boundary_distance(Z: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Distance of each latent code to the decision boundary between its two closest means (paper, section 6.2):
+    ``d(x) = |‖μ′ − z‖² − ‖μ″ − z‖²| / (2‖μ′ − μ″‖)``, exact for equal weights and a shared variance.
+
+    Example:
+        >>> boundary_distance(np.array([[1.0, 0.0], [3.0, 4.0]]), np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 10.0]]))
+        array([1., 1.])
+    """
+    squared = (Z**2).sum(1, keepdims=True) - 2 * Z @ means.T + (means**2).sum(1)
+    closest = np.argsort(squared, axis=1, kind="stable")[:, :2]
+    rows = np.arange(len(Z))
+    first, second = squared[rows, closest[:, 0]], squared[rows, closest[:, 1]]
+    separation = np.linalg.norm(means[closest[:, 0]] - means[closest[:, 1]], axis=1)
+    return np.abs(first - second) / (2 * separation)
+
+
+def latent_plane(means: np.ndarray, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Origin and orthonormal axes (shape ``(2, D)``) of the plane latent plots project onto.
+
+    The plane through the class means: the top two principal directions of the means about their
+    centroid, which for up to 3 classes span exactly the plane through them. With 2 classes the
+    second axis is the codes' main direction of spread orthogonal to the line through the means.
+    Each axis is signed so that its largest entry is positive, for stable pictures.
+
+    Example:
+        >>> origin, axes = latent_plane(np.array([[0.0, 0, 0], [2, 0, 0], [0, 2, 0]]), np.zeros((1, 3)))
+        >>> bool(np.abs(axes @ np.array([0.0, 0, 1])).max() < 1e-12)  # the plane z = 0
+        True
+    """
+    origin = means.mean(axis=0)
+    _, singular, directions = np.linalg.svd(means - origin, full_matrices=False)
+    axes = directions[: min(2, int((singular > 1e-9 * max(singular.max(), 1e-300)).sum()))]
+    if len(axes) < 2:
+        residual = (Z - Z.mean(axis=0)) - np.outer((Z - Z.mean(axis=0)) @ axes[0], axes[0])
+        spread = np.linalg.svd(residual, full_matrices=False)[2][0] if np.abs(residual).max() > 0 else _any_orthogonal(axes[0])
+        axes = np.vstack([axes[0], spread - (spread @ axes[0]) * axes[0]])
+    axes = axes / np.linalg.norm(axes, axis=1, keepdims=True)
+    signs = np.sign(axes[np.arange(2), np.abs(axes).argmax(axis=1)])
+    return origin, axes * signs[:, None]
+
+
+def _any_orthogonal(axis: np.ndarray) -> np.ndarray:
+    """A unit vector orthogonal to ``axis`` (when the codes give no direction of spread)."""
+    candidate = np.eye(len(axis))[np.abs(axis).argmin()]
+    candidate = candidate - (candidate @ axis) * axis
+    return candidate / np.linalg.norm(candidate)
+
+
+def _feature_plane(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Feature coordinates as they are for 2-D data, else the data's top two principal directions."""
+    if X.shape[1] == 2:
+        return np.zeros(2), np.eye(2)
+    origin = X.mean(axis=0)
+    return origin, np.linalg.svd(X - origin, full_matrices=False)[2][:2]
+
+
+# ----------------------------------------------------------------------------------- the kinds
+def boundary(scene: Scene) -> Plot:
+    """2-D features: data, labeled points, decision regions and log p(x) contours (Figures 1a, 2)."""
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    labeled = scene.labeled
+    lattice = draw_decision_panel(axis, scene.estimator, scene.X, labeled, scene.estimator.classes_[scene.y[labeled]])
+    axis.set_title(f"{scene.name}: decision regions and log p(x)")
+    _class_legend(axis, scene.classes)
+    figure.tight_layout()
+    table = pd.DataFrame(
+        {
+            "x0": lattice["x0"].ravel(),
+            "x1": lattice["x1"].ravel(),
+            "predicted": np.array(scene.classes, dtype=object)[lattice["region"].ravel()],
+            "log_px": lattice["log_px"].ravel(),
+        }
+    )
+    side = lattice["x0"].shape[0]
+    return Plot(figure, table, f"decision regions and log p(x) on a {side}x{side} grid over {len(scene.X)} rows ({len(labeled)} labeled)")
+
+
+def latent(scene: Scene) -> Plot:
+    """Latent codes in the plane through the class means, coloured by predicted class, labeled rows
+    as triangles, each component's 2-standard-deviation circle (Figure 1b)."""
+    P = scene.project(scene.latent)
+    means = scene.project(scene.estimator.means_)
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    _scatter_classes(axis, P[scene.shown], scene.predicted[scene.shown], len(scene.classes), size=4, alpha=0.5)
+    _mark_labeled(axis, P, scene)
+    _draw_means(axis, means, scene)
+    axis.set_aspect("equal", adjustable="datalim")
+    axis.set_title(f"{scene.name}: latent codes, plane through the means")
+    _class_legend(axis, scene.classes)
+    figure.tight_layout()
+    table = pd.DataFrame(
+        {"id": scene.ids, "u": P[:, 0], "v": P[:, 1], "predicted": _names(scene, scene.predicted), "label": _names(scene, scene.y)}
+    )
+    agree = float(np.mean(scene.predicted[scene.labeled] == scene.y[scene.labeled])) if len(scene.labeled) else float("nan")
+    note = f", labeled rows on their class's side: {agree:.1%}" if len(scene.labeled) else ""
+    return Plot(figure, table, f"{len(P)} latent codes projected on the plane through {len(means)} class means{note}")
+
+
+def samples(scene: Scene) -> Plot:
+    """Draws from the mixture in latent space and mapped back to feature space (Figures 1c, 1d);
+    features of more than 2 dimensions are shown on the data's top two principal directions."""
+    n = min(2000, 200 * len(scene.classes))
+    Z, drawn = scene.estimator.sample_latent(n, random_state=scene.seed)
+    codes = np.searchsorted(scene.estimator.classes_, drawn)
+    X_drawn = scene.estimator.decode(Z)
+    origin, axes = _feature_plane(scene.X)
+    latent_points, feature_points = scene.project(Z), (X_drawn - origin) @ axes.T
+    data_latent, data_features = scene.project(scene.latent[scene.shown]), (scene.X[scene.shown] - origin) @ axes.T
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10.5, 5))
+    for axis, data, points, title in (
+        (left, data_latent, latent_points, "latent space: samples z ~ mixture"),
+        (right, data_features, feature_points, "feature space: f⁻¹(z)" + ("" if scene.X.shape[1] == 2 else ", top 2 principal directions")),
+    ):
+        axis.scatter(data[:, 0], data[:, 1], s=3, c="tab:gray", alpha=0.3, label="data")
+        _scatter_classes(axis, points, codes, len(scene.classes), size=5, alpha=0.7)
+        axis.set_title(title)
+    _class_legend(right, scene.classes)
+    figure.tight_layout()
+    table = pd.DataFrame(
+        {
+            "class": _names(scene, codes),
+            "latent_u": latent_points[:, 0],
+            "latent_v": latent_points[:, 1],
+            "feature_u": feature_points[:, 0],
+            "feature_v": feature_points[:, 1],
+        }
+    )
+    temperature = scene.estimator.temperature_
+    return Plot(figure, table, f"{n} samples from the mixture (variance scale {temperature:.3g}) and their images f^-1(z)")
+
+
+def distance(scene: Scene) -> Plot:
+    """Histogram of the distance to the decision boundary d(x) (section 6.2, Figure 3c), a second model overlaid."""
+    curves = {scene.name: boundary_distance(scene.latent, scene.estimator.means_)}
+    if scene.compare is not None:
+        curves[scene.compare_name] = boundary_distance(scene.compare.encode(scene.X), scene.compare.means_)
+    edges = np.histogram_bin_edges(np.concatenate(list(curves.values())), bins=40)
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    for (name, values), colour in zip(curves.items(), ("tab:blue", "tab:orange")):
+        axis.hist(values, bins=edges, alpha=0.55, color=colour, label=f"{name}: {int(np.sum(values < scene.near))} rows with d < {scene.near:g}")
+    axis.axvline(scene.near, color="k", linestyle="--", linewidth=0.8)
+    axis.set_xlabel("distance to the decision boundary in latent space, d(x)")
+    axis.set_ylabel("rows")
+    axis.legend()
+    figure.tight_layout()
+    table = pd.DataFrame({"id": scene.ids, "distance": curves[scene.name]})
+    if scene.compare is not None:
+        table["compare_distance"] = curves[scene.compare_name]
+    counts = ", ".join(f"{name} {int(np.sum(values < scene.near))}" for name, values in curves.items())
+    median = np.median(curves[scene.name])
+    return Plot(figure, table, f"rows of {len(scene.X)} with d(x) < {scene.near:g}: {counts}; median d(x) {median:.3g}")
+
+
+def reliability(scene: Scene) -> Plot:
+    """Reliability diagrams of the labeled rows, accuracy against confidence in 15 bins: at variance
+    scale 1 (as trained) and, beside it, at the model's calibrated scale."""
+    rows = scene.labeled
+    X, y = scene.X[rows], scene.y[rows]
+    temperature = scene.estimator.temperature_
+    curves = {"before": (1.0, scene.estimator.predict_log_proba(X, temperature=1.0))}
+    if temperature != 1.0:
+        curves["after"] = (temperature, scene.estimator.predict_log_proba(X))
+    figure, axes = plt.subplots(1, len(curves), figsize=(4.8 * len(curves), 4.8), squeeze=False)
+    parts, eces = [], {}
+    for axis, (curve, (scale, log_proba)) in zip(axes[0], curves.items()):
+        proba = np.exp(log_proba)
+        bins = pd.DataFrame(reliability_bins(proba, y))
+        eces[curve] = expected_calibration_error(proba, y)
+        filled = bins[bins["count"] > 0]
+        width = filled["upper"] - filled["lower"]
+        axis.bar(filled["lower"], filled["accuracy"], width=width, align="edge", color="tab:blue", edgecolor="k", linewidth=0.5, label="accuracy")
+        low = np.minimum(filled["confidence"], filled["accuracy"])
+        axis.bar(filled["lower"], np.abs(filled["confidence"] - filled["accuracy"]), bottom=low, width=width, align="edge",
+                 color="tab:red", alpha=0.3, edgecolor="tab:red", linewidth=0.5, label="gap to confidence")  # fmt: skip
+        axis.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+        axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=f"{curve}: scale {scale:.3g}, ECE {eces[curve]:.4f}")
+        axis.legend(loc="upper left", fontsize=8)
+        parts.append(bins.assign(curve=curve, temperature=scale))
+    figure.suptitle(f"{scene.name}: reliability on {len(rows)} labeled rows")
+    figure.tight_layout()
+    table = pd.concat(parts, ignore_index=True)[["curve", "temperature", "lower", "upper", "count", "confidence", "accuracy"]]
+    if "after" in eces:
+        summary = f"ECE {eces['before']:.4f} at scale 1 -> {eces['after']:.4f} at scale {temperature:.3g} on {len(rows)} labeled rows"
+    else:
+        summary = f"ECE {eces['before']:.4f} on {len(rows)} labeled rows; the model is not calibrated ('flowgmm calibrate' adds the after diagram)"
+    return Plot(figure, table, summary)
+
+
+def interpolation(scene: Scene) -> Plot:
+    """log p(x) along latent segments z(α) = (1 − α) z_i + α z_j mapped back by f⁻¹ (Figures 3a, 3b).
+
+    Default pairs: from the row of highest ``log p(x)``, the nearest row (in latent space) of
+    another class, and the same-class row whose distance is most like that one's, so the two
+    segments have about the same length and differ only in crossing a class boundary. A row's
+    class is its label, or its predicted class when unlabeled. The summary gives each path's
+    deepest drop below the chord between its end values: a valley, whatever the ends' densities.
+    """
+    pairs = [("pair", *scene.pair)] if scene.pair is not None else _default_pairs(scene)
+    alpha = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    parts, dips = [], []
+    for (name, i, j), colour in zip(pairs, ("tab:blue", "tab:red")):
+        Z = np.outer(1 - alpha, scene.latent[i]) + np.outer(alpha, scene.latent[j])
+        joint = scene.estimator.joint_log_prob(scene.estimator.decode(Z))
+        log_px = np.logaddexp.reduce(joint, axis=1)
+        below_chord = (1 - alpha) * log_px[0] + alpha * log_px[-1] - log_px
+        dips.append(f"{name} {below_chord.max():.3g}")
+        axis.plot(alpha, log_px, color=colour, marker=".", label=f"{name}: {scene.ids[i]} -> {scene.ids[j]}")
+        parts.append(pd.DataFrame({"pair": name, "from_id": scene.ids[i], "to_id": scene.ids[j], "alpha": alpha, "log_px": log_px,
+                                   "below_chord": below_chord, "predicted": _names(scene, joint.argmax(axis=1))}))  # fmt: skip
+    axis.set_xlabel("α along the latent segment")
+    axis.set_ylabel("log p(x)")
+    axis.set_title(f"{scene.name}: latent interpolation")
+    axis.legend()
+    figure.tight_layout()
+    return Plot(figure, pd.concat(parts, ignore_index=True), "deepest log p(x) valley below the chord between the ends, in nats: " + ", ".join(dips))
+
+
+def means(scene: Scene) -> Plot:
+    """The class means mapped back to feature space, f⁻¹(μ_k), as a table and a heat-map (Appendix I)."""
+    decoded = scene.estimator.decode(scene.estimator.means_)
+    predicted = scene.estimator.joint_log_prob(decoded).argmax(axis=1)
+    figure, axis = plt.subplots(figsize=(min(14.0, 4 + 0.15 * decoded.shape[1]), 1.5 + 0.4 * len(decoded)))
+    image = axis.imshow(decoded, aspect="auto", cmap="viridis", interpolation="nearest")
+    axis.set_yticks(np.arange(len(decoded)), scene.classes)
+    axis.set_xlabel("feature")
+    axis.set_ylabel("class")
+    axis.set_title(f"{scene.name}: class means in feature space, f⁻¹(μ_k)")
+    figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    table = pd.DataFrame(decoded, columns=[f"x{d}" for d in range(decoded.shape[1])])
+    table.insert(0, "class", scene.classes)
+    table.insert(1, "predicted", _names(scene, predicted))
+    own = int(np.sum(predicted == np.arange(len(decoded))))
+    return Plot(figure, table, f"{len(decoded)} class means mapped to {decoded.shape[1]} features; {own} classified as their own class")
+
+
+KINDS: dict[str, Callable[[Scene], Plot]] = {
+    "boundary": boundary,
+    "latent": latent,
+    "samples": samples,
+    "distance": distance,
+    "reliability": reliability,
+    "interpolation": interpolation,
+    "means": means,
+}
+
+
+def unavailable(kind: str, scene: Scene) -> str | None:
+    """Why ``kind`` cannot be drawn for ``scene`` (one sentence), or ``None`` when it can."""
+    if kind == "boundary" and scene.X.shape[1] != 2:
+        return f"'boundary' needs 2-dimensional features, these have {scene.X.shape[1]}"
+    if kind == "reliability" and len(scene.labeled) == 0:
+        return "'reliability' needs labeled rows; pass --labels"
+    if kind == "interpolation" and scene.pair is None and len(np.unique(_row_classes(scene)[scene.shown])) < 2:
+        return "'interpolation' needs rows of 2 classes, or --pair ID1 ID2"
+    return None
+
+
+def render(kind: str, scene: Scene, folder: str | os.PathLike) -> str:
+    """Draw ``kind`` and write ``FOLDER/<kind>.png`` and ``FOLDER/<kind>.csv``; returns the summary."""
+    plot = KINDS[kind](scene)
+    save_png(plot.figure, Path(folder) / f"{kind}.png")
+    write_table(plot.table, Path(folder) / f"{kind}.csv")
+    return plot.summary
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _row_classes(scene: Scene) -> np.ndarray:
+    return np.where(scene.y >= 0, scene.y, scene.predicted)
+
+
+def _default_pairs(scene: Scene) -> list[tuple[str, int, int]]:
+    classes = _row_classes(scene)
+    candidates = scene.shown
+    start = candidates[np.argmax(scene.log_px[candidates])]
+    gaps = np.linalg.norm(scene.latent[candidates] - scene.latent[start], axis=1)
+    other = classes[candidates] != classes[start]
+    different = candidates[other][np.argmin(gaps[other])]
+    same_rows = np.flatnonzero(~other & (candidates != start))
+    pairs = []
+    if len(same_rows):
+        same = candidates[same_rows[np.argmin(np.abs(gaps[same_rows] - gaps[other].min()))]]
+        pairs.append(("same class", int(start), int(same)))
+    pairs.append(("different classes", int(start), int(different)))
+    return pairs
+
+
+def _names(scene: Scene, codes: np.ndarray) -> np.ndarray:
+    """Class names of class indices, '' for -1."""
+    names = np.array([*scene.classes, ""], dtype=object)
+    return names[np.where(codes >= 0, codes, len(scene.classes))]
+
+
+def _scatter_classes(axis, points: np.ndarray, codes: np.ndarray, n_classes: int, size: float, alpha: float) -> None:
+    axis.scatter(points[:, 0], points[:, 1], s=size, c=codes, cmap=class_colours(n_classes), vmin=-0.5, vmax=n_classes - 0.5, alpha=alpha)
+
+
+def _mark_labeled(axis, P: np.ndarray, scene: Scene) -> None:
+    rows = scene.labeled
+    if len(rows):
+        n = len(scene.classes)
+        axis.scatter(P[rows, 0], P[rows, 1], s=60, c=scene.y[rows], cmap=class_colours(n), vmin=-0.5, vmax=n - 0.5, marker="^", edgecolors="k")
+
+
+def _draw_means(axis, means: np.ndarray, scene: Scene) -> None:
+    """Each mean as a black cross with its class name and the 2-standard-deviation circle of its
+    component (a projection of an isotropic Gaussian onto orthonormal axes keeps its variance)."""
+    radius = 2 * np.sqrt(np.exp(float(scene.estimator.model_.prior.effective_log_variance())))
+    for (u, v), name in zip(means, scene.classes):
+        axis.add_patch(plt.Circle((u, v), radius, fill=False, color="k", linewidth=0.6, alpha=0.6))
+        axis.scatter([u], [v], marker="x", s=60, c="k")
+        axis.annotate(name, (u, v), textcoords="offset points", xytext=(5, 5), fontsize=9)
+
+
+def _class_legend(axis, classes: list[str]) -> None:
+    """A legend of class colours (at most 20 entries), plus labeled-row triangles."""
+    colours = class_colours(len(classes))
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours(k), label=name) for k, name in enumerate(classes[:20])]
+    handles.append(plt.Line2D([], [], marker="^", linestyle="", color="w", markeredgecolor="k", label="labeled"))
+    axis.legend(handles=handles, fontsize=7, loc="best", framealpha=0.7)
