@@ -19,7 +19,7 @@ from flowgmm_cli.errors import InputError
 
 from . import EmbedRequest
 from .hub import hub_online, missing_weights
-from .image_input import image_chunks, list_images, skipped_attrs
+from .image_input import image_chunks, listing_for, skipped_attrs
 from .streaming import resume_key, stream_to_file
 
 __all__ = ["ImageExtractor", "lite0_state_dict", "load_timm_model"]
@@ -142,10 +142,7 @@ class ImageExtractor:
         import timm.data
 
         options = request.options
-        listing = list_images(
-            request.source, path_column=options.get("path_column") or "path", id_column=request.id_column,
-            label_column=request.label_column, labels_from_folders=bool(options.get("labels_from_folders")),
-        )  # fmt: skip
+        listing = listing_for(request)
         model, model_name = self._model(options.get("checkpoint"))
         device = torch.device(options.get("device") or "cpu")
         if options.get("half") and device.type != "cuda":

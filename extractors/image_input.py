@@ -19,11 +19,11 @@ from typing import Any
 
 from flowgmm_cli.errors import InputError
 
-from .csv_input import CsvSource
 from . import EmbedRequest
+from .csv_input import CsvSource
 from .streaming import Chunk, EmbedState
 
-__all__ = ["IMAGE_SUFFIXES", "ImageDataset", "ImageItem", "ImageListing", "image_chunks", "list_images", "read_image", "skipped_attrs"]
+__all__ = ["IMAGE_SUFFIXES", "ImageDataset", "ImageItem", "ImageListing", "image_chunks", "list_images", "listing_for", "read_image", "skipped_attrs"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -78,6 +78,15 @@ def list_images(
     _check_unique(listing)
     listing.sha256 = _content_hash(listing)
     return listing
+
+
+def listing_for(request: EmbedRequest) -> ImageListing:
+    """The images an ``embed`` request names, with its path, id and label options."""
+    options = request.options
+    return list_images(
+        request.source, path_column=options.get("path_column") or "path", id_column=request.id_column,
+        label_column=request.label_column, labels_from_folders=bool(options.get("labels_from_folders")),
+    )  # fmt: skip
 
 
 def _items_from_names(names: list[str], labels_from_folders: bool) -> list[ImageItem]:

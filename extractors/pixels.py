@@ -17,7 +17,7 @@ from flowgmm_cli.errors import InputError
 
 from . import EmbedRequest
 from .csv_input import file_sha256
-from .image_input import ImageListing, image_chunks, list_images, read_image, skipped_attrs
+from .image_input import ImageListing, image_chunks, listing_for, read_image, skipped_attrs
 from .streaming import Chunk, resume_key, stream_to_file
 
 __all__ = ["PixelsExtractor", "to_nchw"]
@@ -93,10 +93,7 @@ class PixelsExtractor:
 
     def _embed_images(self, request: EmbedRequest) -> int:
         options = request.options
-        listing = list_images(
-            request.source, path_column=options.get("path_column") or "path", id_column=request.id_column,
-            label_column=request.label_column, labels_from_folders=bool(options.get("labels_from_folders")),
-        )  # fmt: skip
+        listing = listing_for(request)
         mode, size = _first_image_format(listing, options.get("grayscale"), options.get("image_size"))
         channels = 1 if mode == "L" else 3
         shape = (channels, size[1], size[0])

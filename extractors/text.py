@@ -155,7 +155,7 @@ class TextExtractor:
     def embed(self, request: EmbedRequest) -> int:
         options = request.options
         checkpoint = options.get("checkpoint") or self.checkpoint or minilm_path()
-        what = f"--checkpoint '{options['checkpoint']}'" if options.get("checkpoint") else f"--model {self.name}"
+        what = f"--checkpoint '{options['checkpoint']}'" if options.get("checkpoint") else f"--model {self.name} ({checkpoint})"
         pooling = options.get("pooling") or self.pooling
         text_column = options.get("text_column") or "text"
         source = CsvSource(request.source, options.get("encoding") or "utf-8", options.get("chunk_size") or DEFAULT_CHUNK_ROWS)

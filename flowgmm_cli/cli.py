@@ -14,13 +14,12 @@ from typing import Optional
 
 import click
 import numpy as np
-import torch
 import typer
 
 from . import __version__
 from . import cli_analysis  # noqa: F401  (registers evaluate, calibrate, visualize)
 from .atomic import check_output_path
-from .cli_common import Device, Quiet, app, check_dim, load_model_for
+from .cli_common import Device, Quiet, Threads, app, check_dim, load_model_for, use_threads
 from .errors import InputError, TrainingDiverged
 from .estimator import UNLABELED, FlowGMMClassifier, resolve_device
 from .features import align_labels, read_features, read_labels
@@ -68,7 +67,7 @@ def embed(
     encoding: str = typer.Option("utf-8", help="CSV text encoding."),
     chunk_size: int = typer.Option(1024, min=1, help="Inputs per written chunk (the unit of --resume)."),
     resume: bool = typer.Option(False, help="Continue an interrupted embed from OUTPUT.partial."),
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
+    threads: Optional[int] = Threads,
     quiet: bool = Quiet,
 ) -> None:
     """Turn texts, images or a table into an HDF5 feature file (/features, /ids, optional /labels)."""
@@ -78,8 +77,7 @@ def embed(
         raise InputError(f"--on-error must be 'fail' or 'skip', not '{on_error}'.")
     extractor = get_extractor(model)
     check_output_path(output)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     options = {
         "checkpoint": checkpoint, "text_column": text_column, "path_column": path_column,
         "labels_from_folders": labels_from_folders, "pooling": pooling, "max_length": max_length, "batch_size": batch_size,
@@ -134,6 +132,7 @@ def train(
     variance: Optional[float] = typer.Option(None, min=1e-6, show_default="auto: 1.72", help="Variance of each mixture component."),
     learn_means: bool = typer.Option(False, help="Train the class means with the flow."),
     learn_weights: bool = typer.Option(False, help="Train the mixture weights (class imbalance)."),
+    projection_dim: Optional[int] = typer.Option(None, min=0, show_default="auto: 32 above 64 features, else off", help="Flow on this many principal directions, the rest as Gaussian noise (0 = all features)."),
     unlabeled_weight: Optional[float] = typer.Option(None, min=0.0, show_default="auto: 1 up to 8 features, else 0.3", help="Weight of the unlabeled NLL in the loss."),
     labeled_noise: Optional[float] = typer.Option(None, min=0.0, show_default="auto: 1.2 x median neighbour distance / sqrt(dim)", help="Std of Gaussian noise on standardised labeled inputs."),
     batch_size: Optional[int] = typer.Option(None, min=1, show_default="auto: 256", help="Unlabeled rows per step."),
@@ -141,6 +140,7 @@ def train(
     lr: float = typer.Option(1e-3, min=0.0, help="AdamW learning rate (cosine schedule)."),
     weight_decay: float = typer.Option(1e-4, min=0.0, help="AdamW weight decay."),
     grad_clip: float = typer.Option(10.0, min=0.0, help="Gradient-norm clipping."),
+    threads: Optional[int] = Threads,
     quiet: bool = Quiet,
 ) -> None:
     """Fit FlowGMM on labeled and unlabeled rows by their exact joint likelihood (paper, equation 4)."""
@@ -149,6 +149,7 @@ def train(
     if val_labels is not None and val is None:
         raise InputError("--val-labels needs --val FEATURES.h5, the validation rows it labels.")
     check_output_path(output)
+    use_threads(threads)
     feature_file = read_features(features)
     if labels is None and feature_file.labels is None:
         raise InputError(f"Feature file '{features}' has no /labels; pass --labels LABELS.csv (columns id,label).")
@@ -166,7 +167,7 @@ def train(
     estimator = FlowGMMClassifier(
         coupling_layers=coupling_layers, hidden=hidden, hidden_layers=hidden_layers, dropout=dropout, actnorm=actnorm,
         permutation=permutation, means_scale=means_scale, variance=variance, learn_means=learn_means,
-        learn_weights=learn_weights, unlabeled_weight=unlabeled_weight, labeled_noise=labeled_noise, epochs=epochs,
+        learn_weights=learn_weights, projection_dim=projection_dim, unlabeled_weight=unlabeled_weight, labeled_noise=labeled_noise, epochs=epochs,
         batch_size=batch_size, labeled_batch_size=labeled_batch_size, lr=lr, weight_decay=weight_decay,
         grad_clip=grad_clip, val_fraction=val_fraction if val is None else 0.0, random_state=seed, device=device,
     )  # fmt: skip
@@ -260,7 +261,7 @@ def info(
         f"format       flowgmm v{header.get('format_version')} (written by flowgmm {header.get('flowgmm_version', '?')})",
         f"classes      {', '.join(map(str, header.get('classes', [])))}",
         f"features     {header.get('feature_dim')}-d from extractor '{header.get('extractor') or '?'}'",
-        f"flow         {arch.get('coupling_layers')} couplings, hidden {arch.get('hidden')} x {arch.get('hidden_layers')}",
+        f"flow         {arch.get('coupling_layers')} couplings, hidden {arch.get('hidden')} x {arch.get('hidden_layers')}{_projection_summary(arch)}",
         f"mixture      {_means_summary(arch)}, variance {arch.get('variance')}, temperature {header.get('temperature')}",
         f"rows         {header.get('n_labeled')} labeled, {header.get('n_unlabeled')} unlabeled",
         f"training     {json.dumps(header.get('training', {}))}",
@@ -268,6 +269,11 @@ def info(
     if history:
         lines.append(f"final loss   {history[-1]['loss']:.4f} nats/dim after {len(history)} epochs")
     typer.echo("\n".join(lines))
+
+
+def _projection_summary(architecture: dict) -> str:
+    projection = architecture.get("projection_dim")
+    return f", on the top {projection} principal directions" if projection else ""
 
 
 def _means_summary(architecture: dict) -> str:
@@ -282,7 +288,7 @@ def demo(
     output: Path = typer.Option(Path("flowgmm-demo"), "--output", "-o", help="Folder for predictions and plots (created)."),
     quiet: bool = Quiet,
 ) -> None:
-    """The paper's Figure 2 sets and scikit-learn's digits: FlowGMM against labeled-only FlowGMM, offline."""
+    """The paper's Figure 2 sets and scikit-learn's digits (pixels, then images through EfficientNet-Lite0), offline."""
     from .demo import run_demo
 
     if output.exists() and not output.is_dir():
@@ -291,7 +297,8 @@ def demo(
     results = run_demo(output, stderr_console(quiet))
     typer.echo(f"{'data set':<14}{'labels':>7}{'FlowGMM':>10}{'labeled-only':>14}")
     for row in results:
-        typer.echo(f"{row['dataset']:<14}{row['n_labeled']:>7}{row['flowgmm']:>10.3f}{row['labeled_only']:>14.3f}")
+        labeled_only = f"{row['labeled_only']:.3f}" if "labeled_only" in row else "-"
+        typer.echo(f"{row['dataset']:<14}{row['n_labeled']:>7}{row['flowgmm']:>10.3f}{labeled_only:>14}")
     typer.echo(f"predictions and plots in {output}/")
 
 

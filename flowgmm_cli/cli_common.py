@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 import typer
 
 from .errors import InputError
 from .estimator import FlowGMMClassifier
 from .features import FeatureFile, align_labels, read_labels
 
-__all__ = ["Device", "Quiet", "app", "check_dim", "labeled_rows", "load_model_for", "row_classes"]
+__all__ = ["Device", "Quiet", "Threads", "use_threads", "app", "check_dim", "labeled_rows", "load_model_for", "row_classes"]
 
 app = typer.Typer(
     name="flowgmm",
@@ -26,6 +27,13 @@ app = typer.Typer(
 
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress, only errors.")
 Device = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N.")
+Threads = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice, one per core); 1 is faster when other jobs share the cores.")
+
+
+def use_threads(threads: int | None) -> None:
+    """Apply a --threads option."""
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def load_model_for(model_path: Path, feature_file: FeatureFile, device: str) -> FlowGMMClassifier:

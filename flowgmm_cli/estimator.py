@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from . import defaults
 from .calibration import fit_temperature, tempered_log_proba
 from .errors import InputError
-from .model import Architecture, FlowGMM, standardization_stats
+from .model import Architecture, FlowGMM, principal_directions, standardization_stats
 from .modelfile import load_model, save_model
 from .training import TrainingCallback, TrainingOptions, fit_flowgmm
 
@@ -58,6 +58,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             standard deviations apart.
         variance: variance σ² of each mixture component (default: 1.72).
         learn_means, learn_weights: train the means / the mixture weights (class imbalance).
+        projection_dim: let the flow model only the top principal directions of the standardised
+            features, the rest as isotropic Gaussian noise (still an exact density; see
+            :class:`FlowGMM`). ``0`` turns it off; default: 32 above 64 features, else off.
         unlabeled_weight: weight of the unlabeled NLL in the loss (equation 4 uses 1; default:
             1 up to 8 features, else 0.3).
         labeled_noise: standard deviation of Gaussian noise added to standardised labeled inputs
@@ -90,6 +93,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         variance: float | None = None,
         learn_means: bool = False,
         learn_weights: bool = False,
+        projection_dim: int | None = None,
         unlabeled_weight: float | None = None,
         labeled_noise: float | None = None,
         epochs: int | None = None,
@@ -112,6 +116,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         self.variance = variance
         self.learn_means = learn_means
         self.learn_weights = learn_weights
+        self.projection_dim = projection_dim
         self.unlabeled_weight = unlabeled_weight
         self.labeled_noise = labeled_noise
         self.epochs = epochs
@@ -171,11 +176,19 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         features = torch.from_numpy(X)
         mean, scale = standardization_stats(features)
         standardized = (features - mean) / scale  # once, for the defaults and for training
+        projection_dim = self._projection_dim(X.shape[1], len(X))
+        directions = residual_variance = None
+        seen = standardized
+        if projection_dim:
+            directions, residual_variance = principal_directions(standardized, projection_dim)
+            seen = standardized @ directions
         self.architecture_, self.training_options_ = self._resolve(
-            X.shape[1], len(labeled_idx), int(unlabeled.sum()), standardized.numpy()
+            X.shape[1], len(labeled_idx), int(unlabeled.sum()), seen.numpy(), projection_dim
         )
         model = FlowGMM(self.architecture_)
         model.set_standardization(mean, scale)
+        if projection_dim:
+            model.set_projection(directions, residual_variance)
         model.to(device)
         validation = None
         if X_val_arr is not None:
@@ -197,10 +210,22 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = model
         return self
 
+    def _projection_dim(self, dim: int, n_rows: int) -> int | None:
+        """The principal directions the flow models: the option, else the default for ``dim``."""
+        if self.projection_dim is None:
+            return defaults.default_projection_dim(dim, n_rows)
+        if self.projection_dim == 0 or self.projection_dim >= dim:
+            return None
+        if self.projection_dim < 0:
+            raise InputError(f"projection_dim must be 0 (off) or positive, not {self.projection_dim}.")
+        return self.projection_dim
+
     def _resolve(
-        self, dim: int, n_labeled: int, n_unlabeled: int, standardized: np.ndarray
+        self, dim: int, n_labeled: int, n_unlabeled: int, seen: np.ndarray, projection_dim: int | None
     ) -> tuple[Architecture, TrainingOptions]:
-        """Fill the options left at ``None`` from the data's size and dimension (see :mod:`.defaults`)."""
+        """Fill the options left at ``None`` from the data's size and the dimension the flow sees
+        (see :mod:`.defaults`); ``seen`` are the standardised (and projected) rows."""
+        flow_dim = seen.shape[1]
         variance = defaults.DEFAULT_VARIANCE if self.variance is None else self.variance
         unlabeled_batch, labeled_batch = defaults.default_batch_sizes(n_labeled, n_unlabeled)
         batch_size = self.batch_size or unlabeled_batch
@@ -208,18 +233,19 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         architecture = Architecture(
             dim=dim,
             n_classes=len(self.classes_),
-            coupling_layers=self.coupling_layers or defaults.default_coupling_layers(dim),
-            hidden=self.hidden or defaults.default_hidden(dim),
+            coupling_layers=self.coupling_layers or defaults.default_coupling_layers(flow_dim),
+            hidden=self.hidden or defaults.default_hidden(flow_dim),
             hidden_layers=self.hidden_layers or defaults.DEFAULT_HIDDEN_LAYERS,
             dropout=self.dropout,
             actnorm=self.actnorm,
             permutation=self.permutation,
             means_scale=1.0 if self.means_scale is None else self.means_scale,
-            means_separation=defaults.default_means_separation(dim) if self.means_scale is None else None,
+            means_separation=defaults.default_means_separation(flow_dim) if self.means_scale is None else None,
             variance=variance,
             learn_means=self.learn_means,
             learn_weights=self.learn_weights,
             seed=self.random_state,
+            projection_dim=projection_dim,
         )
         options = TrainingOptions(
             epochs=self.epochs or defaults.default_epochs(epoch_rows, epoch_batch),
@@ -228,8 +254,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             lr=self.lr,
             weight_decay=self.weight_decay,
             grad_clip=self.grad_clip,
-            unlabeled_weight=defaults.default_unlabeled_weight(dim) if self.unlabeled_weight is None else self.unlabeled_weight,
-            labeled_noise=defaults.default_labeled_noise(standardized, self.random_state) if self.labeled_noise is None else self.labeled_noise,
+            unlabeled_weight=defaults.default_unlabeled_weight(flow_dim) if self.unlabeled_weight is None else self.unlabeled_weight,
+            labeled_noise=defaults.default_labeled_noise(seen, self.random_state) if self.labeled_noise is None else self.labeled_noise,
             seed=self.random_state,
         )
         return architecture, options
@@ -308,17 +334,23 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         return float(self.model_.prior.log_temperature.exp())
 
+    @property
+    def latent_dim_(self) -> int:
+        """Dimension of the latent space: the projection's (see ``projection_dim``), else the features'."""
+        check_is_fitted(self, "model_")
+        return self.model_.architecture.latent_dim
+
     def encode(self, X: Any) -> np.ndarray:
         """Latent codes ``z = f(x)`` of the rows of ``X``."""
         check_is_fitted(self, "model_")
-        return self._map_rows(validate_data(self, X, dtype=np.float32, reset=False), self.model_.encode, self.n_features_in_)
+        return self._map_rows(validate_data(self, X, dtype=np.float32, reset=False), self.model_.encode, self.latent_dim_)
 
     def decode(self, Z: Any) -> np.ndarray:
         """Feature-space rows ``x = f⁻¹(z)`` of latent codes ``Z`` (the inverse of :meth:`encode`)."""
         check_is_fitted(self, "model_")
         Z = check_array(Z, dtype=np.float32, ensure_min_samples=0)
-        if Z.shape[1] != self.n_features_in_:
-            raise ValueError(f"latent codes have {Z.shape[1]} columns but the model's latent space has {self.n_features_in_}")
+        if Z.shape[1] != self.latent_dim_:
+            raise ValueError(f"latent codes have {Z.shape[1]} columns but the model's latent space has {self.latent_dim_}")
         return self._map_rows(Z, self.model_.decode, self.n_features_in_)
 
     def sample_latent(self, n_samples: int = 1, random_state: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -54,3 +54,15 @@ def shared_data(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not here; the shared data sets exist only on the team's machines")
     return path
+
+
+def bad_input_problems(code: int, out: str, err: str, output: Path | None) -> list[str]:
+    """What a run given bad input did wrong: exit code not 2, a traceback, not one line, output left."""
+    message = err.strip()
+    checks = (
+        (f"exit {code}", code != 2),
+        ("traceback", "Traceback" in err or "Traceback" in out),
+        ("not one line", len(message.splitlines()) != 1),
+        ("output left behind", output is not None and output.exists()),
+    )
+    return [problem for problem, bad in checks if bad]

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from flowgmm_testutils import run_cli
+from flowgmm_testutils import bad_input_problems, run_cli
 
 FAST = ["--epochs", "100", "--hidden", "32", "--coupling-layers", "4", "--lr", "0.01", "--quiet"]
 
@@ -179,16 +179,9 @@ def test_every_bad_input_gets_exit_2_and_one_clear_sentence(workspace, capsys):
     failures = []
     for name, (args, output) in cases.items():
         code, out, err = run_cli(args, capsys)
-        message = err.strip()
-        problems = [p for p, bad in (
-            (f"exit {code}", code != 2),
-            ("traceback", "Traceback" in err or "Traceback" in out),
-            ("no message", not message),
-            ("more than one line", len(message.splitlines()) != 1),
-            ("output left behind", output is not None and output.exists()),
-        ) if bad]  # fmt: skip
+        problems = bad_input_problems(code, out, err, output)
         if problems:
-            failures.append(f"{name}: {', '.join(problems)} — {message[:200]}")
+            failures.append(f"{name}: {', '.join(problems)} — {err.strip()[:200]}")
     assert not failures, "\n".join(failures)
 
 

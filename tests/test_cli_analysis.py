@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.datasets import make_moons
-from flowgmm_testutils import run_cli
+from flowgmm_testutils import bad_input_problems, run_cli
 
 from flowgmm_cli import FlowGMMClassifier
 from flowgmm_cli.features import FeatureWriter
@@ -178,15 +178,9 @@ def test_every_bad_input_gets_exit_2_one_sentence_and_no_output(w, capsys):
     failures = []
     for name, (args, output) in cases.items():
         code, out, err = run_cli(args, capsys)
-        message = err.strip()
-        problems = [p for p, bad in (
-            (f"exit {code}", code != 2),
-            ("traceback", "Traceback" in err or "Traceback" in out),
-            ("not one line", len(message.splitlines()) != 1),
-            ("output left behind", output is not None and output.exists()),
-        ) if bad]  # fmt: skip
+        problems = bad_input_problems(code, out, err, output)
         if problems:
-            failures.append(f"{name}: {', '.join(problems)} — {message[:200]}")
+            failures.append(f"{name}: {', '.join(problems)} — {err.strip()[:200]}")
     assert not failures, "\n".join(failures)
     assert (w["folder"] / "bad.flowgmm").read_bytes() == model_bytes
     assert (w["folder"] / "a_file").read_text() == "not a folder"

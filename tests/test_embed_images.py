@@ -48,6 +48,7 @@ def test_lite0_weights_load_strictly_into_timm():
 @pytest.mark.slow
 def test_lite0_features_of_mnist_carry_information(tmp_path, capsys):
     """Logistic regression on Lite0 features of 2,000 MNIST test images, against a random network's."""
+    import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
@@ -59,6 +60,7 @@ def test_lite0_features_of_mnist_carry_information(tmp_path, capsys):
         PIL.fromarray(pixels).save(tmp_path / f"{i:04d}.png")
     scores = {}
     for name, weights in (("pretrained", "lite0-package"), ("random", "random")):
+        torch.manual_seed(0)  # the random network's initial weights
         extractor = image.ImageExtractor(name, image.LITE0, weights, 1280, name)
         out = tmp_path / f"{name}.h5"
         extractor.embed(EmbedRequest(str(tmp_path), out, options={"workers": 0, "batch_size": 100}))
@@ -68,8 +70,9 @@ def test_lite0_features_of_mnist_carry_information(tmp_path, capsys):
         scores[name] = float(np.mean(cross_val_score(classifier, (features - features.mean(0)) / (features.std(0) + 1e-6), labels, cv=4)))
     with capsys.disabled():
         print(f"\nMNIST 2,000 test images, 4-fold logistic regression: Lite0 {scores['pretrained']:.3f}, random init {scores['random']:.3f}")
-    assert scores["pretrained"] >= scores["random"] + 0.1
-    assert scores["pretrained"] >= 0.85
+    # measured: 0.932 against 0.830
+    assert scores["pretrained"] >= scores["random"] + 0.05
+    assert scores["pretrained"] >= 0.9
 
 
 def test_folder_zip_and_csv_inputs_agree(tmp_path, capsys):
