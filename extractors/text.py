@@ -60,26 +60,34 @@ class TextEncoder:
         tokenizer, model = load_transformer(checkpoint, what or f"'{checkpoint}'")
         return cls(tokenizer, model, **options)
 
-    def token_lengths(self, texts: list[str]) -> np.ndarray:
-        """Untruncated token counts, special tokens included."""
-        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False)
-        return np.array([len(ids) for ids in encoded["input_ids"]])
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """One float32 row per text, in the order given."""
+        return self.encode_counting_truncated(texts)[0]
 
     @torch.inference_mode()
-    def encode(self, texts: list[str], lengths: np.ndarray | None = None) -> np.ndarray:
-        """One float32 row per text, in the order given; ``lengths`` (from :meth:`token_lengths`) sets the batching."""
-        if lengths is None:
-            lengths = self.token_lengths(texts)
-        order = np.argsort(np.minimum(lengths, self.max_length), kind="stable")
+    def encode_counting_truncated(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """The rows of :meth:`encode` and how many texts were cut to ``max_length`` tokens.
+
+        The texts are tokenized once; batches of similar length are then padded and run through
+        the model, shortest first, and the rows are put back in the input order.
+        """
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+        order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for begin in range(0, len(texts), self.batch_size):
             rows = order[begin : begin + self.batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
+            batch = self.tokenizer.pad({key: [values[i] for i in rows] for key, values in encoded.items()}, return_tensors="pt")
             batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
             out[rows] = self._pool(self.model(**batch), batch["attention_mask"]).float().cpu().numpy()
-        return out
+        return out, self._count_truncated(texts, encoded, lengths)
+
+    def _count_truncated(self, texts: list[str], encoded: Any, lengths: np.ndarray) -> int:
+        if encoded.encodings is not None:  # a fast tokenizer keeps what truncation cut off
+            return sum(1 for encoding in encoded.encodings if encoding.overflowing)
+        at_limit = [i for i in np.flatnonzero(lengths >= self.max_length)]
+        full = self.tokenizer([texts[i] for i in at_limit], truncation=False)["input_ids"] if at_limit else []
+        return sum(1 for ids in full if len(ids) > self.max_length)
 
     def _pool(self, output: Any, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "pooler":
@@ -182,13 +190,10 @@ class TextExtractor:
                 texts = chunk.frame[text_column].iloc[keep].tolist()
                 if not texts:
                     continue
-                lengths = encoder.token_lengths(texts)
+                features, truncated = encoder.encode_counting_truncated(texts)
                 labels = chunk.labels[keep] if chunk.labels is not None else None
-                yield Chunk(
-                    len(texts), chunk.ids[keep], encoder.encode(texts, lengths), labels,
-                    counts={"truncated": int((lengths > encoder.max_length).sum()),
-                            "empty": sum(1 for t in texts if not t.strip())},
-                )  # fmt: skip
+                counts = {"truncated": truncated, "empty": sum(1 for t in texts if not t.strip())}
+                yield Chunk(len(texts), chunk.ids[keep], features, labels, counts=counts)
 
         def finish(state: EmbedState) -> dict[str, Any]:
             _report_counts(request, state, encoder.max_length)

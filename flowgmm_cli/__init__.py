@@ -4,6 +4,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .estimator import FlowGMMClassifier  # noqa: E402
-
 __all__ = ["FlowGMMClassifier", "__version__"]
+
+
+def __getattr__(name: str):
+    """Import the estimator (torch, scikit-learn) on first use, so ``flowgmm embed`` and ``--help`` start fast."""
+    if name == "FlowGMMClassifier":
+        from .estimator import FlowGMMClassifier
+
+        return FlowGMMClassifier
+    raise AttributeError(f"module 'flowgmm_cli' has no attribute '{name}'")

@@ -21,11 +21,10 @@ from . import cli_analysis  # noqa: F401  (registers evaluate, calibrate, visual
 from .atomic import check_output_path
 from .cli_common import Device, Quiet, Threads, app, check_dim, load_model_for, use_threads
 from .errors import InputError, TrainingDiverged
-from .estimator import UNLABELED, FlowGMMClassifier, resolve_device
+from .devices import resolve_device
 from .features import align_labels, read_features, read_labels
 from .modelfile import read_header
-from .predictions import prediction_table, write_table
-from .progress import TrainingProgress, stderr_console
+from .progress import stderr_console
 
 
 def _version(value: bool) -> None:
@@ -144,6 +143,9 @@ def train(
     quiet: bool = Quiet,
 ) -> None:
     """Fit FlowGMM on labeled and unlabeled rows by their exact joint likelihood (paper, equation 4)."""
+    from .estimator import FlowGMMClassifier
+    from .progress import TrainingProgress
+
     if permutation not in ("reverse", "random"):
         raise InputError(f"--permutation must be 'reverse' or 'random', not '{permutation}'.")
     if val_labels is not None and val is None:
@@ -202,6 +204,9 @@ def _is_unlabeled(value: object) -> bool:
     return isinstance(value, int) and value == UNLABELED
 
 
+UNLABELED = -1  # as FlowGMMClassifier: scikit-learn's mark of an unlabeled row
+
+
 def _semi_supervised_targets(names: np.ndarray, features: Path, labels: Optional[Path]) -> np.ndarray:
     """Class names per row with ``-1`` for unlabeled rows, after checking there are two classes."""
     classes = sorted(set(names[names != ""]))
@@ -235,6 +240,8 @@ def predict(
     quiet: bool = Quiet,
 ) -> None:
     """Write id,label,confidence,p_<class>...,log_px for every row, in the feature file's order."""
+    from .predictions import prediction_table, write_table
+
     if output != "-":
         check_output_path(output)
     feature_file = read_features(features)

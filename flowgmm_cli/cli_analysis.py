@@ -11,7 +11,6 @@ import typer
 from rich.console import Console
 
 from .atomic import check_output_path
-from .calibration import LOG_TEMPERATURE_BOUNDS
 from .cli_common import Device, Quiet, app, check_dim, labeled_rows, load_model_for, row_classes
 from .errors import InputError
 from .features import FeatureFile, read_features
@@ -87,6 +86,8 @@ def calibrate(
     The scale (temperature) is stored in the model, which 'predict' and 'evaluate' then use; NLL
     and ECE (15 bins) on the validation rows are printed before and after.
     """
+    from . import calibration
+
     target = check_output_path(output if output is not None else model)
     feature_file = read_features(features)
     estimator = load_model_for(model, feature_file, device)
@@ -113,7 +114,7 @@ def calibrate(
     if after["accuracy"] == 1.0:
         _say(console, "Warning: the model classifies every validation row correctly, so a lower NLL only sharpens it; "
                       "calibrate on more validation rows.")  # fmt: skip
-    elif np.log(estimator.temperature_) > LOG_TEMPERATURE_BOUNDS[1] - 1e-3:
+    elif np.log(estimator.temperature_) > calibration.LOG_TEMPERATURE_BOUNDS[1] - 1e-3:
         _say(console, "Warning: the temperature reached its upper limit: on these rows the model's class probabilities are no better than uniform.")
     if as_json:
         typer.echo(json.dumps(result))

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 import typer
 
 from .errors import InputError
-from .estimator import FlowGMMClassifier
 from .features import FeatureFile, align_labels, read_labels
+
+if TYPE_CHECKING:
+    from .estimator import FlowGMMClassifier
 
 __all__ = ["Device", "Quiet", "Threads", "use_threads", "app", "check_dim", "labeled_rows", "load_model_for", "row_classes"]
 
@@ -38,6 +40,8 @@ def use_threads(threads: int | None) -> None:
 
 def load_model_for(model_path: Path, feature_file: FeatureFile, device: str) -> FlowGMMClassifier:
     """Load a model and check that ``feature_file`` holds features it can score (dimension, extractor)."""
+    from .estimator import FlowGMMClassifier
+
     estimator = FlowGMMClassifier.load(model_path, device=device)
     check_dim(feature_file, estimator.n_features_in_, f"model '{model_path}'")
     trained_on = estimator.header_.get("extractor") or ""

@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import defaults
 from .calibration import fit_temperature, tempered_log_proba
+from .devices import resolve_device
 from .errors import InputError
 from .model import Architecture, FlowGMM, principal_directions, standardization_stats
 from .modelfile import load_model, save_model
@@ -24,19 +25,6 @@ __all__ = ["FlowGMMClassifier", "resolve_device", "UNLABELED"]
 
 UNLABELED = -1
 _PREDICT_CHUNK = 8192
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` is CUDA when available, else the CPU; anything else is passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"Unknown device '{device}'; use auto, cpu, cuda or cuda:N.") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"Device '{device}' was asked for but CUDA is not available; use --device cpu.")
-    return resolved
 
 
 class FlowGMMClassifier(ClassifierMixin, BaseEstimator):

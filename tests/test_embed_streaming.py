@@ -50,7 +50,7 @@ def test_text_embed_resumes_to_the_same_file(tmp_path, capsys, monkeypatch):
 
     out = tmp_path / "resumed.h5"
     with monkeypatch.context() as patch:
-        interrupt_after(patch, text.TextEncoder, "encode", 2)
+        interrupt_after(patch, text.TextEncoder, "encode_counting_truncated", 2)
         code, _, err = run_cli([*args, "-o", out], capsys)
     assert code == 130 and "--resume" in err
     assert not out.exists()

@@ -53,14 +53,26 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_minilm_matches_plain_mean_pooling_in_input_order(minilm):
     tokenizer, model = minilm
     encoder = text.TextEncoder(tokenizer, model, pooling="mean", max_length=128, batch_size=3)
-    lengths = encoder.token_lengths(TEXTS)
+    lengths = [len(ids) for ids in tokenizer(TEXTS)["input_ids"]]
     assert not np.all(np.diff(lengths) >= 0), "the texts must not already be sorted by length"
-    ours = encoder.encode(TEXTS, lengths)
+    ours, truncated = encoder.encode_counting_truncated(TEXTS)
+    assert truncated == 1  # the long one, over 128 tokens
     reference = plain_mean_pooling(tokenizer, model, TEXTS, 128)
     assert ours.dtype == np.float32 and ours.shape == (len(TEXTS), 384)
     assert cosine(ours, reference).min() >= 0.9999
     # a shuffled row order would pair some rows with another text's reference
     assert cosine(ours[::-1], reference).min() < 0.99
+
+
+def test_truncation_count_without_a_fast_tokenizer(minilm):
+    """Slow tokenizers keep no record of what truncation cut; the count comes from a second look."""
+    tokenizer, model = minilm
+    slow = transformers.BertTokenizer.from_pretrained(text.minilm_path())
+    long_text, short_text = TEXTS[2], TEXTS[0]
+    exactly = slow.convert_tokens_to_string(slow.tokenize(long_text)[:30])  # 30 tokens + [CLS] + [SEP] = 32
+    encoder = text.TextEncoder(slow, model, pooling="mean", max_length=32)
+    features, truncated = encoder.encode_counting_truncated([long_text, short_text, exactly])
+    assert truncated == 1 and features.shape == (3, 384)
 
 
 def test_cls_and_pooler_pooling(minilm):
