@@ -1,10 +1,13 @@
-"""Accuracy of default FlowGMM against labeled-only baselines on the same splits, median over seeds.
+"""Default FlowGMM, labeled-only FlowGMM and the `flowgmm benchmark` baselines on fresh splits per seed.
 
-    python bench/accuracy.py digits --seeds 4        # BENCHMARKS.md: digits, 5 labels per class
-    python bench/accuracy.py two-moons --seeds 4     # 1,000 points, noise 0.05, 10 labels
+    python bench/accuracy.py digits --seeds 4        # BENCHMARKS.md: digits, a new 1,297 / 500 split per seed
+    python bench/accuracy.py two-moons --seeds 4     # 1,000 points, noise 0.05, 10 labels, scored on all points
     python bench/accuracy.py ag-size                 # time of a default fit on 5,600 x 384 features
 
-Prints one JSON line per method and a summary table; wall times are per fit.
+Unlike `flowgmm benchmark` (fixed pool and test files, one labeled draw per seed), each seed here
+also draws a new digits test split, and the 2-D sets are scored on every point; the methods, the
+optional standardisation and the scoring are the benchmark's own (flowgmm_cli.benchmark). Prints one JSON
+line per method and a summary table; wall times are medians per fit.
 """
 
 from __future__ import annotations
@@ -14,57 +17,47 @@ import json
 import time
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, LeaveOneOut
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.semi_supervised import LabelSpreading
 
 from flowgmm_cli import FlowGMMClassifier
+from flowgmm_cli.baselines import Method
+from flowgmm_cli.benchmark import FlowGMMMethod, Split, default_methods, median_mad, score_run, standardize_split
 from flowgmm_cli.demo import digits_split
 from flowgmm_cli.estimator import UNLABELED
-from flowgmm_cli.toy_data import make_toy, pick_labeled
+from flowgmm_cli.splits import pick_labeled
+from flowgmm_cli.toy_data import TOY_DATASETS, make_toy
 
 
-def _split(case: str, seed: int):
+class LabeledOnly:
+    """A method fitted without the unlabeled rows (for FlowGMM: the paper's "FlowGMM Sup")."""
+
+    def __init__(self, method: Method) -> None:
+        self.method = method
+
+    def fit_predict(self, X_labeled: np.ndarray, y_labeled: np.ndarray, X_unlabeled: np.ndarray, X_test: np.ndarray, seed: int) -> np.ndarray:
+        return self.method.fit_predict(X_labeled, y_labeled, X_unlabeled[:0], X_test, seed)
+
+
+METHODS: dict[str, Method] = {**default_methods(), "flowgmm-labeled-only": LabeledOnly(FlowGMMMethod())}
+
+
+def _split(case: str, seed: int) -> Split:
     if case == "digits":
         X, partial, _, X_test, y_test = digits_split(seed)
-        return X, partial, X_test, y_test
+        labeled = partial != UNLABELED
+        return Split(X[labeled], partial[labeled], X[~labeled], X_test, y_test)
     X, y = make_toy(case, 1000, seed)
-    partial = np.full_like(y, UNLABELED)
-    labeled = pick_labeled(y, 10 // len(np.unique(y)), seed)
-    partial[labeled] = y[labeled]
-    return X, partial, X, y
+    labeled = np.zeros(len(y), dtype=bool)
+    labeled[pick_labeled(y, 10 // len(np.unique(y)), seed)] = True
+    return Split(X[labeled], y[labeled], X[~labeled], X, y)
 
 
-def _knn(X, y):
-    search = GridSearchCV(KNeighborsClassifier(), {"n_neighbors": [1, 3, 5, 7]}, cv=LeaveOneOut())
-    return make_pipeline(StandardScaler(), search).fit(X, y)
-
-
-METHODS = {
-    "flowgmm": lambda X, p, s: FlowGMMClassifier(random_state=s).fit(X, p),
-    "flowgmm-labeled-only": lambda X, p, s: FlowGMMClassifier(random_state=s).fit(X[p != UNLABELED], p[p != UNLABELED]),
-    "knn": lambda X, p, s: _knn(X[p != UNLABELED], p[p != UNLABELED]),
-    "logistic-regression": lambda X, p, s: make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X[p != UNLABELED], p[p != UNLABELED]),
-    "mlp": lambda X, p, s: make_pipeline(StandardScaler(), MLPClassifier((256, 256), alpha=1e-3, max_iter=2000, random_state=s)).fit(X[p != UNLABELED], p[p != UNLABELED]),
-    "label-spreading": lambda X, p, s: make_pipeline(StandardScaler(), LabelSpreading(kernel="knn", n_neighbors=10, max_iter=200)).fit(X, p),
-}
-
-
-def accuracy_table(case: str, seeds: int, methods: list[str]) -> list[dict]:
+def accuracy_table(case: str, seeds: int, methods: list[str], standardize: bool = False) -> list[dict]:
     rows = []
     for method in methods:
-        scores, seconds = [], []
-        for seed in range(seeds):
-            X, partial, X_test, y_test = _split(case, seed)
-            start = time.perf_counter()
-            model = METHODS[method](X, partial, seed)
-            seconds.append(time.perf_counter() - start)
-            scores.append(100 * float(np.mean(model.predict(X_test) == y_test)))
-        row = {"case": case, "method": method, "median": float(np.median(scores)), "runs": scores, "seconds_per_fit": float(np.median(seconds))}
+        splits = [_split(case, seed) for seed in range(seeds)]
+        runs = [score_run(METHODS[method], standardize_split(split) if standardize else split, seed) for seed, split in enumerate(splits)]
+        median, mad = median_mad([accuracy for accuracy, _ in runs])
+        row = {"case": case, "method": method, "median": round(median, 2), "mad": round(mad, 2), "runs": [round(a, 1) for a, _ in runs], "seconds_per_fit": float(np.median([s for _, s in runs]))}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -87,17 +80,18 @@ def ag_size_timing() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("case", choices=["digits", "two-moons", "two-circles", "pinwheel", "8-gaussians", "ag-size"])
+    parser.add_argument("case", choices=["digits", *TOY_DATASETS, "ag-size"])
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
+    parser.add_argument("--standardize", action="store_true", help="give the baselines standardised features, as `flowgmm benchmark --standardize`")
     args = parser.parse_args()
     if args.case == "ag-size":
         ag_size_timing()
         return
-    rows = accuracy_table(args.case, args.seeds, args.methods.split(","))
-    print(f"\n{args.case}, {args.seeds} seeds (median accuracy %, seconds per fit)")
+    rows = accuracy_table(args.case, args.seeds, args.methods.split(","), args.standardize)
+    print(f"\n{args.case}, {args.seeds} seeds (median ± MAD accuracy %, seconds per fit)")
     for row in rows:
-        print(f"  {row['method']:<22}{row['median']:>7.1f}{row['seconds_per_fit']:>8.1f}s")
+        print(f"  {row['method']:<22}{row['median']:>7.1f} ± {row['mad']:<5.1f}{row['seconds_per_fit']:>8.1f}s")
 
 
 if __name__ == "__main__":

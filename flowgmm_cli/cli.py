@@ -17,7 +17,7 @@ import numpy as np
 import typer
 
 from . import __version__
-from . import cli_analysis  # noqa: F401  (registers evaluate, calibrate, visualize)
+from . import cli_analysis, cli_benchmark  # noqa: F401  (they register their commands on app)
 from .atomic import check_output_path
 from .cli_common import Device, Quiet, Threads, app, check_dim, load_model_for, use_threads
 from .errors import InputError, TrainingDiverged

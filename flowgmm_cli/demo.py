@@ -1,4 +1,5 @@
-"""``flowgmm demo``: FlowGMM against labeled-only FlowGMM on the paper's 2-D sets and scikit-learn's digits."""
+"""``flowgmm demo``: FlowGMM against labeled-only FlowGMM on the paper's 2-D sets and scikit-learn's digits,
+then the digit images through EfficientNet-Lite0 features (:mod:`.demo_images`)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from rich.console import Console
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from .demo_images import run_digit_images
 from .estimator import UNLABELED, FlowGMMClassifier
 from .plots import plot_decision_boundaries
 from .predictions import prediction_table, write_table
-from .toy_data import TOY_DATASETS, make_toy, pick_labeled
+from .splits import pick_labeled
+from .toy_data import TOY_DATASETS, make_toy
 
-__all__ = ["run_demo", "digits_split"]
+__all__ = ["digits_rows", "digits_split", "run_demo"]
 
 LABELS_PER_TOY_SET = 10
 DIGITS_LABELS_PER_CLASS = 5
@@ -27,11 +30,18 @@ def digits_split(seed: int, labels_per_class: int = DIGITS_LABELS_PER_CLASS):
     Returns ``(X_pool, y_pool_partial, y_pool_true, X_test, y_test)`` with ``-1`` for unlabeled rows.
     """
     X, y = load_digits(return_X_y=True)
-    X_pool, X_test, y_pool, y_test = train_test_split(X.astype(np.float32), y, test_size=500, stratify=y, random_state=seed)
-    labeled = pick_labeled(y_pool, labels_per_class, seed)
-    partial = np.full_like(y_pool, UNLABELED)
-    partial[labeled] = y_pool[labeled]
-    return X_pool, partial, y_pool, X_test, y_test
+    pool, test = digits_rows(seed)
+    labeled = pick_labeled(y[pool], labels_per_class, seed)
+    partial = np.full(len(pool), UNLABELED)
+    partial[labeled] = y[pool][labeled]
+    return X[pool].astype(np.float32), partial, y[pool], X[test].astype(np.float32), y[test]
+
+
+def digits_rows(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of :func:`digits_split`'s pool and test rows in scikit-learn's digit order."""
+    y = load_digits().target
+    pool, test = train_test_split(np.arange(len(y)), test_size=500, stratify=y, random_state=seed)
+    return pool, test
 
 
 def _fit_pair(X: np.ndarray, partial: np.ndarray, seed: int) -> tuple[FlowGMMClassifier, FlowGMMClassifier]:
@@ -66,6 +76,8 @@ def run_demo(output: Path, console: Console, seed: int = 0) -> list[dict]:
     write_table(prediction_table(semi, np.arange(len(X_test)), X_test), output / "digits_predictions.csv")
     results.append(_row("digits", int((partial != UNLABELED).sum()), semi.score(X_test, y_test), supervised.score(X_test, y_test)))
     console.print(f"digits: FlowGMM {results[-1]['flowgmm']:.3f}, labeled-only {results[-1]['labeled_only']:.3f} ({time.perf_counter() - start:.0f} s)")
+    pool, test = digits_rows(seed)
+    results.append(run_digit_images(output, console, (pool, partial, test, y_test), seed))
     return results
 
 

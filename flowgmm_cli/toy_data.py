@@ -1,11 +1,11 @@
-"""The paper's 2-D data sets (Figure 2) and a few-labels split, generated offline from a seed."""
+"""The paper's 2-D data sets (Figure 2), generated offline from a seed."""
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.datasets import make_circles, make_moons
 
-__all__ = ["TOY_DATASETS", "make_toy", "pick_labeled"]
+__all__ = ["TOY_DATASETS", "make_toy"]
 
 
 def _pinwheel(n: int, rng: np.random.Generator, arms: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -44,8 +44,3 @@ def make_toy(name: str, n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 TOY_DATASETS = ("two-moons", "two-circles", "pinwheel", "8-gaussians")
 
-
-def pick_labeled(y: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
-    """Indices of ``per_class`` random rows of each class."""
-    rng = np.random.default_rng(seed)
-    return np.concatenate([rng.choice(np.flatnonzero(y == k), per_class, replace=False) for k in np.unique(y)])

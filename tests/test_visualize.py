@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from flowgmm_cli import FlowGMMClassifier
-from flowgmm_cli.toy_data import make_toy, pick_labeled
+from flowgmm_cli.splits import pick_labeled
+from flowgmm_cli.toy_data import make_toy
 from flowgmm_cli.visualize import (
     INTERPOLATION_STEPS,
     KINDS,

@@ -1,0 +1,66 @@
+"""Seeded stratified draws of labeled rows: a fixed number per class, or a total split by class share."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["pick_labeled", "stratified_counts", "stratified_subset"]
+
+
+def pick_labeled(y: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``per_class`` random rows of each class, grouped by class.
+
+    Example:
+        >>> pick_labeled(np.array([0, 0, 0, 1, 1, 1]), 2, seed=0).shape
+        (4,)
+    """
+    classes = np.unique(y)
+    return _draw(y, classes, np.full(len(classes), per_class), seed)
+
+
+def stratified_subset(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``n`` random rows whose class shares follow ``y``'s, at least one row per class.
+
+    The same ``seed`` gives the same rows; rows are grouped by class, as :func:`pick_labeled`
+    (with which it coincides when ``n`` divides evenly over balanced classes).
+
+    Example:
+        >>> y = np.array([0] * 6 + [1] * 3)
+        >>> np.bincount(y[stratified_subset(y, 6, seed=0)]).tolist()
+        [4, 2]
+    """
+    classes, counts = np.unique(y, return_counts=True)
+    return _draw(y, classes, stratified_counts(counts, n), seed)
+
+
+def stratified_counts(counts: np.ndarray, n: int) -> np.ndarray:
+    """How many of ``n`` rows each class gets: its share of ``counts``, rounded by largest remainder, at least 1.
+
+    Raises :class:`InputError` when ``n`` is fewer than the classes or more than the rows.
+
+    Example:
+        >>> stratified_counts(np.array([50, 30, 20]), 7).tolist()
+        [4, 2, 1]
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if n > counts.sum():
+        raise InputError(f"Asked for {n} labeled rows but only {counts.sum()} rows have labels; lower --n-labeled or label more rows.")
+    if n < len(counts):
+        raise InputError(
+            f"Asked for {n} labeled rows but there are {len(counts)} classes; a stratified draw needs at least one row "
+            "per class, so raise --n-labeled."
+        )
+    quota = n * counts / counts.sum()
+    take = np.minimum(np.maximum(np.floor(quota), 1), counts).astype(np.int64)
+    while take.sum() < n:  # the largest shortfall first, among classes with rows left
+        take[np.argmax(np.where(take < counts, quota - take, -np.inf))] += 1
+    while take.sum() > n:  # only when the minimum of one row pushed the total over
+        take[np.argmin(np.where(take > 1, quota - take, np.inf))] -= 1
+    return take
+
+
+def _draw(y: np.ndarray, classes: np.ndarray, take: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.choice(np.flatnonzero(y == k), m, replace=False) for k, m in zip(classes, take, strict=True)])
