@@ -131,6 +131,7 @@ def train(
     variance: Optional[float] = typer.Option(None, min=1e-6, show_default="auto: 1.72", help="Variance of each mixture component."),
     learn_means: bool = typer.Option(False, help="Train the class means with the flow."),
     learn_weights: bool = typer.Option(False, help="Train the mixture weights (class imbalance)."),
+    scaling: Optional[str] = typer.Option(None, show_default="auto: shared above 8 features, else feature", help="Divide the centred inputs by each feature's std (feature) or by one scale for all (shared: pixels, embeddings)."),
     projection_dim: Optional[int] = typer.Option(None, min=0, show_default="auto: 32 above 64 features, else off", help="Flow on this many principal directions, the rest as Gaussian noise (0 = all features)."),
     unlabeled_weight: Optional[float] = typer.Option(None, min=0.0, show_default="auto: 1 up to 8 features, else 0.3", help="Weight of the unlabeled NLL in the loss."),
     labeled_noise: Optional[float] = typer.Option(None, min=0.0, show_default="auto: 1.2 x median neighbour distance / sqrt(dim)", help="Std of Gaussian noise on standardised labeled inputs."),
@@ -169,7 +170,7 @@ def train(
     estimator = FlowGMMClassifier(
         coupling_layers=coupling_layers, hidden=hidden, hidden_layers=hidden_layers, dropout=dropout, actnorm=actnorm,
         permutation=permutation, means_scale=means_scale, variance=variance, learn_means=learn_means,
-        learn_weights=learn_weights, projection_dim=projection_dim, unlabeled_weight=unlabeled_weight, labeled_noise=labeled_noise, epochs=epochs,
+        learn_weights=learn_weights, projection_dim=projection_dim, scaling=scaling, unlabeled_weight=unlabeled_weight, labeled_noise=labeled_noise, epochs=epochs,
         batch_size=batch_size, labeled_batch_size=labeled_batch_size, lr=lr, weight_decay=weight_decay,
         grad_clip=grad_clip, val_fraction=val_fraction if val is None else 0.0, random_state=seed, device=device,
     )  # fmt: skip

@@ -29,6 +29,7 @@ __all__ = [
     "default_batch_sizes",
     "default_epochs",
     "default_projection_dim",
+    "default_scaling",
 ]
 
 #: At most this many features counts as low-dimensional.
@@ -59,6 +60,16 @@ def default_projection_dim(dim: int, n_rows: int) -> int | None:
     if dim <= PROJECT_ABOVE:
         return None
     return min(PROJECTION_DIM, max(1, n_rows - 1))
+
+
+def default_scaling(dim: int) -> str:
+    """Input scaling: one scale shared by all features above :data:`LOW_DIM` features, else per feature.
+
+    Wide inputs are usually in one unit (pixels, embeddings), where per-feature scaling inflates
+    near-constant, noisy features. Validation rows, per-feature → shared: digits 89.5 → 90.8,
+    MNIST 76.7 → 81.8, AG News (MiniLM) 85.7 → 86.1 (means over two or three labeled draws).
+    """
+    return "feature" if dim <= LOW_DIM else "shared"
 
 
 def default_hidden(dim: int) -> int:

@@ -49,6 +49,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         projection_dim: let the flow model only the top principal directions of the standardised
             features, the rest as isotropic Gaussian noise (still an exact density; see
             :class:`FlowGMM`). ``0`` turns it off; default: 32 above 64 features, else off.
+        scaling: ``"feature"`` divides each standardised feature by its own standard deviation,
+            ``"shared"`` by one scale for all (features in one unit: pixels, embeddings); default:
+            shared above 8 features, else per feature.
         unlabeled_weight: weight of the unlabeled NLL in the loss (equation 4 uses 1; default:
             1 up to 8 features, else 0.3).
         labeled_noise: standard deviation of Gaussian noise added to standardised labeled inputs
@@ -82,6 +85,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         learn_means: bool = False,
         learn_weights: bool = False,
         projection_dim: int | None = None,
+        scaling: str | None = None,
         unlabeled_weight: float | None = None,
         labeled_noise: float | None = None,
         epochs: int | None = None,
@@ -105,6 +109,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         self.learn_means = learn_means
         self.learn_weights = learn_weights
         self.projection_dim = projection_dim
+        self.scaling = scaling
         self.unlabeled_weight = unlabeled_weight
         self.labeled_noise = labeled_noise
         self.epochs = epochs
@@ -162,7 +167,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         device = resolve_device(self.device)
         torch.manual_seed(self.random_state)
         features = torch.from_numpy(X)
-        mean, scale = standardization_stats(features)
+        mean, scale = standardization_stats(features, shared_scale=self._shared_scale(X.shape[1]))
         standardized = (features - mean) / scale  # once, for the defaults and for training
         projection_dim = self._projection_dim(X.shape[1], len(X))
         directions = residual_variance = None
@@ -197,6 +202,13 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         )
         self.model_ = model
         return self
+
+    def _shared_scale(self, dim: int) -> bool:
+        """Whether the features share one scale: the option, else the default for ``dim``."""
+        scaling = defaults.default_scaling(dim) if self.scaling is None else self.scaling
+        if scaling not in ("feature", "shared"):
+            raise InputError(f"scaling must be 'feature' or 'shared', not '{scaling}'.")
+        return scaling == "shared"
 
     def _projection_dim(self, dim: int, n_rows: int) -> int | None:
         """The principal directions the flow models: the option, else the default for ``dim``."""

@@ -14,9 +14,17 @@ from .prior import GaussianMixturePrior
 __all__ = ["Architecture", "FlowGMM", "principal_directions", "standardization_stats"]
 
 
-def standardization_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-feature mean and standard deviation of ``x``; constant features get scale 1."""
+def standardization_stats(x: Tensor, shared_scale: bool = False) -> tuple[Tensor, Tensor]:
+    """Per-feature mean of ``x`` and its standard deviation: per feature, or one shared by all.
+
+    Per-feature scaling suits tables in mixed units; a shared scale (the root mean variance of the
+    features) keeps the relative sizes of features in one unit, such as pixels or embeddings, where
+    a low-variance feature is often noise that per-feature scaling would blow up. Constant features
+    get scale 1.
+    """
     std = x.std(dim=0, unbiased=False)
+    if shared_scale:
+        std = torch.full_like(std, float(std.pow(2).mean().sqrt()))
     return x.mean(dim=0), torch.where(std > 1e-8, std, torch.ones_like(std))
 
 

@@ -88,3 +88,31 @@ def test_estimator_projects_wide_features_by_default_and_saves_it(tmp_path):
     off = FlowGMMClassifier(epochs=1, hidden=16, coupling_layers=2, projection_dim=0).fit(X, partial)
     assert off.architecture_.projection_dim is None and off.latent_dim_ == 80
     assert math.isfinite(float(off.score_samples(X[:3]).sum()))
+
+
+def test_shared_scale_keeps_the_features_relative_sizes():
+    from flowgmm_cli.model import standardization_stats
+
+    x = torch.tensor([[0.0, 0.0, 5.0], [2.0, 0.2, 5.0], [4.0, 0.4, 5.0]])
+    mean, per_feature = standardization_stats(x)
+    _, shared = standardization_stats(x, shared_scale=True)
+    torch.testing.assert_close(mean, torch.tensor([2.0, 0.2, 5.0]))
+    torch.testing.assert_close(per_feature, torch.tensor([math.sqrt(8 / 3), math.sqrt(0.08 / 3), 1.0]))
+    expected = math.sqrt((8 / 3 + 0.08 / 3 + 0) / 3)
+    torch.testing.assert_close(shared, torch.full((3,), expected))
+
+
+def test_scaling_default_and_option():
+    rng = np.random.default_rng(1)
+    wide = rng.normal(size=(60, 10)).astype(np.float32) * np.arange(1, 11, dtype=np.float32)
+    y = np.full(60, -1)
+    y[:2], y[2:4] = 0, 1
+    scales = lambda clf: clf.model_.feature_scale.numpy()  # noqa: E731
+    shared = FlowGMMClassifier(epochs=1, hidden=8, coupling_layers=1).fit(wide, y)
+    assert np.allclose(scales(shared), scales(shared)[0])
+    per_feature = FlowGMMClassifier(epochs=1, hidden=8, coupling_layers=1, scaling="feature").fit(wide, y)
+    assert scales(per_feature)[-1] > 5 * scales(per_feature)[0]
+    narrow = FlowGMMClassifier(epochs=1, hidden=8, coupling_layers=1).fit(wide[:, :3], y)
+    assert scales(narrow)[2] > 2 * scales(narrow)[0]
+    with pytest.raises(ValueError, match="scaling must be"):
+        FlowGMMClassifier(epochs=1, scaling="minmax").fit(wide, y)
