@@ -46,11 +46,14 @@ class TabularExtractor:
 def _numeric(frame: pd.DataFrame, ids: np.ndarray, label: str) -> np.ndarray:
     """The feature columns as float32, with an error naming the first bad column and row."""
     converted = frame.apply(pd.to_numeric, errors="coerce")
-    blank = frame.apply(lambda col: col.str.strip() == "")
-    not_number = converted.isna() & ~frame.apply(lambda col: col.str.strip().str.lower().isin(["nan", "-nan", "+nan"])) & ~blank
-    if not_number.to_numpy().any():
-        column = not_number.any(axis=0).idxmax()
-        row = int(np.flatnonzero(not_number[column].to_numpy())[0])
+    stripped = frame.apply(lambda col: col.str.strip().str.lower())
+    blank = (stripped == "").to_numpy(dtype=bool)
+    nan_text = stripped.isin(["nan", "-nan", "+nan"]).to_numpy(dtype=bool)
+    not_number = converted.isna().to_numpy(dtype=bool) & ~nan_text & ~blank
+    if not_number.any():
+        position = int(np.flatnonzero(not_number.any(axis=0))[0])
+        column = frame.columns[position]
+        row = int(np.flatnonzero(not_number[:, position])[0])
         raise InputError(
             f"Column '{column}' of CSV '{label}' is not numeric (row id '{ids[row]}' has "
             f"'{frame[column].iloc[row]}'); drop the column or convert it to numbers."
