@@ -56,13 +56,20 @@ def shared_data(relative: str) -> Path:
     return path
 
 
-def bad_input_problems(code: int, out: str, err: str, output: Path | None) -> list[str]:
-    """What a run given bad input did wrong: exit code not 2, a traceback, not one line, output left."""
-    message = err.strip()
-    checks = (
-        (f"exit {code}", code != 2),
-        ("traceback", "Traceback" in err or "Traceback" in out),
-        ("not one line", len(message.splitlines()) != 1),
-        ("output left behind", output is not None and output.exists()),
-    )
-    return [problem for problem, bad in checks if bad]
+def bad_input_failures(cases: dict[str, tuple[list, Path | None]], capsys) -> list[str]:
+    """Run each case's ``flowgmm`` arguments and describe what went wrong for bad input:
+    an exit code other than 2, a traceback, not exactly one line on stderr, an output left behind."""
+    failures = []
+    for name, (args, output) in cases.items():
+        code, out, err = run_cli(args, capsys)
+        message = err.strip()
+        checks = (
+            (f"exit {code}", code != 2),
+            ("traceback", "Traceback" in err or "Traceback" in out),
+            ("not one line", len(message.splitlines()) != 1),
+            ("output left behind", output is not None and output.exists()),
+        )
+        problems = [problem for problem, bad in checks if bad]
+        if problems:
+            failures.append(f"{name}: {', '.join(problems)} — {message[:200]}")
+    return failures

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from flowgmm_testutils import bad_input_problems, run_cli
+from flowgmm_testutils import bad_input_failures, run_cli
 
 FAST = ["--epochs", "100", "--hidden", "32", "--coupling-layers", "4", "--lr", "0.01", "--quiet"]
 
@@ -176,12 +176,7 @@ def test_every_bad_input_gets_exit_2_and_one_clear_sentence(workspace, capsys):
     assert run_cli(["train", w["four"], "--labels", four_labels, "-o", other, *FAST], capsys)[0] == 0
     Path(str(other) + ".ckpt").write_bytes((w["folder"] / "other.flowgmm").read_bytes())
     other.unlink()
-    failures = []
-    for name, (args, output) in cases.items():
-        code, out, err = run_cli(args, capsys)
-        problems = bad_input_problems(code, out, err, output)
-        if problems:
-            failures.append(f"{name}: {', '.join(problems)} — {err.strip()[:200]}")
+    failures = bad_input_failures(cases, capsys)
     assert not failures, "\n".join(failures)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.datasets import make_moons
-from flowgmm_testutils import bad_input_problems, run_cli
+from flowgmm_testutils import bad_input_failures, run_cli
 
 from flowgmm_cli import FlowGMMClassifier
 from flowgmm_cli.features import FeatureWriter
@@ -175,12 +175,7 @@ def _bad_cases(w: dict[str, Path]) -> dict[str, tuple[list, Path | None]]:
 def test_every_bad_input_gets_exit_2_one_sentence_and_no_output(w, capsys):
     cases = _bad_cases(w)
     model_bytes = (w["folder"] / "bad.flowgmm").read_bytes()
-    failures = []
-    for name, (args, output) in cases.items():
-        code, out, err = run_cli(args, capsys)
-        problems = bad_input_problems(code, out, err, output)
-        if problems:
-            failures.append(f"{name}: {', '.join(problems)} — {err.strip()[:200]}")
+    failures = bad_input_failures(cases, capsys)
     assert not failures, "\n".join(failures)
     assert (w["folder"] / "bad.flowgmm").read_bytes() == model_bytes
     assert (w["folder"] / "a_file").read_text() == "not a folder"
