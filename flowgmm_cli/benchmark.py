@@ -16,14 +16,10 @@ from threadpoolctl import threadpool_limits
 from .cli_common import check_dim
 from .errors import InputError
 from .features import align_labels, read_features, read_labels
-from .splits import stratified_subset
+from .splits import UNLABELED, stratified_subset
 
 if TYPE_CHECKING:
     from .baselines import Method
-
-#: A pool row without a label, as ``estimator.UNLABELED``; the estimator and the baselines (scikit-learn)
-#: load only when a benchmark runs, so that ``flowgmm`` starts fast.
-UNLABELED = -1
 
 __all__ = [
     "TITLES",

@@ -16,15 +16,15 @@ import click
 import numpy as np
 import typer
 
-from . import __version__
-from . import cli_analysis, cli_benchmark  # noqa: F401  (they register their commands on app)
+from . import __version__, cli_analysis, cli_benchmark  # noqa: F401  (they register their commands on app)
 from .atomic import check_output_path
 from .cli_common import Device, Quiet, Threads, app, check_dim, load_model_for, use_threads
-from .errors import InputError, TrainingDiverged
 from .devices import resolve_device
+from .errors import InputError, TrainingDiverged
 from .features import align_labels, read_features, read_labels
 from .modelfile import read_header
 from .progress import stderr_console
+from .splits import UNLABELED
 
 
 def _version(value: bool) -> None:
@@ -203,9 +203,6 @@ def train(
 
 def _is_unlabeled(value: object) -> bool:
     return isinstance(value, int) and value == UNLABELED
-
-
-UNLABELED = -1  # as FlowGMMClassifier: scikit-learn's mark of an unlabeled row
 
 
 def _semi_supervised_targets(names: np.ndarray, features: Path, labels: Optional[Path]) -> np.ndarray:

@@ -7,42 +7,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import benchmark
 from .cli_common import Device, Quiet, app
 from .devices import resolve_device
-from .progress import stderr_console
+from .progress import RunProgress, stderr_console
 
 __all__ = ["benchmark_command"]
-
-
-class _RunProgress:
-    """One bar over methods × seeds on a terminal; one line per run otherwise (unless quiet)."""
-
-    def __init__(self, console: Console, total: int) -> None:
-        self._console = console
-        self._progress = Progress(
-            TextColumn("[bold]benchmark[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-            console=console, disable=console.quiet or not console.is_terminal,
-        )  # fmt: skip
-        self._task = self._progress.add_task("benchmark", total=total, status="")
-
-    def __enter__(self) -> "_RunProgress":
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def start(self, method: str, seed: int) -> None:
-        self._progress.update(self._task, status=f"{method} seed {seed}")
-
-    def done(self, method: str, seed: int, accuracy: float, seconds: float) -> None:
-        self._progress.advance(self._task)
-        if not self._console.quiet and not self._console.is_terminal:
-            self._console.print(f"{method} seed {seed}: {accuracy:.1f}% in {seconds:.1f} s")
 
 
 @app.command("benchmark")
@@ -72,6 +43,6 @@ def benchmark_command(
     available = benchmark.default_methods(str(resolve_device(device)))
     chosen = {name: available[name] for name in names}
     console = stderr_console(quiet)
-    with benchmark.limited_threads(threads), _RunProgress(console, len(chosen) * seeds) as progress:
+    with benchmark.limited_threads(threads), RunProgress(console, len(chosen) * seeds) as progress:
         report = benchmark.run_benchmark(data, chosen, n_labeled, seeds, on_run=progress, standardize=standardize)
     typer.echo(json.dumps(report) if as_json else benchmark.format_table(report, len(data.classes)))

@@ -19,11 +19,11 @@ from .devices import resolve_device
 from .errors import InputError
 from .model import Architecture, FlowGMM, principal_directions, standardization_stats
 from .modelfile import load_model, save_model
+from .splits import UNLABELED
 from .training import TrainingCallback, TrainingOptions, fit_flowgmm
 
 __all__ = ["FlowGMMClassifier", "resolve_device", "UNLABELED"]
 
-UNLABELED = -1
 _PREDICT_CHUNK = 8192
 
 

@@ -193,11 +193,16 @@ class FeatureWriter:
         partial = self.partial_path
         if not partial.is_file():
             raise InputError(f"--resume found no partial file '{partial}'; run without --resume.")
+        damaged = InputError(f"Partial file '{partial}' is damaged; delete it and run without --resume.")
         try:
             self._handle = h5py.File(partial, "a")
+        except OSError:
+            raise damaged from None
+        try:
             key, rows, state = (self._handle.attrs[k] for k in ("resume_key", "rows_complete", "resume_state"))
-        except (OSError, KeyError):
-            raise InputError(f"Partial file '{partial}' is damaged; delete it and run without --resume.") from None
+        except KeyError:
+            self._handle.close()
+            raise damaged from None
         if _plain(key) != self.resume_key:
             self._handle.close()
             raise InputError(

@@ -6,7 +6,10 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["pick_labeled", "stratified_counts", "stratified_subset"]
+__all__ = ["UNLABELED", "pick_labeled", "stratified_counts", "stratified_subset"]
+
+#: The label of an unlabeled row in the library API, as in ``sklearn.semi_supervised``.
+UNLABELED = -1
 
 
 def pick_labeled(y: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
