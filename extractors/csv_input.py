@@ -69,7 +69,7 @@ class CsvSource:
         >>> import tempfile, pathlib
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
         >>> _ = path.write_text('id,text\\na,"two\\nlines"\\nb,one\\n')
-        >>> [list(c.ids) for c in CsvSource(str(path)).chunks(["text"], "id")]
+        >>> [list(c.ids) for c in CsvSource(str(path)).chunks({"text": "--text-column"}, "id")]
         [['a', 'b']]
     """
 
@@ -104,8 +104,12 @@ class CsvSource:
             return io.BufferedReader(self._stdin)
         return Path(self.source).open("rb")
 
-    def chunks(self, required: list[str], id_column: str, label_column: str | None = None) -> Iterator[CsvChunk]:
-        """Yield the rows in order; ``required`` columns (and the label column, if given) must exist."""
+    def chunks(self, required: dict[str, str], id_column: str, label_column: str | None = None) -> Iterator[CsvChunk]:
+        """Yield the rows in order.
+
+        ``required`` maps each column that must exist to the option that named it, for the error;
+        the label column, if given, must exist too.
+        """
         with self._open() as stream:
             reader = self._parse(lambda: pd.read_csv(
                 stream, dtype=str, keep_default_na=False, chunksize=self.chunk_rows, encoding=self.encoding,
@@ -115,7 +119,7 @@ class CsvSource:
             start = 0
             while (frame := self._parse(lambda: next(reader, None))) is not None:
                 if start == 0:
-                    self._check_columns(frame, [*required, *([label_column] if label_column else [])])
+                    self._check_columns(frame, {**required, **({label_column: "--label-column"} if label_column else {})})
                 ids = (
                     frame[id_column].to_numpy(dtype=object)
                     if id_column in frame.columns
@@ -137,12 +141,12 @@ class CsvSource:
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
             raise InputError(f"CSV '{self.label}' could not be parsed ({error}).") from None
 
-    def _check_columns(self, frame: pd.DataFrame, required: list[str]) -> None:
+    def _check_columns(self, frame: pd.DataFrame, required: dict[str, str]) -> None:
         missing = [c for c in required if c not in frame.columns]
         if missing:
             raise InputError(
                 f"CSV '{self.label}' has no column '{missing[0]}' (columns: {', '.join(map(str, frame.columns))}); "
-                "choose one with the matching --...-column option."
+                f"name the right one with {required[missing[0]]}."
             )
 
     def _check_decoded(self, frame: pd.DataFrame, ids: np.ndarray, start: int) -> None:

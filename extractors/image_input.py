@@ -100,7 +100,7 @@ def _items_from_names(names: list[str], labels_from_folders: bool) -> list[Image
 
 def _items_from_csv(path: Path, path_column: str, id_column: str, label_column: str | None) -> ImageListing:
     items = []
-    for chunk in CsvSource(str(path)).chunks([path_column], id_column, label_column):
+    for chunk in CsvSource(str(path)).chunks({path_column: "--path-column"}, id_column, label_column):
         locations = chunk.frame[path_column].tolist()
         labels = chunk.labels if chunk.labels is not None else [""] * len(locations)
         items += [ImageItem(str(i), str(lab), str(path.parent / loc)) for i, lab, loc in zip(chunk.ids, labels, locations)]

@@ -30,7 +30,7 @@ class TabularExtractor:
 
     def embed(self, request: EmbedRequest) -> int:
         source = CsvSource(request.source, request.options.get("encoding", "utf-8"), _CHUNK_ROWS)
-        chunks = source.chunks([], request.id_column, request.label_column)
+        chunks = source.chunks({}, request.id_column, request.label_column)
         first = next(chunks)
         feature_columns = [c for c in first.frame.columns if c not in (request.id_column, request.label_column)]
         if not feature_columns:

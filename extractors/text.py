@@ -171,7 +171,7 @@ class TextExtractor:
         source = CsvSource(request.source, options.get("encoding") or "utf-8", options.get("chunk_size") or DEFAULT_CHUNK_ROWS)
         if request.resume and not source.seekable:
             raise InputError("--resume needs the input as a file; standard input cannot be read again.")
-        rows = source.chunks([text_column], request.id_column, request.label_column)
+        rows = source.chunks({text_column: "--text-column"}, request.id_column, request.label_column)
         first = next(rows)  # checks the columns before the slow model load
         encoder = TextEncoder.load(
             checkpoint, what, pooling=pooling, max_length=options.get("max_length") or DEFAULT_MAX_LENGTH,

@@ -131,7 +131,7 @@ def test_quoted_multiline_fields_stdin_and_encoding(tmp_path, capsys, monkeypatc
 @pytest.mark.parametrize(
     ("content", "args", "expected"),
     [
-        (b"id,body\n1,hello\n", [], "has no column 'text' (columns: id, body)"),
+        (b"id,body\n1,hello\n", [], "has no column 'text' (columns: id, body); name the right one with --text-column"),
         (b"id,text\n1,hello\n1,again\n", [], "Id '1' appears more than once"),
         (b"id,text\n1,fine\n2,caf\xe9\n", [], "Data row 2 (id '2')"),
         (b"", [], "is empty"),
