@@ -22,7 +22,7 @@ from flowgmm_cli import FlowGMMClassifier
 from flowgmm_cli.baselines import Method
 from flowgmm_cli.benchmark import FlowGMMMethod, Split, default_methods, median_mad, score_run, standardize_split
 from flowgmm_cli.demo import digits_split
-from flowgmm_cli.estimator import UNLABELED
+from flowgmm_cli.targets import UNLABELED
 from flowgmm_cli.splits import pick_labeled
 from flowgmm_cli.toy_data import TOY_DATASETS, make_toy
 
@@ -73,7 +73,7 @@ def ag_size_timing() -> dict:
     partial[pick_labeled(y, 50, 0)] = y[pick_labeled(y, 50, 0)]
     start = time.perf_counter()
     model = FlowGMMClassifier().fit(X, partial)
-    row = {"case": "ag-size 5600x384", "seconds": time.perf_counter() - start, "epochs": model.training_options_.epochs, "hidden": model.architecture_.hidden}
+    row = {"case": "ag-size 5600x384", "seconds": time.perf_counter() - start, "epochs": model.options_.epochs, "hidden": model.options_.hidden}
     print(json.dumps(row), flush=True)
     return row
 

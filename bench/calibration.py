@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flowgmm_cli import FlowGMMClassifier  # noqa: E402
 from flowgmm_cli.demo import digits_split  # noqa: E402
-from flowgmm_cli.estimator import UNLABELED  # noqa: E402
+from flowgmm_cli.targets import UNLABELED  # noqa: E402
 from flowgmm_cli.metrics import classification_report  # noqa: E402
 
 METRICS = ("accuracy", "nll", "ece", "brier")

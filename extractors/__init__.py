@@ -11,9 +11,39 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-__all__ = ["EmbedRequest", "Extractor", "get_extractor", "available_extractors", "ENTRY_POINT_GROUP"]
+__all__ = ["EmbedRequest", "Extractor", "RowProgress", "get_extractor", "available_extractors", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "flowgmm.extractors"
+
+
+class RowProgress(Protocol):
+    """Progress over input rows, shown by whoever asked for the embedding (a context manager)."""
+
+    def __enter__(self) -> "RowProgress": ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def start_at(self, rows: int) -> None:
+        """Rows already done before this run (a resumed embed)."""
+        ...
+
+    def advance(self, rows: int) -> None: ...
+
+
+class _NoProgress:
+    """Progress that shows nothing."""
+
+    def __enter__(self) -> "_NoProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def start_at(self, rows: int) -> None:
+        pass
+
+    def advance(self, rows: int) -> None:
+        pass
 
 
 @dataclass
@@ -27,7 +57,9 @@ class EmbedRequest:
     options: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
     console: Any = None
-    """A ``rich.console.Console`` on stderr for progress and warnings; ``None`` is silent."""
+    """A ``rich.console.Console`` on stderr for warnings; ``None`` is silent."""
+    progress: Callable[[int | None], RowProgress] = lambda total: _NoProgress()
+    """Makes the progress display for ``total`` inputs (``None`` when unknown)."""
 
 
 class Extractor(Protocol):

@@ -19,7 +19,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from flowgmm_cli.errors import InputError
+from flowgmm_cli.errors import InputError, describe
 
 __all__ = ["CsvChunk", "CsvSource", "file_sha256"]
 
@@ -139,7 +139,7 @@ class CsvSource:
         except pd.errors.EmptyDataError:
             raise InputError(f"CSV '{self.label}' is empty; it needs a header row and at least one data row.") from None
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
-            raise InputError(f"CSV '{self.label}' could not be parsed ({error}).") from None
+            raise InputError(f"CSV '{self.label}' could not be parsed ({describe(error)}); fix those rows or pass the right --encoding.") from None
 
     def _check_columns(self, frame: pd.DataFrame, required: dict[str, str]) -> None:
         missing = [c for c in required if c not in frame.columns]

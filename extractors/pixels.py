@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from flowgmm_cli.errors import InputError
+from flowgmm_cli.errors import InputError, reading
 
 from . import EmbedRequest
 from .csv_input import file_sha256
@@ -113,10 +113,8 @@ class PixelsExtractor:
 
 
 def _load_arrays(path: Path, array_key: str | None, label_key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    try:
+    with reading(path, "NumPy file", "give an .npy or .npz file of images saved by numpy"):
         loaded = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise InputError(f"'{path}' is not a readable NumPy file ({error}).") from None
     if isinstance(loaded, np.ndarray):
         if label_key:
             raise InputError("--label-key needs an .npz file that holds a labels array.")
@@ -140,10 +138,8 @@ def _load_arrays(path: Path, array_key: str | None, label_key: str | None) -> tu
 def _first_image_format(listing: ImageListing, grayscale: bool, image_size: int | None) -> tuple[str, tuple[int, int]]:
     """The colour mode ("L" or "RGB") and (width, height) that every image is stored in."""
     first = listing.items[0]
-    try:
+    with reading(first.location, "image", "fix or remove it"):
         image = read_image(first)
-    except (OSError, ValueError) as error:
-        raise InputError(f"Image '{first.location}' could not be read ({error}).") from None
     mode = "L" if grayscale or image.mode in ("L", "1", "I", "I;16", "F") else "RGB"
     return mode, (image_size, image_size) if image_size else image.size
 

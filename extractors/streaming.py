@@ -18,7 +18,6 @@ import numpy as np
 from rich.console import Console
 
 from flowgmm_cli.features import FeatureWriter
-from flowgmm_cli.progress import RowProgress
 
 from . import EmbedRequest
 
@@ -81,7 +80,7 @@ def stream_to_file(
         request.output, dim, attrs, with_labels, resume_key=key, resume=request.resume and key is not None,
         dtype=dtype, sample_shape=sample_shape,
     )  # fmt: skip
-    with writer, RowProgress(console, "embed", total) as progress:
+    with writer, request.progress(total) as progress:
         state = EmbedState(**writer.state) if writer.state else EmbedState()
         if state.inputs:
             console.print(f"resuming after {state.inputs} inputs ({writer.rows} rows) in {writer.partial_path}")

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from .cli_common import check_dim
 from .errors import InputError
-from .features import align_labels, read_features, read_labels
-from .splits import UNLABELED, stratified_subset
+from .features import align_labels, check_dim, read_features, read_labels
+from .splits import stratified_subset
+from .targets import UNLABELED, require_classes
 
 if TYPE_CHECKING:
     from .baselines import Method
@@ -117,10 +117,7 @@ def load_benchmark_data(features: Path, labels: Path | None, test: Path, test_la
     pool = read_features(features)
     names = align_labels(pool, read_labels(labels) if labels else None, str(labels))
     classes = sorted(set(names[names != ""]))
-    source = f"labels file '{labels}'" if labels else f"the /labels of '{features}'"
-    if len(classes) < 2:
-        found = f"only class '{classes[0]}'" if classes else "no labeled rows"
-        raise InputError(f"The benchmark needs labeled rows of at least 2 classes, but {source} has {found}; label rows of 2 or more classes.")
+    require_classes(classes, f"labels file '{labels}'" if labels else f"the /labels of '{features}'")
     test_file = read_features(test)
     check_dim(test_file, pool.dim, f"the features '{features}'")
     test_names = align_labels(test_file, read_labels(test_labels) if test_labels else None, str(test_labels))

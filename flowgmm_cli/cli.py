@@ -18,13 +18,15 @@ import typer
 
 from . import __version__, cli_analysis, cli_benchmark  # noqa: F401  (they register their commands on app)
 from .atomic import check_output_path
-from .cli_common import Device, Quiet, Threads, app, check_dim, load_model_for, use_threads
+from .cli_common import QUIET_HELP, THREADS_HELP, Device, Quiet, Threads, app, load_model_for, use_threads
+from .cli_options import flag, with_train_options
 from .devices import resolve_device
-from .errors import InputError, TrainingDiverged
-from .features import align_labels, read_features, read_labels
+from .errors import InputError, OptionError, TrainingDiverged
+from .features import align_labels, check_dim, read_features, read_labels
 from .modelfile import read_header
-from .progress import stderr_console
-from .splits import UNLABELED
+from .options import Panel, TrainOptions
+from .progress import RowProgress, stderr_console
+from .targets import require_classes, targets_from_names, unlabeled_mask
 
 
 def _version(value: bool) -> None:
@@ -84,7 +86,9 @@ def embed(
         "grayscale": grayscale, "array_key": array_key, "label_key": label_key, "encoding": encoding, "chunk_size": chunk_size,
     }  # fmt: skip
     console = stderr_console(quiet)
-    rows = extractor.embed(EmbedRequest(source, output, id_column, label_column, options, resume=resume, console=console))
+    request = EmbedRequest(source, output, id_column, label_column, options, resume=resume, console=console,
+                           progress=lambda total: RowProgress(console, "embed", total))  # fmt: skip
+    rows = extractor.embed(request)
     console.print(f"wrote {rows} rows to {output}")
 
 
@@ -108,56 +112,39 @@ def list_extractors(as_json: bool = typer.Option(False, "--json", help="Print on
 
 
 # ---------------------------------------------------------------------------------------- train
+_DATA, _RUNTIME = Panel.data.value, Panel.runtime.value
+
+
 @app.command(epilog="Options shown as 'auto' are chosen from the data: see README 'Defaults'.")
+@with_train_options
 def train(
     features: Path = typer.Argument(..., help="Feature file (HDF5) with all rows, labeled and unlabeled."),
-    output: Path = typer.Option(..., "--output", "-o", help="Model file to write."),
-    labels: Optional[Path] = typer.Option(None, help="CSV id,label; without it the file's own /labels are used."),
-    allow_missing: bool = typer.Option(False, help="Warn instead of failing on label ids absent from the features."),
-    val: Optional[Path] = typer.Option(None, help="Feature file of validation rows to choose the best epoch."),
-    val_labels: Optional[Path] = typer.Option(None, help="Labels CSV for --val (else its /labels)."),
-    val_fraction: float = typer.Option(0.0, min=0.0, max=0.9, help="Hold out this share of each class's labeled rows to choose the best epoch."),
-    epochs: Optional[int] = typer.Option(None, min=1, show_default="auto: about 3,000 steps", help="Passes over the unlabeled rows."),
-    seed: int = typer.Option(0, help="Seed of the means, the weights' init, batches and noise."),
-    device: str = Device,
-    resume: bool = typer.Option(False, help="Continue from OUTPUT.ckpt, the checkpoint an interrupted run left."),
-    coupling_layers: Optional[int] = typer.Option(None, min=1, show_default="auto: 10 up to 8 features, else 8", help="Affine coupling layers."),
-    hidden: Optional[int] = typer.Option(None, min=1, show_default="auto: 512 up to 8 features, else 2*dim in [128, 512]", help="Width of the s/t networks."),
-    hidden_layers: Optional[int] = typer.Option(None, min=1, show_default="auto: 1", help="Hidden layers per s/t network."),
-    dropout: float = typer.Option(0.0, min=0.0, max=0.9, help="Dropout inside the s/t networks."),
-    actnorm: bool = typer.Option(False, help="ActNorm before each coupling."),
-    permutation: str = typer.Option("reverse", help="Between couplings: reverse the features, or a fixed random permutation."),
-    means_scale: Optional[float] = typer.Option(None, min=0.0, show_default="auto: closest means 7 std apart", help="Std of the fixed random class means (paper: 1)."),
-    variance: Optional[float] = typer.Option(None, min=1e-6, show_default="auto: 1.72", help="Variance of each mixture component."),
-    learn_means: bool = typer.Option(False, help="Train the class means with the flow."),
-    learn_weights: bool = typer.Option(False, help="Train the mixture weights (class imbalance)."),
-    scaling: Optional[str] = typer.Option(None, show_default="auto: shared above 8 features, else feature", help="Divide the centred inputs by each feature's std (feature) or by one scale for all (shared: pixels, embeddings)."),
-    projection_dim: Optional[int] = typer.Option(None, min=0, show_default="auto: 32 above 64 features, else off", help="Flow on this many principal directions, the rest as Gaussian noise (0 = all features)."),
-    unlabeled_weight: Optional[float] = typer.Option(None, min=0.0, show_default="auto: 1 up to 8 features, else 0.3", help="Weight of the unlabeled NLL in the loss."),
-    labeled_noise: Optional[float] = typer.Option(None, min=0.0, show_default="auto: 1.2 x median neighbour distance / sqrt(dim)", help="Std of Gaussian noise on standardised labeled inputs."),
-    batch_size: Optional[int] = typer.Option(None, min=1, show_default="auto: 256", help="Unlabeled rows per step."),
-    labeled_batch_size: Optional[int] = typer.Option(None, min=1, show_default="auto: 64", help="Labeled rows per step."),
-    lr: float = typer.Option(1e-3, min=0.0, help="AdamW learning rate (cosine schedule)."),
-    weight_decay: float = typer.Option(1e-4, min=0.0, help="AdamW weight decay."),
-    grad_clip: float = typer.Option(10.0, min=0.0, help="Gradient-norm clipping."),
-    threads: Optional[int] = Threads,
-    quiet: bool = Quiet,
+    output: Path = typer.Option(..., "--output", "-o", help="Model file to write.", rich_help_panel=_DATA),
+    labels: Optional[Path] = typer.Option(None, help="CSV id,label; without it the file's own /labels are used.", rich_help_panel=_DATA),
+    allow_missing: bool = typer.Option(False, help="Warn instead of failing on label ids absent from the features.", rich_help_panel=_DATA),
+    val: Optional[Path] = typer.Option(None, help="Feature file of validation rows to choose the best epoch.", rich_help_panel=_DATA),
+    val_labels: Optional[Path] = typer.Option(None, help="Labels CSV for --val (else its /labels).", rich_help_panel=_DATA),
+    resume: bool = typer.Option(False, help="Continue from OUTPUT.ckpt, the checkpoint an interrupted run left.", rich_help_panel=_RUNTIME),
+    threads: Optional[int] = typer.Option(None, min=1, help=THREADS_HELP, rich_help_panel=_RUNTIME),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP, rich_help_panel=_RUNTIME),
+    options: TrainOptions = TrainOptions(),
 ) -> None:
     """Fit FlowGMM on labeled and unlabeled rows by their exact joint likelihood (paper, equation 4)."""
     from .estimator import FlowGMMClassifier
     from .progress import TrainingProgress
 
-    if permutation not in ("reverse", "random"):
-        raise InputError(f"--permutation must be 'reverse' or 'random', not '{permutation}'.")
     if val_labels is not None and val is None:
         raise InputError("--val-labels needs --val FEATURES.h5, the validation rows it labels.")
+    if val is not None and options.val_fraction:
+        raise InputError("--val and --val-fraction both choose the best epoch; give one of them.")
     check_output_path(output)
     use_threads(threads)
     feature_file = read_features(features)
     if labels is None and feature_file.labels is None:
         raise InputError(f"Feature file '{features}' has no /labels; pass --labels LABELS.csv (columns id,label).")
     names = align_labels(feature_file, read_labels(labels) if labels else None, str(labels), allow_missing)
-    y = _semi_supervised_targets(names, feature_file.path, labels)
+    require_classes(sorted(set(names[names != ""])), f"labels file '{labels}'" if labels else f"the /labels of '{features}'")
+    y = targets_from_names(names)
     X_val = y_val = None
     if val is not None:
         val_file = read_features(val)
@@ -167,61 +154,39 @@ def train(
         if not keep.any():
             raise InputError(f"Validation file '{val}' has no labeled rows; pass --val-labels.")
         X_val, y_val = val_file.features[keep], val_names[keep]
-    estimator = FlowGMMClassifier(
-        coupling_layers=coupling_layers, hidden=hidden, hidden_layers=hidden_layers, dropout=dropout, actnorm=actnorm,
-        permutation=permutation, means_scale=means_scale, variance=variance, learn_means=learn_means,
-        learn_weights=learn_weights, projection_dim=projection_dim, scaling=scaling, unlabeled_weight=unlabeled_weight, labeled_noise=labeled_noise, epochs=epochs,
-        batch_size=batch_size, labeled_batch_size=labeled_batch_size, lr=lr, weight_decay=weight_decay,
-        grad_clip=grad_clip, val_fraction=val_fraction if val is None else 0.0, random_state=seed, device=device,
-    )  # fmt: skip
+    estimator = FlowGMMClassifier(**{name: value for name, value in vars(options).items()})
     checkpoint = output.with_name(output.name + ".ckpt")
     if resume and not checkpoint.exists():
         raise InputError(f"--resume found no checkpoint '{checkpoint}'; train without --resume.")
-    fingerprint = _fingerprint(feature_file.features, y, estimator.get_params(), X_val, y_val)
+    fingerprint = _fingerprint(feature_file.features, y, options, X_val, y_val)
     console = stderr_console(quiet)
     with TrainingProgress(console) as progress:
         estimator.fit(feature_file.features, y, X_val=X_val, y_val=y_val, checkpoint=checkpoint, resume=resume,
                       fingerprint=fingerprint, callback=progress)  # fmt: skip
+    n_unlabeled = int(unlabeled_mask(y).sum())
     estimator.save(
         output,
         extractor=feature_file.attrs.get("extractor", ""),
         extractor_model=feature_file.attrs.get("model", ""),
         features_file=str(features),
-        n_labeled=int(sum(1 for v in y if not _is_unlabeled(v))),
-        n_unlabeled=int(sum(1 for v in y if _is_unlabeled(v))),
-        history=estimator.history_,
+        n_labeled=len(y) - n_unlabeled,
+        n_unlabeled=n_unlabeled,
         flowgmm_version=__version__,
     )
     checkpoint.unlink(missing_ok=True)
     last = estimator.history_[-1]
-    summary = f"wrote {output}: {len(estimator.classes_)} classes, {estimator.training_options_.epochs} epochs, loss {last['loss']:.3f}/dim"
+    summary = f"wrote {output}: {len(estimator.classes_)} classes, {estimator.options_.epochs} epochs, loss {last['loss']:.3f}/dim"
     if last.get("val_accuracy") is not None:
         best = max(estimator.history_, key=lambda h: (h["val_accuracy"], -h["val_nll"]))
         summary += f", best epoch {best['epoch']} (val acc {best['val_accuracy']:.3f})"
     console.print(summary)
 
 
-def _is_unlabeled(value: object) -> bool:
-    return isinstance(value, int) and value == UNLABELED
-
-
-def _semi_supervised_targets(names: np.ndarray, features: Path, labels: Optional[Path]) -> np.ndarray:
-    """Class names per row with ``-1`` for unlabeled rows, after checking there are two classes."""
-    classes = sorted(set(names[names != ""]))
-    source = f"labels file '{labels}'" if labels else f"the /labels of '{features}'"
-    if len(classes) < 2:
-        found = f"only class '{classes[0]}'" if classes else "no labeled rows"
-        raise InputError(f"FlowGMM needs labeled rows of at least 2 classes, but {source} has {found}; label more rows.")
-    y = names.astype(object)
-    y[names == ""] = UNLABELED
-    return y
-
-
-def _fingerprint(X: np.ndarray, y: np.ndarray, params: dict, X_val: Optional[np.ndarray], y_val: Optional[np.ndarray]) -> str:
+def _fingerprint(X: np.ndarray, y: np.ndarray, options: TrainOptions, X_val: Optional[np.ndarray], y_val: Optional[np.ndarray]) -> str:
     """A hash of the data and options, so --resume refuses a checkpoint from another run."""
     digest = hashlib.sha256(np.ascontiguousarray(X).tobytes())
     digest.update(json.dumps([str(v) for v in y]).encode())
-    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(options.to_dict(), sort_keys=True).encode())
     if X_val is not None:
         digest.update(np.ascontiguousarray(X_val).tobytes())
         digest.update(json.dumps([str(v) for v in y_val]).encode())
@@ -255,37 +220,44 @@ def info(
     model: Path = typer.Argument(..., help="Model file."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole header as JSON."),
 ) -> None:
-    """Show what a model file holds: classes, feature dimension, architecture, training options."""
+    """Show what a model file holds: classes, features, the model's parts, training options and history."""
     header = read_header(model)
     if as_json:
         typer.echo(json.dumps(header, indent=2))
         return
-    arch, history = header.get("architecture", {}), header.get("history", [])
+    typer.echo(describe_header(header, str(model)))
+
+
+def describe_header(header: dict, name: str) -> str:
+    """``flowgmm info``'s text for a model header."""
+    spec, history = header.get("model", {}), header.get("history", [])
+    flow, prior = spec.get("flow", {}), spec.get("prior", {})
+    transforms = spec.get("transform", {})
+    parts = transforms.get("transforms", [transforms])
+    projection = next((part["k"] for part in parts if part.get("type") == "projection"), None)
+    changed = {key: value for key, value in header.get("options", {}).items() if value not in (None, False, TrainOptions.from_dict({}).to_dict().get(key))}
     lines = [
-        f"model        {model}",
+        f"model        {name}",
         f"format       flowgmm v{header.get('format_version')} (written by flowgmm {header.get('flowgmm_version', '?')})",
         f"classes      {', '.join(map(str, header.get('classes', [])))}",
-        f"features     {header.get('feature_dim')}-d from extractor '{header.get('extractor') or '?'}'",
-        f"flow         {arch.get('coupling_layers')} couplings, hidden {arch.get('hidden')} x {arch.get('hidden_layers')}{_projection_summary(arch)}",
-        f"mixture      {_means_summary(arch)}, variance {arch.get('variance')}, temperature {header.get('temperature')}",
+        f"features     {header.get('feature_dim')}-d from extractor '{header.get('extractor') or '?'}'"
+        + (f", flow on the top {projection} principal directions" if projection else ""),
+        f"flow         {flow.get('type')}: {flow.get('coupling_layers')} couplings, hidden {flow.get('hidden')} x {flow.get('hidden_layers')}",
+        f"mixture      {_means_summary(prior)}, variance {prior.get('variance')}, temperature {header.get('temperature')}",
         f"rows         {header.get('n_labeled')} labeled, {header.get('n_unlabeled')} unlabeled",
-        f"training     {json.dumps(header.get('training', {}))}",
+        f"options      {json.dumps(changed) if changed else 'defaults'}",
+        f"resolved     {json.dumps(header.get('resolved', {}))}",
     ]
     if history:
         lines.append(f"final loss   {history[-1]['loss']:.4f} nats/dim after {len(history)} epochs")
-    typer.echo("\n".join(lines))
+    return "\n".join(lines)
 
 
-def _projection_summary(architecture: dict) -> str:
-    projection = architecture.get("projection_dim")
-    return f", on the top {projection} principal directions" if projection else ""
-
-
-def _means_summary(architecture: dict) -> str:
-    separation = architecture.get("means_separation")
+def _means_summary(prior: dict) -> str:
+    separation = prior.get("separation")
     if separation is not None:
         return f"closest means {separation} std apart"
-    return f"means scale {architecture.get('means_scale')}"
+    return f"means scale {prior.get('means_scale')}"
 
 
 @app.command()
@@ -312,6 +284,8 @@ def main() -> None:
     try:
         # Without standalone mode, Click returns the code of a typer.Exit (130 for Ctrl-C).
         code = app(standalone_mode=False)
+    except OptionError as error:
+        _fail(error.render(flag(error.option)), 2)
     except InputError as error:
         _fail(str(error), 2)
     except TrainingDiverged as error:

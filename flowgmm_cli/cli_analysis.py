@@ -11,9 +11,9 @@ import typer
 from rich.console import Console
 
 from .atomic import check_output_path
-from .cli_common import Device, Quiet, app, check_dim, labeled_rows, load_model_for, row_classes
+from .cli_common import Device, Quiet, app, labeled_rows, load_model_for, row_classes
 from .errors import InputError
-from .features import FeatureFile, read_features
+from .features import FeatureFile, check_dim, read_features
 from .metrics import classification_report, ood_report
 from .progress import stderr_console
 

@@ -10,26 +10,29 @@ import torch
 import typer
 
 from .errors import InputError
-from .features import FeatureFile, align_labels, read_labels
+from .targets import UNLABELED
+from .features import FeatureFile, align_labels, check_dim, read_labels
 
 if TYPE_CHECKING:
     from .estimator import FlowGMMClassifier
 
-__all__ = ["Device", "Quiet", "Threads", "use_threads", "app", "check_dim", "labeled_rows", "load_model_for", "row_classes"]
+__all__ = ["QUIET_HELP", "THREADS_HELP", "Device", "Quiet", "Threads", "use_threads", "app", "labeled_rows", "load_model_for", "row_classes"]
 
 app = typer.Typer(
     name="flowgmm",
     help="Semi-supervised classification with normalizing flows (FlowGMM): embed, train, predict, evaluate.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-Quiet = typer.Option(False, "--quiet", "-q", help="No progress, only errors.")
+QUIET_HELP = "No progress, only errors."
+THREADS_HELP = "CPU threads for torch (default: torch's choice, one per core); 1 is faster when other jobs share the cores."
+Quiet = typer.Option(False, "--quiet", "-q", help=QUIET_HELP)
 Device = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N.")
-Threads = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice, one per core); 1 is faster when other jobs share the cores.")
+Threads = typer.Option(None, min=1, help=THREADS_HELP)
 
 
 def use_threads(threads: int | None) -> None:
@@ -54,17 +57,8 @@ def load_model_for(model_path: Path, feature_file: FeatureFile, device: str) -> 
     return estimator
 
 
-def check_dim(feature_file: FeatureFile, expected: int, what: str) -> None:
-    """A clear error when ``feature_file``'s dimension is not the ``expected`` one of ``what``."""
-    if feature_file.dim != expected:
-        raise InputError(
-            f"'{feature_file.path}' has {feature_file.dim}-dimensional features but {what} expects {expected}; "
-            "use features from the same extractor."
-        )
-
-
 def row_classes(feature_file: FeatureFile, labels: Optional[Path], classes: list[str], model_path: Path) -> np.ndarray:
-    """Each row's class index in ``classes`` (-1 for an unlabeled row).
+    """Each row's class index in ``classes`` (``UNLABELED``, -1, for an unlabeled row).
 
     Labels come from ``labels`` (CSV id,label) or else the file's own /labels; a label the model
     does not know is an ``InputError``.
@@ -74,7 +68,7 @@ def row_classes(feature_file: FeatureFile, labels: Optional[Path], classes: list
     if unknown:
         raise InputError(f"Label '{unknown[0]}' is not a class of model '{model_path}' (classes: {', '.join(classes)}).")
     index = {name: k for k, name in enumerate(classes)}
-    return np.array([index.get(name, -1) for name in names], dtype=np.int64)
+    return np.array([index.get(name, UNLABELED) for name in names], dtype=np.int64)
 
 
 def labeled_rows(
@@ -85,7 +79,7 @@ def labeled_rows(
     A file with no labeled row is an ``InputError``.
     """
     y = row_classes(feature_file, labels, classes, model_path)
-    keep = y >= 0
+    keep = y != UNLABELED
     if not keep.any():
         raise InputError(f"No labeled rows in '{feature_file.path}'; pass --labels.")
     return feature_file.features[keep], y[keep]

@@ -14,10 +14,15 @@ never on the test rows that BENCHMARKS.md reports; every value can be overridden
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
+from .options import Scaling, TrainOptions
+
 __all__ = [
+    "resolve_input",
+    "resolve",
     "LOW_DIM",
     "DEFAULT_HIDDEN_LAYERS",
     "DEFAULT_VARIANCE",
@@ -51,14 +56,14 @@ PROJECT_ABOVE = 64
 PROJECTION_DIM = 32
 
 
-def default_projection_dim(dim: int, n_rows: int) -> int | None:
-    """Principal directions for the flow: :data:`PROJECTION_DIM` above :data:`PROJECT_ABOVE` features, else all.
+def default_projection_dim(dim: int, n_rows: int) -> int:
+    """Principal directions for the flow: :data:`PROJECTION_DIM` above :data:`PROJECT_ABOVE` features, else 0 (all).
 
     Text and image embeddings (hundreds of dimensions, a few thousand rows) give a flow on every
     dimension far more parameters than rows; their class structure lives in the leading directions.
     """
     if dim <= PROJECT_ABOVE:
-        return None
+        return 0
     return min(PROJECTION_DIM, max(1, n_rows - 1))
 
 
@@ -126,3 +131,47 @@ def default_epochs(n_rows_per_epoch: int, batch_size: int) -> int:
     """Epochs that give about :data:`TARGET_STEPS` steps, at least 10 and at most 2000."""
     steps_per_epoch = math.ceil(n_rows_per_epoch / max(batch_size, 1))
     return int(min(2000, max(10, round(TARGET_STEPS / steps_per_epoch))))
+
+
+def resolve_input(options: TrainOptions, dim: int, n_rows: int) -> TrainOptions:
+    """``options`` with the input transform's settings filled: ``scaling`` and ``projection_dim``
+    (0 when the flow sees every feature; a value of at least ``dim`` also means every feature)."""
+    projection = default_projection_dim(dim, n_rows) if options.projection_dim is None else options.projection_dim
+    scaling = Scaling(default_scaling(dim)) if options.scaling is None else options.scaling
+    return replace(options, scaling=scaling, projection_dim=projection if projection < dim else 0)
+
+
+def resolve(options: TrainOptions, *, n_labeled: int, n_unlabeled: int, seen: np.ndarray) -> TrainOptions:
+    """``options`` with every remaining ``None`` chosen from the data (``means_scale`` stays ``None``:
+    the means are then placed :func:`default_means_separation` apart).
+
+    ``seen`` are the training rows as the flow sees them (standardised, projected), so the rules
+    use the flow's dimension.
+
+    Example:
+        >>> rows = np.random.default_rng(0).normal(size=(300, 2))
+        >>> options = resolve(TrainOptions(hidden_layers=0, epochs=5), n_labeled=10, n_unlabeled=290, seen=rows)
+        >>> options.hidden_layers, options.epochs, options.hidden, options.unlabeled_weight
+        (0, 5, 512, 1.0)
+    """
+    flow_dim = seen.shape[1]
+    unlabeled_batch, labeled_batch = default_batch_sizes(n_labeled, n_unlabeled)
+    batch_size = unlabeled_batch if options.batch_size is None else options.batch_size
+    labeled_batch_size = labeled_batch if options.labeled_batch_size is None else options.labeled_batch_size
+    epoch_rows, epoch_batch = (n_unlabeled, batch_size) if n_unlabeled else (n_labeled, labeled_batch_size)
+
+    def given(value, default):
+        return default() if value is None else value
+
+    return replace(
+        options,
+        coupling_layers=given(options.coupling_layers, lambda: default_coupling_layers(flow_dim)),
+        hidden=given(options.hidden, lambda: default_hidden(flow_dim)),
+        hidden_layers=given(options.hidden_layers, lambda: DEFAULT_HIDDEN_LAYERS),
+        variance=given(options.variance, lambda: DEFAULT_VARIANCE),
+        unlabeled_weight=given(options.unlabeled_weight, lambda: default_unlabeled_weight(flow_dim)),
+        labeled_noise=given(options.labeled_noise, lambda: default_labeled_noise(seen, options.random_state)),
+        epochs=given(options.epochs, lambda: default_epochs(epoch_rows, epoch_batch)),
+        batch_size=batch_size,
+        labeled_batch_size=labeled_batch_size,
+    )

@@ -12,7 +12,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from .demo_images import run_digit_images
-from .estimator import UNLABELED, FlowGMMClassifier
+from .estimator import FlowGMMClassifier
+from .targets import UNLABELED
 from .plots import plot_decision_boundaries
 from .predictions import prediction_table, write_table
 from .splits import pick_labeled

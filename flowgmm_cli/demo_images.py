@@ -19,9 +19,11 @@ from PIL import Image
 from rich.console import Console
 from sklearn.datasets import load_digits
 
-from .estimator import UNLABELED, FlowGMMClassifier
+from .estimator import FlowGMMClassifier
+from .targets import UNLABELED
 from .features import read_features
 from .predictions import prediction_table, write_table
+from .progress import RowProgress
 
 __all__ = ["write_digit_images", "run_digit_images"]
 
@@ -47,7 +49,8 @@ def run_digit_images(output: Path, console: Console, split: tuple, seed: int = 0
     images = output / "digit_images"
     write_digit_images(images)
     features_path = output / "digits_lite0.h5"
-    request = EmbedRequest(str(images), features_path, options={"labels_from_folders": True, "workers": 0}, console=console)
+    request = EmbedRequest(str(images), features_path, options={"labels_from_folders": True, "workers": 0}, console=console,
+                           progress=lambda total: RowProgress(console, "embed", total))  # fmt: skip
     get_extractor("efficientnet-lite0").embed(request)
     embedded = read_features(features_path)
     # ids are "<class>/<index>": put the rows back in scikit-learn's order

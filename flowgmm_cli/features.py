@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, check_output_path
-from .errors import InputError
+from .errors import InputError, reading
 
-__all__ = ["FeatureFile", "FeatureWriter", "read_features", "read_labels", "align_labels"]
+__all__ = ["FeatureFile", "FeatureWriter", "read_features", "read_labels", "align_labels", "check_dim"]
 
 _STRING = h5py.string_dtype("utf-8")
 _CHUNK_ROWS = 4096
@@ -46,7 +46,7 @@ def read_features(path: str | os.PathLike) -> FeatureFile:
         raise InputError(f"Feature file '{file}' does not exist; create it with 'flowgmm embed'.")
     if not h5py.is_hdf5(file):
         raise InputError(f"'{file}' is not an HDF5 feature file; create one with 'flowgmm embed'.")
-    with h5py.File(file, "r") as handle:
+    with reading(file, "feature file", "embed it again with 'flowgmm embed'"), h5py.File(file, "r") as handle:
         if "features" not in handle or not isinstance(handle["features"], h5py.Dataset):
             raise InputError(f"'{file}' has no /features dataset; create the file with 'flowgmm embed'.")
         dataset = handle["features"]
@@ -71,17 +71,25 @@ def read_features(path: str | os.PathLike) -> FeatureFile:
     return FeatureFile(file, ids, features, labels, attrs)
 
 
+def check_dim(feature_file: FeatureFile, expected: int, what: str) -> None:
+    """A clear error when ``feature_file``'s dimension is not the ``expected`` one of ``what``."""
+    if feature_file.dim != expected:
+        raise InputError(
+            f"'{feature_file.path}' has {feature_file.dim}-dimensional features but {what} expects {expected}; "
+            "use features from the same extractor."
+        )
+
+
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     """Read a labels CSV with columns ``id,label``; an empty label means unlabeled."""
     file = Path(path)
     if not file.is_file():
         raise InputError(f"Labels file '{file}' does not exist.")
-    try:
-        table = pd.read_csv(file, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"Labels file '{file}' is empty; it needs a header 'id,label' and one row per labeled id.") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise InputError(f"Labels file '{file}' is not a readable CSV ({error}).") from None
+    with reading(file, "labels file", "it must be a CSV with a header 'id,label'"):
+        try:
+            table = pd.read_csv(file, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            raise InputError(f"Labels file '{file}' is empty; it needs a header 'id,label' and one row per labeled id.") from None
     missing = [c for c in ("id", "label") if c not in table.columns]
     if missing:
         raise InputError(

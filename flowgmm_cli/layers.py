@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FlowLayer", "AffineCoupling", "ActNorm", "Permutation", "Reverse", "Flow", "build_realnvp"]
+__all__ = ["FlowLayer", "AffineCoupling", "ActNorm", "Permutation", "Reverse", "Flow", "RealNVP"]
 
 
 class FlowLayer(nn.Module):
@@ -95,7 +95,7 @@ class AffineCoupling(FlowLayer):
     """
 
     def __init__(
-        self, dim: int, hidden: int, hidden_layers: int = 2, split: int | None = None, dropout: float = 0.0
+        self, dim: int, hidden: int, hidden_layers: int = 1, split: int | None = None, dropout: float = 0.0
     ) -> None:
         super().__init__()
         if dim < 2:
@@ -203,37 +203,50 @@ class Flow(FlowLayer):
         return y
 
 
-def build_realnvp(
-    dim: int,
-    coupling_layers: int,
-    hidden: int,
-    hidden_layers: int = 2,
-    dropout: float = 0.0,
-    actnorm: bool = False,
-    permutation: str = "reverse",
-    seed: int = 0,
-) -> Flow:
+class RealNVP(Flow):
     """RealNVP for vectors: couplings separated by fixed permutations so every feature is transformed.
 
     ``permutation="reverse"`` alternates which half conditions the other; ``"random"`` draws a
     fixed random permutation per layer from ``seed``. With one feature the flow is ActNorm only.
+    :meth:`spec` is what a model file stores to rebuild it.
 
     Example:
-        >>> flow = build_realnvp(dim=6, coupling_layers=4, hidden=16)
+        >>> flow = RealNVP(dim=6, coupling_layers=4, hidden=16)
         >>> x = torch.randn(5, 6)
         >>> torch.allclose(flow.inverse(flow(x)[0]), x, atol=1e-5)
         True
     """
-    if permutation not in ("reverse", "random"):
-        raise ValueError(f"permutation must be 'reverse' or 'random', got {permutation!r}")
-    if dim == 1:
-        return Flow([ActNorm(1)])
-    generator = torch.Generator().manual_seed(seed)
-    layers: list[FlowLayer] = []
-    for index in range(coupling_layers):
-        if actnorm:
-            layers.append(ActNorm(dim))
-        layers.append(AffineCoupling(dim, hidden, hidden_layers, dropout=dropout))
-        if index < coupling_layers - 1:
-            layers.append(Reverse() if permutation == "reverse" else Permutation.random(dim, generator))
-    return Flow(layers)
+
+    def __init__(
+        self,
+        dim: int,
+        coupling_layers: int,
+        hidden: int,
+        hidden_layers: int = 1,
+        dropout: float = 0.0,
+        actnorm: bool = False,
+        permutation: str = "reverse",
+        seed: int = 0,
+    ) -> None:
+        permutation = getattr(permutation, "value", permutation)
+        if permutation not in ("reverse", "random"):
+            raise ValueError(f"permutation must be 'reverse' or 'random', got {permutation!r}")
+        generator = torch.Generator().manual_seed(seed)
+        layers: list[FlowLayer] = []
+        if dim == 1:
+            layers.append(ActNorm(1))
+        for index in range(coupling_layers if dim > 1 else 0):
+            if actnorm:
+                layers.append(ActNorm(dim))
+            layers.append(AffineCoupling(dim, hidden, hidden_layers, dropout=dropout))
+            if index < coupling_layers - 1:
+                layers.append(Reverse() if permutation == "reverse" else Permutation.random(dim, generator))
+        super().__init__(layers)
+        self._spec = {
+            "type": "realnvp", "dim": dim, "coupling_layers": coupling_layers, "hidden": hidden, "hidden_layers": hidden_layers,
+            "dropout": dropout, "actnorm": actnorm, "permutation": permutation, "seed": seed,
+        }  # fmt: skip
+
+    def spec(self) -> dict:
+        """The constructor's arguments, with ``type``, as plain JSON values."""
+        return dict(self._spec)

@@ -1,31 +1,24 @@
-"""Classification and out-of-distribution metrics on predicted probabilities and scores (numpy only)."""
+"""Classification and out-of-distribution metrics: scikit-learn's where it has them; here only what it
+lacks (the reliability table and ECE) and the NLL from log-probabilities."""
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn import metrics as sk
 
 __all__ = [
-    "accuracy",
     "negative_log_likelihood",
     "expected_calibration_error",
     "reliability_bins",
-    "brier_score",
-    "precision_recall_f1",
-    "confusion_matrix",
-    "auroc",
     "fpr_at_tpr",
     "ood_report",
     "classification_report",
 ]
 
 
-def accuracy(proba: np.ndarray, y: np.ndarray) -> float:
-    """Share of rows whose most probable class is ``y`` (class indices)."""
-    return float(np.mean(proba.argmax(axis=1) == y))
-
-
 def negative_log_likelihood(log_proba: np.ndarray, y: np.ndarray) -> float:
-    """Mean ``-log p(y | x)`` in nats."""
+    """Mean ``-log p(y | x)`` in nats, from log-probabilities (exact where ``p`` underflows, unlike
+    ``sklearn.metrics.log_loss``, which clips probabilities)."""
     return float(-np.mean(log_proba[np.arange(len(y)), y]))
 
 
@@ -64,86 +57,24 @@ def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15)
     return round(float(np.sum(table["count"][filled] * gaps) / len(y)), 12)
 
 
-def brier_score(proba: np.ndarray, y: np.ndarray) -> float:
-    """Mean over rows of ``Σ_k (p_k − [y = k])²`` (Brier, 1950): 0 is perfect, 2 the worst.
-
-    Example:
-        >>> brier_score(np.array([[0.8, 0.2], [0.5, 0.5]]), np.array([0, 1]))
-        0.29
-    """
-    onehot = np.eye(proba.shape[1])[y]
-    return round(float(np.mean(np.sum((proba - onehot) ** 2, axis=1))), 12)
-
-
-def confusion_matrix(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
-    """Counts with true classes in rows and predicted classes in columns, shape ``(K, K)``.
-
-    Example:
-        >>> confusion_matrix(np.array([0, 0, 1]), np.array([0, 1, 1]), 2).tolist()
-        [[1, 1], [0, 1]]
-    """
-    return np.bincount(y * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
-def precision_recall_f1(matrix: np.ndarray, classes: list[str]) -> dict[str, dict[str, float | int | None]]:
-    """Precision, recall, F1 and support of each class from a confusion matrix.
-
-    A score whose denominator is zero (no row of the class, or none predicted as it) is ``None``
-    rather than a silent 0, so a reader sees that it is undefined; F1 is ``2TP / (2TP + FP + FN)``.
-
-    Example:
-        >>> precision_recall_f1(np.array([[1, 1], [0, 1]]), ["a", "b"])["b"]
-        {'precision': 0.5, 'recall': 1.0, 'f1': 0.6666666666666666, 'support': 1}
-    """
-    true_positive = np.diag(matrix)
-    predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
-    report: dict[str, dict[str, float | int | None]] = {}
-    for k, name in enumerate(classes):
-        tp, either = true_positive[k], predicted[k] + actual[k]
-        report[str(name)] = {
-            "precision": float(tp / predicted[k]) if predicted[k] else None,
-            "recall": float(tp / actual[k]) if actual[k] else None,
-            "f1": float(2 * tp / either) if either else None,
-            "support": int(actual[k]),
-        }
-    return report
-
-
-def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """Area under the ROC curve of a score that should be higher for ``positive`` rows.
-
-    The Mann-Whitney statistic: the probability that a random positive outscores a random
-    negative, ties counting one half.
-
-    Example:
-        >>> auroc(np.array([3.0, 2.0, 1.0]), np.array([1.0, 0.0]))
-        0.9166666666666666
-    """
-    scores = np.concatenate([positive, negative])
-    ranks = _average_ranks(scores)
-    n_pos, n_neg = len(positive), len(negative)
-    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def fpr_at_tpr(positive: np.ndarray, negative: np.ndarray, tpr: float = 0.95) -> float:
-    """Share of ``negative`` rows accepted by the highest threshold that accepts ``tpr`` of ``positive``.
-
-    A row is accepted when its score is at least the threshold; the threshold is the highest
-    score value at which the share of accepted positives reaches ``tpr`` (as ``sklearn.metrics.roc_curve``).
+    """Share of ``negative`` rows accepted at the highest threshold that accepts ``tpr`` of ``positive``
+    (a row is accepted when its score is at least the threshold; from ``sklearn.metrics.roc_curve``).
 
     Example:
         >>> fpr_at_tpr(np.arange(20.0), np.array([0.5, 5.0, 30.0]), tpr=0.95)
         0.6666666666666666
     """
-    ordered = np.sort(positive)[::-1]
-    threshold = ordered[int(np.ceil(tpr * len(ordered))) - 1]
-    return float(np.mean(negative >= threshold))
+    truth = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
+    false_rate, true_rate, _ = sk.roc_curve(truth, np.r_[positive, negative], drop_intermediate=False)
+    return float(false_rate[np.argmax(true_rate >= tpr - 1e-12)])
 
 
 def ood_report(log_px_in: np.ndarray, log_px_out: np.ndarray) -> dict[str, float | int]:
     """Out-of-distribution detection by ``log p(x)``: in-distribution rows are the positives (paper, Appendix G)."""
+    truth = np.r_[np.ones(len(log_px_in)), np.zeros(len(log_px_out))]
     return {
-        "auroc": auroc(log_px_in, log_px_out),
+        "auroc": float(sk.roc_auc_score(truth, np.r_[log_px_in, log_px_out])),
         "fpr_at_95_tpr": fpr_at_tpr(log_px_in, log_px_out, 0.95),
         "n_in": len(log_px_in),
         "n_out": len(log_px_out),
@@ -151,28 +82,34 @@ def ood_report(log_px_in: np.ndarray, log_px_out: np.ndarray) -> dict[str, float
 
 
 def classification_report(log_proba: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, object]:
-    """The metrics ``flowgmm evaluate`` prints: accuracy, NLL, ECE, Brier score, n, per-class scores
-    and the confusion matrix (true classes in rows, predicted in columns)."""
+    """The metrics ``flowgmm evaluate`` prints: accuracy, NLL, ECE, Brier score, n, per-class
+    precision, recall, F1 and support (``None`` where undefined), and the confusion matrix (true
+    classes in rows, predicted in columns).
+
+    Example:
+        >>> report = classification_report(np.log([[0.8, 0.2], [0.5, 0.5], [0.3, 0.7]]), np.array([0, 1, 1]), ["a", "b"])
+        >>> report["accuracy"], report["brier"], report["confusion_matrix"]
+        (0.6666666666666666, 0.253333333333, [[1, 0], [1, 1]])
+    """
     proba = np.exp(log_proba)
-    matrix = confusion_matrix(y, proba.argmax(axis=1), len(classes))
+    predicted = proba.argmax(axis=1)
+    labels = np.arange(len(classes))
+    precision, recall, f1, support = sk.precision_recall_fscore_support(y, predicted, labels=labels, zero_division=np.nan)
+    per_class = {
+        str(name): {"precision": _defined(precision[k]), "recall": _defined(recall[k]), "f1": _defined(f1[k]), "support": int(support[k])}
+        for k, name in enumerate(classes)
+    }
     return {
-        "accuracy": accuracy(proba, y),
+        "accuracy": float(sk.accuracy_score(y, predicted)),
         "nll": negative_log_likelihood(log_proba, y),
         "ece": expected_calibration_error(proba, y),
-        "brier": brier_score(proba, y),
+        "brier": round(float(sk.brier_score_loss(y, proba, labels=labels, scale_by_half=False)), 12),
         "n": len(y),
-        "per_class": precision_recall_f1(matrix, classes),
-        "confusion_matrix": matrix.tolist(),
+        "per_class": per_class,
+        "confusion_matrix": sk.confusion_matrix(y, predicted, labels=labels).tolist(),
     }
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks from 1, tied values sharing their mean rank."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-    ends = np.r_[starts[1:], len(values)]
-    mean_rank = (starts + ends + 1) / 2.0  # ranks starts+1 … ends, averaged
-    ranks = np.empty(len(values))
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
+def _defined(value: float) -> float | None:
+    """A score, or ``None`` where its denominator was zero."""
+    return None if np.isnan(value) else float(value)

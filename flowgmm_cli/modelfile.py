@@ -1,4 +1,9 @@
-"""The model file: tensors in safetensors, everything else in a JSON header; loading runs no code."""
+"""The model file: tensors in safetensors, everything else in a JSON header; loading runs no code.
+
+The header's ``model`` entry is the composition's spec (:meth:`FlowGMM.spec`), so any transform,
+flow and prior that :class:`FlowGMM` can build is read back without special cases. Files of
+format version 1 (one fixed architecture) are upgraded when read.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +15,28 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import Tensor
 
 from .atomic import atomic_path
 from .errors import InputError
-from .model import Architecture, FlowGMM
+from .model import FlowGMM
 
 __all__ = ["FORMAT_VERSION", "save_model", "load_model", "read_header"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _HEADER_KEY = "flowgmm"
 
 
 def save_model(model: FlowGMM, path: str | os.PathLike, header: dict[str, Any]) -> None:
     """Write ``model`` and ``header`` (class names, extractor, training options…) atomically.
 
-    The entries that describe the model itself (format, architecture, temperature) are taken from
+    The entries that describe the model itself (format, composition, temperature) are taken from
     ``model`` and win over stale copies in ``header``, so re-saving a loaded model's header is safe.
     """
     own = {
         "format": "flowgmm",
         "format_version": FORMAT_VERSION,
-        "architecture": model.architecture.to_dict(),
+        "model": model.spec(),
         "temperature": float(model.prior.log_temperature.exp()),
     }
     full_header = {**own, **{key: value for key, value in header.items() if key not in own}}
@@ -40,9 +46,9 @@ def save_model(model: FlowGMM, path: str | os.PathLike, header: dict[str, Any]) 
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON header of a model file, without building the model."""
+    """The JSON header of a model file (upgraded to the current format), without building the model."""
     with _open(path) as handle:
-        return _header(handle, path)
+        return _upgrade(_header(handle, path), {})[0]
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[FlowGMM, dict[str, Any]]:
@@ -51,7 +57,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         header = _header(handle, path)
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     try:
-        model = FlowGMM(Architecture(**header["architecture"]))
+        header, tensors = _upgrade(header, tensors)
+        model = FlowGMM.from_spec(header["model"])
         model.load_state_dict(tensors, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise InputError(f"Model file '{path}' is damaged or from an incompatible version ({error}).") from None
@@ -74,8 +81,30 @@ def _header(handle, path: str | os.PathLike) -> dict[str, Any]:
         header = json.loads(metadata[_HEADER_KEY])
     except (KeyError, json.JSONDecodeError):
         raise InputError(f"'{path}' is a safetensors file but not a flowgmm model (no flowgmm header).") from None
+    if not isinstance(header, dict):
+        raise InputError(f"'{path}' has a damaged flowgmm header; train the model again.")
     if header.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(
-            f"Model file '{path}' has format version {header['format_version']}; upgrade flowgmm to read it."
-        )
+        raise InputError(f"Model file '{path}' has format version {header['format_version']}; upgrade flowgmm to read it.")
     return header
+
+
+def _upgrade(header: dict[str, Any], tensors: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A version-1 header and tensors (one fixed architecture) in today's layout; others unchanged."""
+    if header.get("format_version") != 1 or "architecture" not in header:
+        return header, tensors
+    a = header["architecture"]
+    latent = a.get("projection_dim") or a["dim"]
+    transforms = [{"type": "standardize", "dim": a["dim"]}]
+    renames = {"feature_mean": "transform.transforms.0.mean", "feature_scale": "transform.transforms.0.scale"}
+    if a.get("projection_dim"):
+        transforms.append({"type": "projection", "dim": a["dim"], "k": latent})
+        renames.update(projection="transform.transforms.1.directions", log_residual_variance="transform.transforms.1.log_residual_variance")
+    spec = {
+        "transform": {"type": "chain", "transforms": transforms},
+        "flow": {"type": "realnvp", "dim": latent, **{k: a[k] for k in ("coupling_layers", "hidden", "hidden_layers", "dropout", "actnorm", "permutation", "seed")}},
+        "prior": {"type": "gaussian-mixture", "n_classes": a["n_classes"], "dim": latent, "separation": a.get("means_separation"),
+                  **{k: a[k] for k in ("means_scale", "variance", "learn_means", "learn_weights", "seed")}},
+    }  # fmt: skip
+    upgraded = {key: value for key, value in header.items() if key not in ("architecture", "params", "training")}
+    upgraded.update(format_version=FORMAT_VERSION, model=spec, options=header.get("params", {}), resolved=header.get("training", {}))
+    return upgraded, {renames.get(name, name): tensor for name, tensor in tensors.items()}

@@ -1,5 +1,9 @@
 """Plot building blocks: class colours, decision regions and density of 2-D models (the paper's
-Figures 1a and 2), and deterministic PNG output."""
+Figures 1a and 2), and deterministic PNG output.
+
+Figures are built as ``matplotlib.figure.Figure`` objects and written by the PNG canvas, without
+pyplot: no global backend is chosen and nothing depends on a display.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,20 @@ import os
 from collections.abc import Sequence
 
 import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from .atomic import atomic_path  # noqa: E402
-from .estimator import FlowGMMClassifier  # noqa: E402
+from .atomic import atomic_path
+from .estimator import FlowGMMClassifier, split_joint
 
 __all__ = ["class_colours", "decision_grid", "draw_decision_panel", "plot_decision_boundaries", "save_png"]
 
 
 def class_colours(n_classes: int) -> ListedColormap:
     """One distinct colour per class (tab10, tab20 beyond 10 classes, repeating beyond 20)."""
-    palette = plt.get_cmap("tab10" if n_classes <= 10 else "tab20").colors
+    palette = matplotlib.colormaps["tab10" if n_classes <= 10 else "tab20"].colors
     return ListedColormap([palette[k % len(palette)] for k in range(n_classes)])
 
 
@@ -39,7 +40,7 @@ def decision_grid(model: FlowGMMClassifier, X: np.ndarray, grid: int = 200) -> d
         "x0": xx,
         "x1": yy,
         "region": joint.argmax(axis=1).reshape(xx.shape),
-        "log_px": np.logaddexp.reduce(joint, axis=1).reshape(xx.shape),
+        "log_px": split_joint(joint)[0].reshape(xx.shape),
     }
 
 
@@ -70,7 +71,8 @@ def plot_decision_boundaries(
     grid: int = 200,
 ) -> None:
     """One panel per model: predicted regions, log-density contours, unlabeled and labeled points."""
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
+    figure = Figure(figsize=(5 * len(panels), 4.6))
+    axes = figure.subplots(1, len(panels), squeeze=False)
     for axis, (title, model) in zip(axes[0], panels):
         draw_decision_panel(axis, model, X, labeled, y_labeled, grid)
         axis.set_title(title)
@@ -79,8 +81,7 @@ def plot_decision_boundaries(
 
 
 def save_png(figure: Figure, path: str | os.PathLike, dpi: int = 90) -> None:
-    """Write ``figure`` as PNG atomically and close it; no time stamp or version in the file, so the
-    same figure gives the same bytes."""
+    """Write ``figure`` as PNG atomically; no time stamp or version in the file, so the same figure
+    gives the same bytes."""
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
-    plt.close(figure)

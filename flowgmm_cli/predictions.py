@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .estimator import FlowGMMClassifier
+from .estimator import FlowGMMClassifier, split_joint
 
 __all__ = ["prediction_table", "write_table"]
 
@@ -18,9 +18,8 @@ __all__ = ["prediction_table", "write_table"]
 def prediction_table(estimator: FlowGMMClassifier, ids: Any, X: np.ndarray) -> pd.DataFrame:
     """One row per input row, in input order: the predicted class, its probability, every class's
     probability and ``log p(x)``, from a single pass through the flow."""
-    joint = estimator.joint_log_prob(X)
-    log_px = np.logaddexp.reduce(joint, axis=1)
-    proba = np.exp(joint - log_px[:, None])
+    log_px, log_proba = split_joint(estimator.joint_log_prob(X))
+    proba = np.exp(log_proba)
     classes = [str(c) for c in estimator.classes_]
     columns: dict[str, Any] = {
         "id": np.asarray(ids),

@@ -47,6 +47,10 @@ class GaussianMixturePrior(nn.Module):
         separation: float | None = None,
     ) -> None:
         super().__init__()
+        self._spec = {
+            "type": "gaussian-mixture", "n_classes": n_classes, "dim": dim, "means_scale": means_scale, "variance": variance,
+            "learn_means": learn_means, "learn_weights": learn_weights, "seed": seed, "separation": separation,
+        }  # fmt: skip
         if n_classes < 1 or dim < 1:
             raise ValueError("a mixture needs at least one class and one dimension")
         if variance <= 0 or means_scale < 0:
@@ -62,6 +66,10 @@ class GaussianMixturePrior(nn.Module):
         self.weight_logits = nn.Parameter(logits, requires_grad=learn_weights)
         self.register_buffer("log_variance", torch.tensor(math.log(variance)))
         self.register_buffer("log_temperature", torch.tensor(0.0))
+
+    def spec(self) -> dict:
+        """The constructor's arguments, with ``type``, as plain JSON values (what a model file stores)."""
+        return dict(self._spec)
 
     @property
     def n_classes(self) -> int:

@@ -1,15 +1,13 @@
-"""Seeded stratified draws of labeled rows: a fixed number per class, or a total split by class share."""
+"""Seeded stratified draws of labeled rows: a fixed number per class, a total split by class share,
+or a share of each class held out for validation."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from .errors import OptionError
 
-__all__ = ["UNLABELED", "pick_labeled", "stratified_counts", "stratified_subset"]
-
-#: The label of an unlabeled row in the library API, as in ``sklearn.semi_supervised``.
-UNLABELED = -1
+__all__ = ["pick_labeled", "stratified_counts", "stratified_subset", "hold_out"]
 
 
 def pick_labeled(y: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
@@ -49,11 +47,12 @@ def stratified_counts(counts: np.ndarray, n: int) -> np.ndarray:
     """
     counts = np.asarray(counts, dtype=np.int64)
     if n > counts.sum():
-        raise InputError(f"Asked for {n} labeled rows but only {counts.sum()} rows have labels; lower --n-labeled or label more rows.")
+        raise OptionError("n_labeled", f"Asked for {n} labeled rows but only {counts.sum()} rows have labels; lower {{option}} or label more rows.")
     if n < len(counts):
-        raise InputError(
+        raise OptionError(
+            "n_labeled",
             f"Asked for {n} labeled rows but there are {len(counts)} classes; a stratified draw needs at least one row "
-            "per class, so raise --n-labeled."
+            "per class, so raise {option}.",
         )
     quota = n * counts / counts.sum()
     take = np.minimum(np.maximum(np.floor(quota), 1), counts).astype(np.int64)
@@ -67,3 +66,28 @@ def stratified_counts(counts: np.ndarray, n: int) -> np.ndarray:
 def _draw(y: np.ndarray, classes: np.ndarray, take: np.ndarray, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.concatenate([rng.choice(np.flatnonzero(y == k), m, replace=False) for k, m in zip(classes, take, strict=True)])
+
+
+def hold_out(codes: np.ndarray, fraction: float, seed: int, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(training, validation)`` indices of the labeled rows (``codes >= 0``): ``fraction`` of each
+    class's rows, rounded up, held out, at least one row of each class kept for training.
+
+    Example:
+        >>> train, val = hold_out(np.array([0, 0, 0, 1, 1, -1]), 0.3, 0, np.array(["a", "b"]))
+        >>> len(train), len(val)
+        (3, 2)
+    """
+    rng = np.random.default_rng(seed)
+    train_parts, val_parts = [], []
+    for code, name in enumerate(classes):
+        rows = rng.permutation(np.flatnonzero(codes == code))
+        n_val = int(np.ceil(fraction * len(rows)))
+        if n_val >= len(rows):
+            raise OptionError(
+                "val_fraction",
+                f"Class '{name}' has no labeled row left after the validation split ({len(rows)} labeled); "
+                "lower {option} or label more rows of it.",
+            )
+        val_parts.append(rows[:n_val])
+        train_parts.append(rows[n_val:])
+    return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))

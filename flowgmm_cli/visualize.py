@@ -11,18 +11,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Circle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from .estimator import FlowGMMClassifier  # noqa: E402
-from .metrics import expected_calibration_error, reliability_bins  # noqa: E402
-from .plots import class_colours, draw_decision_panel, save_png  # noqa: E402
-from .predictions import write_table  # noqa: E402
+from .estimator import FlowGMMClassifier, split_joint
+from .metrics import expected_calibration_error, reliability_bins
+from .plots import class_colours, draw_decision_panel, save_png
+from .predictions import write_table
 
 __all__ = ["KINDS", "Scene", "Plot", "boundary_distance", "latent_plane", "unavailable", "render"]
 
@@ -96,7 +94,7 @@ class Scene:
 
     @property
     def log_px(self) -> np.ndarray:
-        return np.logaddexp.reduce(self.joint, axis=1)
+        return split_joint(self.joint)[0]
 
     @cached_property
     def shown(self) -> np.ndarray:
@@ -171,7 +169,8 @@ def _feature_plane(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------------- the kinds
 def boundary(scene: Scene) -> Plot:
     """2-D features: data, labeled points, decision regions and log p(x) contours (Figures 1a, 2)."""
-    figure, axis = plt.subplots(figsize=(5.5, 5))
+    figure = Figure(figsize=(5.5, 5))
+    axis = figure.subplots()
     labeled = scene.labeled
     lattice = draw_decision_panel(axis, scene.estimator, scene.X, labeled, scene.estimator.classes_[scene.y[labeled]])
     axis.set_title(f"{scene.name}: decision regions and log p(x)")
@@ -194,7 +193,8 @@ def latent(scene: Scene) -> Plot:
     as triangles, each component's 2-standard-deviation circle (Figure 1b)."""
     P = scene.project(scene.latent)
     means = scene.project(scene.estimator.means_)
-    figure, axis = plt.subplots(figsize=(5.5, 5))
+    figure = Figure(figsize=(5.5, 5))
+    axis = figure.subplots()
     _scatter_classes(axis, P[scene.shown], scene.predicted[scene.shown], len(scene.classes), size=4, alpha=0.5)
     _mark_labeled(axis, P, scene)
     _draw_means(axis, means, scene)
@@ -220,7 +220,8 @@ def samples(scene: Scene) -> Plot:
     origin, axes = _feature_plane(scene.X)
     latent_points, feature_points = scene.project(Z), (X_drawn - origin) @ axes.T
     data_latent, data_features = scene.project(scene.latent[scene.shown]), (scene.X[scene.shown] - origin) @ axes.T
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10.5, 5))
+    figure = Figure(figsize=(10.5, 5))
+    left, right = figure.subplots(1, 2)
     for axis, data, points, title in (
         (left, data_latent, latent_points, "latent space: samples z ~ mixture"),
         (right, data_features, feature_points, "feature space: f⁻¹(z)" + ("" if scene.X.shape[1] == 2 else ", top 2 principal directions")),
@@ -249,7 +250,8 @@ def distance(scene: Scene) -> Plot:
     if scene.compare is not None:
         curves[scene.compare_name] = boundary_distance(scene.compare.encode(scene.X), scene.compare.means_)
     edges = np.histogram_bin_edges(np.concatenate(list(curves.values())), bins=40)
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    figure = Figure(figsize=(6.5, 4.5))
+    axis = figure.subplots()
     for (name, values), colour in zip(curves.items(), ("tab:blue", "tab:orange")):
         axis.hist(values, bins=edges, alpha=0.55, color=colour, label=f"{name}: {int(np.sum(values < scene.near))} rows with d < {scene.near:g}")
     axis.axvline(scene.near, color="k", linestyle="--", linewidth=0.8)
@@ -274,7 +276,8 @@ def reliability(scene: Scene) -> Plot:
     curves = {"before": (1.0, scene.estimator.predict_log_proba(X, temperature=1.0))}
     if temperature != 1.0:
         curves["after"] = (temperature, scene.estimator.predict_log_proba(X))
-    figure, axes = plt.subplots(1, len(curves), figsize=(4.8 * len(curves), 4.8), squeeze=False)
+    figure = Figure(figsize=(4.8 * len(curves), 4.8))
+    axes = figure.subplots(1, len(curves), squeeze=False)
     parts, eces = [], {}
     for axis, (curve, (scale, log_proba)) in zip(axes[0], curves.items()):
         proba = np.exp(log_proba)
@@ -311,12 +314,13 @@ def interpolation(scene: Scene) -> Plot:
     """
     pairs = [("pair", *scene.pair)] if scene.pair is not None else _default_pairs(scene)
     alpha = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    figure = Figure(figsize=(6.5, 4.5))
+    axis = figure.subplots()
     parts, dips = [], []
     for (name, i, j), colour in zip(pairs, ("tab:blue", "tab:red")):
         Z = np.outer(1 - alpha, scene.latent[i]) + np.outer(alpha, scene.latent[j])
         joint = scene.estimator.joint_log_prob(scene.estimator.decode(Z))
-        log_px = np.logaddexp.reduce(joint, axis=1)
+        log_px = split_joint(joint)[0]
         below_chord = (1 - alpha) * log_px[0] + alpha * log_px[-1] - log_px
         dips.append(f"{name} {below_chord.max():.3g}")
         axis.plot(alpha, log_px, color=colour, marker=".", label=f"{name}: {scene.ids[i]} -> {scene.ids[j]}")
@@ -334,7 +338,8 @@ def means(scene: Scene) -> Plot:
     """The class means mapped back to feature space, f⁻¹(μ_k), as a table and a heat-map (Appendix I)."""
     decoded = scene.estimator.decode(scene.estimator.means_)
     predicted = scene.estimator.joint_log_prob(decoded).argmax(axis=1)
-    figure, axis = plt.subplots(figsize=(min(14.0, 4 + 0.15 * decoded.shape[1]), 1.5 + 0.4 * len(decoded)))
+    figure = Figure(figsize=(min(14.0, 4 + 0.15 * decoded.shape[1]), 1.5 + 0.4 * len(decoded)))
+    axis = figure.subplots()
     image = axis.imshow(decoded, aspect="auto", cmap="viridis", interpolation="nearest")
     axis.set_yticks(np.arange(len(decoded)), scene.classes)
     axis.set_xlabel("feature")
@@ -422,7 +427,7 @@ def _draw_means(axis, means: np.ndarray, scene: Scene) -> None:
     component (a projection of an isotropic Gaussian onto orthonormal axes keeps its variance)."""
     radius = 2 * np.sqrt(np.exp(float(scene.estimator.model_.prior.effective_log_variance())))
     for (u, v), name in zip(means, scene.classes):
-        axis.add_patch(plt.Circle((u, v), radius, fill=False, color="k", linewidth=0.6, alpha=0.6))
+        axis.add_patch(Circle((u, v), radius, fill=False, color="k", linewidth=0.6, alpha=0.6))
         axis.scatter([u], [v], marker="x", s=60, c="k")
         axis.annotate(name, (u, v), textcoords="offset points", xytext=(5, 5), fontsize=9)
 
@@ -430,6 +435,6 @@ def _draw_means(axis, means: np.ndarray, scene: Scene) -> None:
 def _class_legend(axis, classes: list[str]) -> None:
     """A legend of class colours (at most 20 entries), plus labeled-row triangles."""
     colours = class_colours(len(classes))
-    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours(k), label=name) for k, name in enumerate(classes[:20])]
-    handles.append(plt.Line2D([], [], marker="^", linestyle="", color="w", markeredgecolor="k", label="labeled"))
+    handles = [Line2D([], [], marker="o", linestyle="", color=colours(k), label=name) for k, name in enumerate(classes[:20])]
+    handles.append(Line2D([], [], marker="^", linestyle="", color="w", markeredgecolor="k", label="labeled"))
     axis.legend(handles=handles, fontsize=7, loc="best", framealpha=0.7)

@@ -101,7 +101,7 @@ def test_standardize_split_uses_the_pool_statistics():
 
 
 def test_the_benchmark_marks_unlabeled_rows_as_the_estimator_does():
-    from flowgmm_cli.estimator import UNLABELED
+    from flowgmm_cli.targets import UNLABELED
 
     assert benchmark.UNLABELED == UNLABELED
 

@@ -8,7 +8,7 @@ import pytest
 
 from flowgmm_cli import FlowGMMClassifier
 from flowgmm_cli.demo import run_demo
-from flowgmm_cli.estimator import UNLABELED
+from flowgmm_cli.targets import UNLABELED
 from flowgmm_cli.progress import stderr_console
 from flowgmm_cli.splits import pick_labeled
 from flowgmm_cli.toy_data import TOY_DATASETS, make_toy

@@ -1,0 +1,77 @@
+"""From training rows and options to the parts of a fit: the model, its data source, its objective.
+
+This is where the options' names meet the model's parts; :class:`~flowgmm_cli.estimator.FlowGMMClassifier`
+calls these in order and the training loop runs what they return.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .data import InMemorySource
+from .defaults import default_means_separation, resolve, resolve_input
+from .layers import RealNVP
+from .model import FlowGMM
+from .objective import LabeledNLL, Objective, UnlabeledNLL
+from .options import Scaling, TrainOptions
+from .prior import GaussianMixturePrior
+from .training import Schedule
+from .transforms import PrincipalProjection, Standardize, TransformChain
+
+__all__ = ["fit_input_transform", "build_model", "build_source", "build_objective", "build_schedule", "prepare"]
+
+
+def fit_input_transform(X: Tensor, options: TrainOptions) -> TransformChain:
+    """Standardisation (per feature or shared, as ``options.scaling`` says) and, when
+    ``options.projection_dim`` is positive, the principal projection, fitted on ``X``."""
+    standardize = Standardize.fit(X, shared_scale=options.scaling == Scaling.shared)
+    parts: list = [standardize]
+    if options.projection_dim:
+        u = standardize(X)[0]
+        parts.append(PrincipalProjection.fit(u, options.projection_dim))
+    return TransformChain(parts)
+
+
+def prepare(X: Tensor, n_labeled: int, n_unlabeled: int, options: TrainOptions) -> tuple[TransformChain, TrainOptions]:
+    """The fitted input transform and the options with every data-dependent default chosen."""
+    options = resolve_input(options, X.shape[1], len(X))
+    transform = fit_input_transform(X, options)
+    with torch.no_grad():
+        seen = transform(X)[0].numpy()
+    return transform, resolve(options, n_labeled=n_labeled, n_unlabeled=n_unlabeled, seen=seen)
+
+
+def build_model(transform: TransformChain, n_classes: int, options: TrainOptions) -> FlowGMM:
+    """Flow and mixture on the transform's output, as the resolved ``options`` describe them."""
+    dim = transform.out_dim
+    flow = RealNVP(
+        dim, options.coupling_layers, options.hidden, options.hidden_layers, options.dropout, options.actnorm,
+        options.permutation.value, options.random_state,
+    )  # fmt: skip
+    separation = default_means_separation(dim) if options.means_scale is None else None
+    prior = GaussianMixturePrior(
+        n_classes, dim, 1.0 if options.means_scale is None else options.means_scale, options.variance,
+        options.learn_means, options.learn_weights, options.random_state, separation,
+    )  # fmt: skip
+    return FlowGMM(transform, flow, prior)
+
+
+def build_source(x_labeled: Tensor, y_labeled: Tensor, x_unlabeled: Tensor, model: FlowGMM, options: TrainOptions) -> InMemorySource:
+    """Batches of the rows; the labeled noise, given in standardised units, becomes feature units
+    through the model's standardisation scale."""
+    noise = None
+    if options.labeled_noise:
+        standardize = next(t for t in model.transform.transforms if isinstance(t, Standardize))
+        noise = options.labeled_noise * standardize.scale
+    return InMemorySource(x_labeled, y_labeled, x_unlabeled, options.batch_size, options.labeled_batch_size, options.random_state, noise)
+
+
+def build_objective(model: FlowGMM, options: TrainOptions) -> Objective:
+    """Equation 4: labeled NLL plus ``unlabeled_weight`` × unlabeled NLL, per feature dimension."""
+    return Objective([(LabeledNLL(), 1.0), (UnlabeledNLL(), options.unlabeled_weight)], dim=model.in_dim)
+
+
+def build_schedule(options: TrainOptions) -> Schedule:
+    return Schedule(options.epochs, options.lr, options.weight_decay, options.grad_clip, options.random_state)
+

@@ -1,0 +1,148 @@
+"""Training options, declared once: the estimator's parameters, the CLI's flags and help, the model header.
+
+Each field of :class:`TrainOptions` carries its help text, its help panel, its bounds and, when
+its default is chosen from the data, a short description of that rule (``auto``). ``None`` means
+"choose from the data" (see :func:`flowgmm_cli.defaults.resolve`); every other value, 0 included,
+is used as given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .errors import OptionError
+
+__all__ = ["Scaling", "Permutation", "Panel", "TrainOptions", "option_fields"]
+
+
+class Scaling(str, Enum):
+    """How centred inputs are scaled: by each feature's standard deviation, or by one scale for all."""
+
+    feature = "feature"
+    shared = "shared"
+
+
+class Permutation(str, Enum):
+    """What sits between two couplings: a reversal of the features, or a fixed random permutation."""
+
+    reverse = "reverse"
+    random = "random"
+
+
+class Panel(str, Enum):
+    """The groups of ``flowgmm train --help``."""
+
+    data = "Data"
+    model = "Model"
+    loss = "Loss"
+    optimisation = "Optimisation"
+    runtime = "Runtime"
+
+
+def _option(default: Any, panel: Panel, help: str, *, auto: str | None = None, min: float | None = None,
+            max: float | None = None, above: float | None = None, flag: str | None = None) -> Any:  # fmt: skip
+    """A field with what the estimator's docstring, the CLI and the checks need to know about it.
+
+    ``min``/``max`` are inclusive bounds; ``above`` is an exclusive lower bound; ``flag`` is the
+    CLI name when it differs from the field's (``random_state`` is ``--seed``).
+    """
+    metadata = {"panel": panel, "help": help, "auto": auto, "min": min, "max": max, "above": above, "flag": flag}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Every setting of a FlowGMM fit; ``None`` fields are chosen from the data.
+
+    Example:
+        >>> TrainOptions(hidden_layers=0).hidden_layers
+        0
+        >>> TrainOptions(dropout=1.5)
+        Traceback (most recent call last):
+        ...
+        flowgmm_cli.errors.OptionError: dropout must be at most 0.9, got 1.5.
+    """
+
+    # model
+    coupling_layers: int | None = _option(None, Panel.model, "Affine coupling layers.", auto="10 up to 8 features, else 8", min=1)
+    hidden: int | None = _option(None, Panel.model, "Width of the s/t networks.", auto="512 up to 8 features, else 2*dim in [128, 512]", min=1)
+    hidden_layers: int | None = _option(None, Panel.model, "Hidden layers per s/t network (0: one linear map).", auto="1", min=0)
+    dropout: float = _option(0.0, Panel.model, "Dropout inside the s/t networks.", min=0.0, max=0.9)
+    actnorm: bool = _option(False, Panel.model, "ActNorm before each coupling.")
+    permutation: Permutation = _option(Permutation.reverse, Panel.model, "Between couplings: reverse the features, or a fixed random permutation.")
+    means_scale: float | None = _option(None, Panel.model, "Std of the fixed random class means (paper: 1).", auto="closest means 7 std apart", min=0.0)
+    variance: float | None = _option(None, Panel.model, "Variance of each mixture component.", auto="1.72", above=0.0)
+    learn_means: bool = _option(False, Panel.model, "Train the class means with the flow.")
+    learn_weights: bool = _option(False, Panel.model, "Train the mixture weights (class imbalance).")
+    scaling: Scaling | None = _option(None, Panel.model, "Divide the centred inputs by each feature's std, or by one scale for all (pixels, embeddings).", auto="shared above 8 features, else feature")
+    projection_dim: int | None = _option(None, Panel.model, "Flow on this many principal directions, the rest as Gaussian noise (0: all features).", auto="32 above 64 features, else 0", min=0)
+    # loss
+    unlabeled_weight: float | None = _option(None, Panel.loss, "Weight of the unlabeled NLL in the loss.", auto="1 up to 8 features, else 0.3", min=0.0)
+    labeled_noise: float | None = _option(None, Panel.loss, "Std of Gaussian noise on standardised labeled inputs.", auto="1.2 x median neighbour distance / sqrt(dim)", min=0.0)
+    # optimisation
+    epochs: int | None = _option(None, Panel.optimisation, "Passes over the unlabeled rows.", auto="about 3,000 steps", min=1)
+    batch_size: int | None = _option(None, Panel.optimisation, "Unlabeled rows per step.", auto="256", min=1)
+    labeled_batch_size: int | None = _option(None, Panel.optimisation, "Labeled rows per step.", auto="64", min=1)
+    lr: float = _option(1e-3, Panel.optimisation, "AdamW learning rate (cosine schedule to 0).", above=0.0)
+    weight_decay: float = _option(1e-4, Panel.optimisation, "AdamW weight decay.", min=0.0)
+    grad_clip: float = _option(10.0, Panel.optimisation, "Clip the gradient norm to this (0: no clipping).", min=0.0)
+    # data
+    val_fraction: float = _option(0.0, Panel.data, "Hold out this share of each class's labeled rows to choose the best epoch.", min=0.0, max=0.9)
+    # runtime
+    random_state: int = _option(0, Panel.runtime, "Seed of the means, the weights' init, batches and noise.", flag="seed")
+    device: str = _option("auto", Panel.runtime, "auto (CUDA when available), cpu, cuda or cuda:N.")
+
+    def __post_init__(self) -> None:
+        for spec in option_fields():
+            value = getattr(self, spec.name)
+            if spec.name in _ENUMS:
+                _coerce_enum(self, spec, value)
+            elif value is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
+                _check_bounds(spec, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (enumerations as their names), for the model header."""
+        return {name: value.value if isinstance(value, Enum) else value for name, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainOptions":
+        """Options from :meth:`to_dict`'s output; unknown keys (from another version) are ignored."""
+        known = {spec.name for spec in option_fields()}
+        return cls(**{name: value for name, value in values.items() if name in known})
+
+
+def option_fields() -> tuple[dataclasses.Field, ...]:
+    """The fields of :class:`TrainOptions`, in declaration order."""
+    return dataclasses.fields(TrainOptions)
+
+
+_ENUMS = {"permutation": Permutation, "scaling": Scaling}
+
+
+def _coerce_enum(options: TrainOptions, spec: dataclasses.Field, value: Any) -> None:
+    """Accept an enumeration's member or its name (``"shared"``); anything else names the choices."""
+    if value is None:
+        return
+    kind = _ENUMS[spec.name]
+    try:
+        member = kind(value.value if isinstance(value, Enum) else value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in kind)
+        raise OptionError(spec.name, f"{{option}} must be one of {choices}, got {value!r}.") from None
+    object.__setattr__(options, spec.name, member)
+
+
+def _check_bounds(spec: dataclasses.Field, value: float) -> None:
+    meta = spec.metadata
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OptionError(spec.name, f"{{option}} must be a finite number, got {value}.")
+    if meta["min"] is not None and value < meta["min"]:
+        raise OptionError(spec.name, f"{{option}} must be at least {meta['min']}, got {value}.")
+    if meta["above"] is not None and value <= meta["above"]:
+        raise OptionError(spec.name, f"{{option}} must be greater than {meta['above']}, got {value}.")
+    if meta["max"] is not None and value > meta["max"]:
+        raise OptionError(spec.name, f"{{option}} must be at most {meta['max']}, got {value}.")
