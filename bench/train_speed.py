@@ -3,7 +3,7 @@
 
 For each shape this measures, side by side and interleaved step by step:
 
-* **real**: the project's own training step, by running ``flowgmm_cli.training.fit_flowgmm``
+* **real**: the project's own training step, by running ``flowgmm_cli.training.train``
   on synthetic data sized so that one epoch is ``repeats + 1`` steps. A callback stamps the
   clock at every ``on_step``; the first step (optimizer-state creation, allocator warm-up) is
   discarded and the rest give one time per step.
@@ -20,7 +20,8 @@ alternate (bound, real, bound, real, ...) and share whatever load the machine ha
 ``ratio = samples_per_s / bound_samples_per_s``.
 
 It also times prediction: ``model.joint_log_prob`` under ``torch.inference_mode`` on a large
-batch for the D=384 model (the bare forward matmuls are timed alongside for reference).
+batch for the D=384 model, in float32 and in float64 (the estimator's inference precision, which
+makes results independent of the batch); the bare float32 forward matmuls are timed alongside.
 
 Usage::
 
@@ -48,11 +49,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from flowgmm_cli.layers import _NarrowInputLinearFunction  # noqa: E402
-from flowgmm_cli.model import Architecture, FlowGMM  # noqa: E402
+import copy  # noqa: E402
+
+from flowgmm_cli.data import InMemorySource  # noqa: E402
+from flowgmm_cli.layers import RealNVP, _NarrowInputLinearFunction  # noqa: E402
+from flowgmm_cli.model import FlowGMM  # noqa: E402
+from flowgmm_cli.objective import LabeledNLL, Objective, UnlabeledNLL  # noqa: E402
+from flowgmm_cli.prior import GaussianMixturePrior  # noqa: E402
+from flowgmm_cli.training import EpochReport, Schedule, train  # noqa: E402
+from flowgmm_cli.transforms import Standardize, TransformChain  # noqa: E402
 
 narrow_linear = _NarrowInputLinearFunction.apply
-from flowgmm_cli.training import EpochReport, TrainingOptions, fit_flowgmm  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -149,10 +156,10 @@ class BoundNetworks:
 
 # ------------------------------------------------------------------------- real + bound
 class InterleavingCallback:
-    """``fit_flowgmm`` callback: after every real step, time one bound step.
+    """``train`` callback: after every real step, time one bound step.
 
     Real step ``k`` takes from the end of the bound step after step ``k-1`` to the moment
-    ``on_step(k)`` is called (everything ``fit_flowgmm`` does for that step, bookkeeping
+    ``on_step(k)`` is called (everything ``train`` does for that step, bookkeeping
     included). Step 1 and the bound step right after it are warm-up and are dropped.
     """
 
@@ -198,13 +205,15 @@ def synthetic_data(shape: Shape, steps: int, seed: int = 0) -> tuple[torch.Tenso
 def measure_training(shape: Shape, repeats: int) -> tuple[dict, FlowGMM]:
     steps = repeats + 1  # one warm-up step + ``repeats`` timed ones, all in one epoch
     torch.manual_seed(0)
-    model = FlowGMM(Architecture(dim=shape.dim, n_classes=shape.n_classes, coupling_layers=shape.coupling_layers,
-                                 hidden=shape.hidden, hidden_layers=shape.hidden_layers))
     x_labeled, y_labeled, x_unlabeled = synthetic_data(shape, steps)
-    options = TrainingOptions(epochs=1, batch_size=shape.unlabeled_batch, labeled_batch_size=shape.labeled_batch)
+    transform = TransformChain([Standardize.fit(torch.cat([x_labeled, x_unlabeled]))])
+    flow = RealNVP(shape.dim, shape.coupling_layers, shape.hidden, shape.hidden_layers)
+    model = FlowGMM(transform, flow, GaussianMixturePrior(shape.n_classes, shape.dim))
+    source = InMemorySource(x_labeled, y_labeled, x_unlabeled, shape.unlabeled_batch, shape.labeled_batch)
+    objective = Objective([(LabeledNLL(), 1.0), (UnlabeledNLL(), 1.0)], dim=shape.dim)
     bound = BoundNetworks(shape)
     callback = InterleavingCallback(bound)
-    fit_flowgmm(model, x_labeled, y_labeled, x_unlabeled, options, callback=callback)
+    train(model, source, objective, Schedule(epochs=1), callback=callback)
     assert len(callback.real_times) == repeats == len(callback.bound_times), (callback.real_times, callback.bound_times)
 
     step_s = statistics.median(callback.real_times)
@@ -243,7 +252,8 @@ def measure_predict(shape: Shape, model: FlowGMM, rows: int, repeats: int) -> di
     x = torch.randn(rows, shape.dim, generator=generator)
     bound = BoundNetworks(shape)
     bound_x = torch.randn(rows, shape.split, generator=generator)
-    real_times, bound_times = [], []
+    model64, x64 = copy.deepcopy(model).double(), x.double()
+    real_times, bound_times, float64_times = [], [], []
     for index in range(repeats + 1):  # first round is warm-up
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -251,16 +261,23 @@ def measure_predict(shape: Shape, model: FlowGMM, rows: int, repeats: int) -> di
         t1 = time.perf_counter()
         bound.forward_only(bound_x)
         t2 = time.perf_counter()
+        with torch.inference_mode():
+            model64.joint_log_prob(x64)
+        t3 = time.perf_counter()
         assert out.shape == (rows, shape.n_classes)
         if index:
             real_times.append(t1 - t0)
             bound_times.append(t2 - t1)
+            float64_times.append(t3 - t2)
     predict_s, bound_s = statistics.median(real_times), statistics.median(bound_times)
+    float64_s = statistics.median(float64_times)
     return {
         "predict": shape.name,
         "predict_rows_per_s": round(rows / predict_s, 1),
         "predict_bound_rows_per_s": round(rows / bound_s, 1),
         "predict_ratio": round(bound_s / predict_s, 4),
+        "predict_float64_rows_per_s": round(rows / float64_s, 1),
+        "predict_float64_ratio": round(bound_s / float64_s, 4),
         "predict_rows": rows,
         "predict_s": round(predict_s, 4),
         "predict_times_s": [round(t, 4) for t in real_times],
@@ -322,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"predict ({predict['predict']}, {predict['predict_rows']} rows, inference_mode): "
                   f"{predict['predict_rows_per_s']:.1f} rows/s "
                   f"(bare forward matmuls {predict['predict_bound_rows_per_s']:.1f} rows/s, "
-                  f"ratio {predict['predict_ratio']:.3f}, {predict['predict_gflops']:.1f} GFLOP/s)")
+                  f"ratio {predict['predict_ratio']:.3f}, {predict['predict_gflops']:.1f} GFLOP/s); "
+                  f"float64 as the estimator predicts: {predict['predict_float64_rows_per_s']:.1f} rows/s "
+                  f"(ratio {predict['predict_float64_ratio']:.3f})")
     return 0
 
 

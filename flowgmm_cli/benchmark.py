@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from .errors import InputError
+from .errors import InputError, OptionError
 from .features import align_labels, check_dim, read_features, read_labels
 from .splits import stratified_subset
 from .targets import UNLABELED, require_classes
@@ -93,7 +93,7 @@ def select_methods(spec: str) -> list[str]:
     names = [name.strip() for name in spec.split(",") if name.strip()]
     unknown = [name for name in names if name not in TITLES]
     if unknown or not names:
-        raise InputError(f"Unknown method '{unknown[0] if unknown else spec}' in --methods; use 'all' or a comma-separated list of: {', '.join(TITLES)}.")
+        raise OptionError("methods", f"Unknown method '{unknown[0] if unknown else spec}' in {{option}}; use 'all' or a comma-separated list of: {', '.join(TITLES)}.")
     return [name for name in TITLES if name in names]
 
 
@@ -123,9 +123,10 @@ def load_benchmark_data(features: Path, labels: Path | None, test: Path, test_la
     test_names = align_labels(test_file, read_labels(test_labels) if test_labels else None, str(test_labels))
     missing = np.flatnonzero(test_names == "")
     if len(missing):
-        raise InputError(
+        raise OptionError(
+            "test_labels",
             f"{len(missing)} test rows of '{test}' have no label, first id '{test_file.ids[missing[0]]}'; "
-            "pass --test-labels with a label for every test row."
+            "pass {option} with a label for every test row.",
         )
     unknown = sorted(set(test_names) - set(classes))
     if unknown:

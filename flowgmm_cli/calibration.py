@@ -37,7 +37,8 @@ def tempered_log_proba(scaled_distances: np.ndarray, log_weights: np.ndarray, lo
 
 def fit_temperature(scaled_distances: np.ndarray, log_weights: np.ndarray, y: np.ndarray) -> float:
     """``log T`` that minimises the mean NLL of the labels ``y`` (class indices), within
-    :data:`LOG_TEMPERATURE_BOUNDS`.
+    :data:`LOG_TEMPERATURE_BOUNDS`. With one class only, the NLL falls without bound as ``T``
+    shrinks: callers check for two classes first (:func:`~flowgmm_cli.targets.require_classes`).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -49,8 +50,6 @@ def fit_temperature(scaled_distances: np.ndarray, log_weights: np.ndarray, y: np
         4
     """
     y = np.asarray(y)
-    if len(np.unique(y)) < 2:
-        raise ValueError("calibration needs labeled rows of at least 2 classes")
     scaled = np.asarray(scaled_distances, dtype=np.float64)
     weights = np.asarray(log_weights, dtype=np.float64)
     result = minimize_scalar(

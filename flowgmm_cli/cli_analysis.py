@@ -16,6 +16,7 @@ from .errors import InputError
 from .features import FeatureFile, check_dim, read_features
 from .metrics import classification_report, ood_report
 from .progress import stderr_console
+from .targets import require_classes
 
 __all__ = ["evaluate", "calibrate", "visualize"]
 
@@ -93,10 +94,8 @@ def calibrate(
     estimator = load_model_for(model, feature_file, device)
     classes = [str(c) for c in estimator.classes_]
     X, y = labeled_rows(feature_file, labels, classes, model)
-    present = np.unique(y)
-    if len(present) < 2:
-        source = f"labels file '{labels}'" if labels else f"the /labels of '{features}'"
-        raise InputError(f"Calibration needs labeled rows of at least 2 classes, but {source} has only class '{classes[present[0]]}'.")
+    source = f"labels file '{labels}'" if labels else f"the /labels of '{features}'"
+    require_classes([classes[k] for k in np.unique(y)], source, task="Calibration")
     temperature_before = estimator.temperature_
     before = classification_report(estimator.predict_log_proba(X), y, classes)
     estimator.calibrate(X, estimator.classes_[y])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
+from .errors import OptionError
 
 __all__ = ["resolve_device"]
 
@@ -16,7 +16,7 @@ def resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise InputError(f"Unknown device '{device}'; use auto, cpu, cuda or cuda:N.") from None
+        raise OptionError("device", f"Unknown {{option}} '{device}'; use auto, cpu, cuda or cuda:N.") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"Device '{device}' was asked for but CUDA is not available; use --device cpu.")
+        raise OptionError("device", f"Device '{device}' was asked for but CUDA is not available; use {{option}} cpu.")
     return resolved

@@ -227,7 +227,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "model_")
         codes = self._encode(y)
-        require_classes(self.classes_[np.unique(codes)].tolist(), "the calibration labels")
+        require_classes(self.classes_[np.unique(codes)].tolist(), "the calibration labels", task="Calibration")
         log_temperature = fit_temperature(self._scaled_distances(X), self._log_weights(), codes)
         with torch.no_grad():
             self.model_.prior.log_temperature.fill_(log_temperature)

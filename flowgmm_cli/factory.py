@@ -62,7 +62,7 @@ def build_source(x_labeled: Tensor, y_labeled: Tensor, x_unlabeled: Tensor, mode
     through the model's standardisation scale."""
     noise = None
     if options.labeled_noise:
-        standardize = next(t for t in model.transform.transforms if isinstance(t, Standardize))
+        standardize = next(t for t in model.transform.layers if isinstance(t, Standardize))
         noise = options.labeled_noise * standardize.scale
     return InMemorySource(x_labeled, y_labeled, x_unlabeled, options.batch_size, options.labeled_batch_size, options.random_state, noise)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, check_output_path
-from .errors import InputError, reading
+from .errors import InputError, OptionError, reading
 
 __all__ = ["FeatureFile", "FeatureWriter", "read_features", "read_labels", "align_labels", "check_dim"]
 
@@ -116,7 +116,7 @@ def align_labels(feature_file: FeatureFile, labels: pd.DataFrame | None, labels_
             f"'{feature_file.path}', first '{first}'"
         )
         if not allow_missing:
-            raise InputError(message + "; fix the ids or pass --allow-missing to ignore them.")
+            raise OptionError("allow_missing", message + "; fix the ids or pass {option} to ignore them.")
         print(f"Warning: {message}; ignoring them.", file=sys.stderr)
     aligned = np.full(len(feature_file.ids), "", dtype=object)
     aligned[rows[~absent]] = labels["label"].to_numpy(dtype=object)[~absent]
@@ -200,8 +200,8 @@ class FeatureWriter:
     def _reopen_partial(self) -> None:
         partial = self.partial_path
         if not partial.is_file():
-            raise InputError(f"--resume found no partial file '{partial}'; run without --resume.")
-        damaged = InputError(f"Partial file '{partial}' is damaged; delete it and run without --resume.")
+            raise OptionError("resume", f"{{option}} found no partial file '{partial}'; run without {{option}}.")
+        damaged = OptionError("resume", f"Partial file '{partial}' is damaged; delete it and run without {{option}}.")
         try:
             self._handle = h5py.File(partial, "a")
         except OSError:
@@ -213,9 +213,10 @@ class FeatureWriter:
             raise damaged from None
         if _plain(key) != self.resume_key:
             self._handle.close()
-            raise InputError(
+            raise OptionError(
+                "resume",
                 f"Partial file '{partial}' was written from another input or with other options; "
-                "delete it or run without --resume."
+                "delete it or run without {option}.",
             )
         self.rows, self.state = int(rows), json.loads(_plain(state))
         for name in ("features", "ids", "labels"):

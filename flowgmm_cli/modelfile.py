@@ -95,10 +95,10 @@ def _upgrade(header: dict[str, Any], tensors: dict[str, Tensor]) -> tuple[dict[s
     a = header["architecture"]
     latent = a.get("projection_dim") or a["dim"]
     transforms = [{"type": "standardize", "dim": a["dim"]}]
-    renames = {"feature_mean": "transform.transforms.0.mean", "feature_scale": "transform.transforms.0.scale"}
+    renames = {"feature_mean": "transform.layers.0.mean", "feature_scale": "transform.layers.0.scale"}
     if a.get("projection_dim"):
         transforms.append({"type": "projection", "dim": a["dim"], "k": latent})
-        renames.update(projection="transform.transforms.1.directions", log_residual_variance="transform.transforms.1.log_residual_variance")
+        renames.update(projection="transform.layers.1.directions", log_residual_variance="transform.layers.1.log_residual_variance")
     spec = {
         "transform": {"type": "chain", "transforms": transforms},
         "flow": {"type": "realnvp", "dim": latent, **{k: a[k] for k in ("coupling_layers", "hidden", "hidden_layers", "dropout", "actnorm", "permutation", "seed")}},

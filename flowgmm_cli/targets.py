@@ -28,8 +28,10 @@ def unlabeled_mask(y: np.ndarray) -> np.ndarray:
     return y == UNLABELED
 
 
-def require_classes(classes: Sequence[Any], source: str = "the targets") -> None:
+def require_classes(classes: Sequence[Any], source: str = "the targets", task: str = "FlowGMM") -> None:
     """Raise :class:`InputError` unless ``classes`` (the distinct labeled classes) number at least two.
+
+    ``source`` names where the labels came from, ``task`` what needs them.
 
     Example:
         >>> require_classes(["a"], "labels file 'l.csv'")
@@ -41,7 +43,7 @@ def require_classes(classes: Sequence[Any], source: str = "the targets") -> None
         return
     found = f"only class '{classes[0]}'" if len(classes) else "no labeled rows"
     raise InputError(
-        f"FlowGMM needs labeled rows of at least 2 classes, but {source} has {found}; "
+        f"{task} needs labeled rows of at least 2 classes, but {source} has {found}; "
         "label rows of another class (-1 or an empty label marks an unlabeled row)."
     )
 

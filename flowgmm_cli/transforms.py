@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .layers import Flow
+
 __all__ = ["InputTransform", "Standardize", "PrincipalProjection", "TransformChain", "build_transform"]
 
 
@@ -161,37 +163,24 @@ class PrincipalProjection(InputTransform):
         return {"type": "projection", "dim": self.in_dim, "k": self.out_dim}
 
 
-class TransformChain(InputTransform):
-    """Transforms applied in order; their log terms add up."""
+class TransformChain(Flow, InputTransform):
+    """Transforms applied in order; their log terms add up (the composition of :class:`Flow`)."""
 
     def __init__(self, transforms: list[InputTransform]) -> None:
-        super().__init__()
         if not transforms:
             raise ValueError("a transform chain needs at least one transform")
-        self.transforms = nn.ModuleList(transforms)
+        super().__init__(transforms)
 
     @property
     def in_dim(self) -> int:
-        return self.transforms[0].in_dim
+        return self.layers[0].in_dim
 
     @property
     def out_dim(self) -> int:
-        return self.transforms[-1].out_dim
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        log_term = x.new_zeros(x.shape[0])
-        for transform in self.transforms:
-            x, term = transform(x)
-            log_term = log_term + term
-        return x, log_term
-
-    def inverse(self, u: Tensor) -> Tensor:
-        for transform in reversed(self.transforms):
-            u = transform.inverse(u)
-        return u
+        return self.layers[-1].out_dim
 
     def spec(self) -> dict[str, Any]:
-        return {"type": "chain", "transforms": [t.spec() for t in self.transforms]}
+        return {"type": "chain", "transforms": [t.spec() for t in self.layers]}
 
 
 def build_transform(spec: dict[str, Any]) -> InputTransform:
