@@ -45,8 +45,9 @@ class DataSource(Protocol):
 
 
 class InMemorySource:
-    """Batches from tensors in memory: an epoch is one shuffled pass over the unlabeled rows (over
-    the labeled rows when there are none); labeled batches cycle through reshuffled labeled rows.
+    """Batches from tensors in memory: an epoch is one shuffled pass over the unlabeled rows; labeled
+    batches cycle through reshuffled labeled rows, always full. Without unlabeled rows an epoch has
+    as many steps as one pass over the labeled rows takes.
 
     Arguments:
         x_labeled, y_labeled: labeled features and their class codes.

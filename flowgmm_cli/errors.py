@@ -79,8 +79,13 @@ def describe(error: BaseException) -> str:
         >>> describe(ValueError("Error tokenizing data. C error: Expected 3 fields in line 4, saw 4\\n"))
         'error tokenizing data: C error: Expected 3 fields in line 4, saw 4'
     """
-    text = " ".join(str(error).split()) or type(error).__name__
-    text = re.sub(r"\s*\((.*)\)$", r": \1", text)  # "open file (truncated file)" -> "open file: truncated file"
+    text = " ".join(str(error).split())
+    if not text:
+        return type(error).__name__
+    text = re.sub(r"\s*\(([^()]*)\)$", r": \1", text)  # "open file (truncated file)" -> "open file: truncated file"
     text = re.sub(r"\.\s+(?=[A-Z])", ": ", text, count=1).rstrip(" .;:")
-    return text[:1].lower() + text[1:]
+    first = text.split(" ", 1)[0]
+    if first[:1].isupper() and first[1:] == first[1:].lower():  # "Unable" -> "unable"; "HDF5", "ValueError" stay
+        text = text[:1].lower() + text[1:]
+    return text
 

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .atomic import atomic_path
-from .errors import InputError
+from .errors import InputError, describe
 from .model import FlowGMM
 
 __all__ = ["FORMAT_VERSION", "save_model", "load_model", "read_header"]
@@ -48,7 +48,11 @@ def save_model(model: FlowGMM, path: str | os.PathLike, header: dict[str, Any]) 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON header of a model file (upgraded to the current format), without building the model."""
     with _open(path) as handle:
-        return _upgrade(_header(handle, path), {})[0]
+        header = _header(handle, path)
+    try:
+        return _upgrade(header, {})[0]
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise _damaged(path, error) from None
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[FlowGMM, dict[str, Any]]:
@@ -60,9 +64,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         header, tensors = _upgrade(header, tensors)
         model = FlowGMM.from_spec(header["model"])
         model.load_state_dict(tensors, strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise InputError(f"Model file '{path}' is damaged or from an incompatible version ({error}).") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+        raise _damaged(path, error) from None
     return model.to(device).eval(), header
+
+
+def _damaged(path: str | os.PathLike, error: BaseException) -> InputError:
+    return InputError(f"Model file '{path}' is damaged or from an incompatible version ({describe(error)}); train it again.")
 
 
 def _open(path: str | os.PathLike):
@@ -81,7 +89,7 @@ def _header(handle, path: str | os.PathLike) -> dict[str, Any]:
         header = json.loads(metadata[_HEADER_KEY])
     except (KeyError, json.JSONDecodeError):
         raise InputError(f"'{path}' is a safetensors file but not a flowgmm model (no flowgmm header).") from None
-    if not isinstance(header, dict):
+    if not isinstance(header, dict) or not isinstance(header.get("format_version", 0), int):
         raise InputError(f"'{path}' has a damaged flowgmm header; train the model again.")
     if header.get("format_version", 0) > FORMAT_VERSION:
         raise InputError(f"Model file '{path}' has format version {header['format_version']}; upgrade flowgmm to read it.")

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+import numpy as np
 
 from .errors import OptionError
 
@@ -99,20 +102,30 @@ class TrainOptions:
     def __post_init__(self) -> None:
         for spec in option_fields():
             value = getattr(self, spec.name)
-            if spec.name in _ENUMS:
+            if isinstance(value, np.generic):  # numpy scalars become plain Python values (JSON-ready)
+                value = value.item()
+                object.__setattr__(self, spec.name, value)
+            if value is None:
+                if spec.metadata["auto"] is None and spec.default is not None:
+                    raise OptionError(spec.name, f"{{option}} has no automatic value; give one (default {_plain(spec.default)}).")
+            elif spec.name in _ENUMS:
                 _coerce_enum(self, spec, value)
-            elif value is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool):
                 _check_bounds(spec, value)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (enumerations as their names), for the model header."""
-        return {name: value.value if isinstance(value, Enum) else value for name, value in dataclasses.asdict(self).items()}
+        return {name: _plain(value) for name, value in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainOptions":
         """Options from :meth:`to_dict`'s output; unknown keys (from another version) are ignored."""
         known = {spec.name for spec in option_fields()}
         return cls(**{name: value for name, value in values.items() if name in known})
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
 
 
 def option_fields() -> tuple[dataclasses.Field, ...]:

@@ -28,7 +28,7 @@ def unlabeled_mask(y: np.ndarray) -> np.ndarray:
     return y == UNLABELED
 
 
-def require_classes(classes: Sequence[Any], source: str = "the targets", task: str = "FlowGMM") -> None:
+def require_classes(classes: Sequence[Any], source: str = "y", task: str = "FlowGMM") -> None:
     """Raise :class:`InputError` unless ``classes`` (the distinct labeled classes) number at least two.
 
     ``source`` names where the labels came from, ``task`` what needs them.

@@ -1,13 +1,15 @@
-"""Invertible layers: exact log-determinants, inverses, gradients and statelessness."""
+"""Invertible layers: exact log-determinants, inverses, gradients, statelessness and RealNVP's spec."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from flowgmm_cli import layers as layers_module
-from flowgmm_cli.layers import ActNorm, AffineCoupling, Flow, Permutation, build_realnvp
+from flowgmm_cli.layers import ActNorm, AffineCoupling, Flow, NarrowInputLinear, Permutation, RealNVP, Reverse, _NarrowInputLinearFunction
+from flowgmm_cli.options import Permutation as PermutationOption
 from flowgmm_testutils import perturb_
 
 
@@ -18,15 +20,8 @@ def _data(n: int, dim: int, seed: int = 1) -> torch.Tensor:
     return x * torch.linspace(0.5, 2.0, dim) + torch.linspace(-1.0, 1.0, dim)
 
 
-def _reverse_layer(dim: int) -> torch.nn.Module:
-    """The feature reversal build_realnvp puts between couplings (a ``Reverse`` layer or ``Permutation.reverse``)."""
-    if hasattr(layers_module, "Reverse"):
-        return layers_module.Reverse()
-    return Permutation.reverse(dim)
-
-
 def _is_permutation_layer(layer: torch.nn.Module) -> bool:
-    return isinstance(layer, Permutation) or type(layer).__name__ == "Reverse"
+    return isinstance(layer, (Permutation, Reverse))
 
 
 def _has_actnorm(layer: torch.nn.Module) -> bool:
@@ -39,23 +34,22 @@ CASES = {
     "coupling-odd": (lambda: AffineCoupling(5, hidden=8), 5),
     "coupling-odd-split3": (lambda: AffineCoupling(5, hidden=8, split=3), 5),
     "coupling-dropout-eval": (lambda: AffineCoupling(5, hidden=8, dropout=0.5), 5),
+    "coupling-0-hidden-layers": (lambda: AffineCoupling(5, hidden=8, hidden_layers=0), 5),
     "coupling-3-hidden-layers": (lambda: AffineCoupling(3, hidden=6, hidden_layers=3), 3),
     "actnorm": (lambda: ActNorm(5), 5),
-    "permutation-reverse": (lambda: _reverse_layer(5), 5),
+    "permutation-reverse": (lambda: Reverse(), 5),
     "permutation-reversed-order": (lambda: Permutation(torch.arange(4, -1, -1)), 5),
     "permutation-random": (lambda: Permutation.random(6, torch.Generator().manual_seed(3)), 6),
-    "flow-reverse-actnorm": (
-        lambda: build_realnvp(5, coupling_layers=3, hidden=8, actnorm=True, permutation="reverse"),
-        5,
-    ),
+    "flow-reverse-actnorm": (lambda: RealNVP(5, coupling_layers=3, hidden=8, actnorm=True, permutation="reverse"), 5),
     "flow-random-actnorm": (
-        lambda: build_realnvp(
-            6, coupling_layers=3, hidden=8, actnorm=True, permutation="random", dropout=0.2, seed=1
-        ),
+        lambda: RealNVP(6, coupling_layers=3, hidden=8, actnorm=True, permutation="random", dropout=0.2, seed=1),
         6,
     ),
+    "flow-0-hidden-layers": (lambda: RealNVP(4, coupling_layers=2, hidden=8, hidden_layers=0), 4),
+    "flow-one-feature": (lambda: RealNVP(1, coupling_layers=3, hidden=8), 1),
 }
 PARAMETRIC = [name for name in CASES if not name.startswith("permutation")]
+VOLUME_PRESERVING_WHEN_FRESH = [name for name in PARAMETRIC if name not in ("actnorm", "flow-one-feature")]
 
 
 def _prepared(name: str) -> tuple[torch.nn.Module, int]:
@@ -87,9 +81,11 @@ def test_log_det_equals_slogdet_of_jacobian(name, float64):
         torch.testing.assert_close(log_det[row], log_abs_det, rtol=0, atol=1e-10)
         # A row's output does not depend on the other rows of the batch.
         torch.testing.assert_close(y[row], single(x[row]), rtol=0, atol=1e-12)
-    if name in PARAMETRIC and name != "actnorm":
+    if name in VOLUME_PRESERVING_WHEN_FRESH:
         # The perturbed layer is not a volume-preserving map, so the check above is not vacuous.
         assert log_det.abs().max() > 1e-3
+        # ... and the log-determinant differs between rows (it is not a constant).
+        assert log_det.max() - log_det.min() > 1e-3
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -124,6 +120,8 @@ def test_every_parameter_receives_a_gradient_and_a_step_lowers_the_loss(name, fl
 
     layer.train()  # dropout (where present) active: its path must pass gradients too
     nll().backward()
+    names = [parameter_name for parameter_name, _ in layer.named_parameters()]
+    assert names, "a parametric layer without parameters"
     for parameter_name, parameter in layer.named_parameters():
         assert parameter.grad is not None, f"{parameter_name} got no gradient"
         assert torch.isfinite(parameter.grad).all(), parameter_name
@@ -149,10 +147,11 @@ def test_permutations_have_no_parameters_and_zero_log_det(name):
     x = _data(4, dim).float()
     y, log_det = layer(x)
     assert torch.equal(log_det, torch.zeros(4))
+    assert not torch.equal(y, x)
     assert torch.equal(y.sort(dim=-1).values, x.sort(dim=-1).values)
 
 
-@pytest.mark.parametrize("dim, kwargs", [(4, {}), (5, {}), (5, {"split": 1, "dropout": 0.3})])
+@pytest.mark.parametrize("dim, kwargs", [(4, {}), (5, {}), (5, {"split": 1, "dropout": 0.3}), (5, {"hidden_layers": 0})])
 def test_fresh_coupling_is_the_identity(dim, kwargs):
     layer = AffineCoupling(dim, hidden=8, **kwargs)
     x = _data(6, dim, seed=5).float()
@@ -164,16 +163,54 @@ def test_fresh_coupling_is_the_identity(dim, kwargs):
         assert torch.equal(layer.inverse(x), x)
 
 
+@pytest.mark.parametrize(
+    "hidden_layers, shapes",
+    [
+        (0, [(6, 2)]),  # 0 means 0: one linear map from the conditioning half to s and t
+        (1, [(8, 2), (6, 8)]),
+        (2, [(8, 2), (8, 8), (6, 8)]),
+    ],
+)
+def test_hidden_layers_sets_the_depth_of_the_st_network(hidden_layers, shapes):
+    layer = AffineCoupling(5, hidden=8, hidden_layers=hidden_layers)
+    linears = [m for m in layer.net if isinstance(m, torch.nn.Linear)]
+    assert [tuple(m.weight.shape) for m in linears] == shapes
+    assert sum(isinstance(m, torch.nn.ReLU) for m in layer.net) == hidden_layers
+    if hidden_layers:
+        assert isinstance(linears[0], NarrowInputLinear)
+    assert AffineCoupling(5, hidden=8).net[0].weight.shape == (8, 2), "one hidden layer by default"
+
+
+def test_dropout_acts_in_training_mode_only():
+    layer = perturb_(AffineCoupling(4, hidden=32, hidden_layers=2, dropout=0.5), seed=1)
+    assert [m.p for m in layer.net if isinstance(m, torch.nn.Dropout)] == [0.5, 0.5]
+    assert not any(isinstance(m, torch.nn.Dropout) for m in AffineCoupling(4, hidden=32, hidden_layers=2).net)
+    x = _data(8, 4)
+    layer.train()
+    torch.manual_seed(0)
+    assert not torch.equal(layer(x)[0], layer(x)[0])
+    layer.eval()
+    assert torch.equal(layer(x)[0], layer(x)[0])
+
+
+def test_coupling_log_scale_is_bounded_by_one_per_feature(float64):
+    layer = perturb_(AffineCoupling(4, hidden=8), scale=20.0, seed=2)
+    x = _data(50, 4, seed=3) * 10
+    _, log_det = layer(x)
+    assert log_det.abs().max() <= 2.0  # tanh bounds each of the 2 transformed features' log-scale to [-1, 1]
+    assert log_det.abs().max() > 1.5  # large weights push it towards the bound
+
+
 def test_fresh_flow_without_actnorm_only_permutes():
     x = _data(6, 5, seed=6).float()
     for permutation in ("reverse", "random"):
-        flow = build_realnvp(5, coupling_layers=4, hidden=8, permutation=permutation)
+        flow = RealNVP(5, coupling_layers=4, hidden=8, permutation=permutation)
         y, log_det = flow(x)
         assert torch.equal(log_det, torch.zeros(6))
         assert torch.equal(y.sort(dim=-1).values, x.sort(dim=-1).values)
-    # An odd number of reversals (3 couplings, 2 reversals) gives back the input order.
-    flow = build_realnvp(5, coupling_layers=3, hidden=8)
-    assert torch.equal(flow(x)[0], x)
+    # An odd number of reversals (4 couplings, 3 reversals) reverses; an even number gives the input order.
+    assert torch.equal(RealNVP(5, coupling_layers=4, hidden=8)(x)[0], x.flip(-1))
+    assert torch.equal(RealNVP(5, coupling_layers=3, hidden=8)(x)[0], x)
 
 
 def _tensor_state(module: torch.nn.Module) -> dict[str, tuple]:
@@ -240,7 +277,7 @@ def test_actnorm_loaded_from_a_state_dict_is_not_reinitialised():
 
 def test_permutation_orders():
     x4 = torch.arange(4.0).unsqueeze(0)
-    assert _reverse_layer(4)(x4)[0].tolist() == [[3.0, 2.0, 1.0, 0.0]]
+    assert Reverse()(x4)[0].tolist() == [[3.0, 2.0, 1.0, 0.0]]
     assert Permutation(torch.tensor([2, 0, 3, 1]))(x4)[0].tolist() == [[2.0, 0.0, 3.0, 1.0]]
     assert Permutation(torch.tensor([2, 0, 3, 1])).inverse(torch.tensor([[2.0, 0.0, 3.0, 1.0]])).tolist() == [[0.0, 1.0, 2.0, 3.0]]
     a = Permutation.random(8, torch.Generator().manual_seed(5))
@@ -252,23 +289,62 @@ def test_permutation_orders():
     assert torch.equal(a(x)[0], x[:, a.order])
 
 
-def test_build_realnvp_structure_and_arguments():
-    flow = build_realnvp(4, coupling_layers=3, hidden=8, actnorm=True)
+def test_realnvp_structure_and_arguments():
+    flow = RealNVP(4, coupling_layers=3, hidden=8, actnorm=True)
     assert isinstance(flow, Flow)
-    kinds = ["Permutation" if _is_permutation_layer(layer) else type(layer).__name__ for layer in flow.layers]
-    assert kinds == ["ActNorm", "AffineCoupling", "Permutation"] * 2 + ["ActNorm", "AffineCoupling"]
-    one = build_realnvp(1, coupling_layers=3, hidden=8)
+    kinds = [type(layer).__name__ for layer in flow.layers]
+    assert kinds == ["ActNorm", "AffineCoupling", "Reverse"] * 2 + ["ActNorm", "AffineCoupling"]
+    random = RealNVP(4, coupling_layers=3, hidden=8, permutation="random")
+    assert [type(layer).__name__ for layer in random.layers] == ["AffineCoupling", "Permutation"] * 2 + ["AffineCoupling"]
+    one = RealNVP(1, coupling_layers=3, hidden=8)
     assert [type(layer) for layer in one.layers] == [ActNorm]
-    x = torch.randn(5, 1)
-    torch.testing.assert_close(one.inverse(one(x)[0]), x)
     probe = torch.arange(8.0).unsqueeze(0)
     orders = lambda f: [l(probe)[0].tolist() for l in f.layers if _is_permutation_layer(l)]  # noqa: E731,E741
-    r1 = build_realnvp(8, coupling_layers=4, hidden=8, permutation="random", seed=1)
-    r1_again = build_realnvp(8, coupling_layers=4, hidden=8, permutation="random", seed=1)
-    r2 = build_realnvp(8, coupling_layers=4, hidden=8, permutation="random", seed=2)
+    r1 = RealNVP(8, coupling_layers=4, hidden=8, permutation="random", seed=1)
+    r1_again = RealNVP(8, coupling_layers=4, hidden=8, permutation="random", seed=1)
+    r2 = RealNVP(8, coupling_layers=4, hidden=8, permutation="random", seed=2)
     assert orders(r1) == orders(r1_again) != orders(r2)
-    with pytest.raises(ValueError):
-        build_realnvp(4, coupling_layers=2, hidden=8, permutation="shuffle")
+    assert len(set(map(str, orders(r1)))) == 3, "each coupling gets its own permutation"
+    with pytest.raises(ValueError, match="permutation"):
+        RealNVP(4, coupling_layers=2, hidden=8, permutation="shuffle")
+
+
+SPECS = [
+    {"dim": 5, "coupling_layers": 3, "hidden": 8},
+    {"dim": 6, "coupling_layers": 3, "hidden": 8, "hidden_layers": 0, "actnorm": True, "permutation": "random", "seed": 4},
+    {"dim": 4, "coupling_layers": 2, "hidden": 6, "hidden_layers": 2, "dropout": 0.25},
+    {"dim": 1, "coupling_layers": 2, "hidden": 6},
+]
+
+
+@pytest.mark.parametrize("kwargs", SPECS)
+def test_realnvp_spec_rebuilds_the_same_flow(kwargs, float64):
+    torch.manual_seed(0)
+    flow = RealNVP(**kwargs)
+    if _has_actnorm(flow):
+        flow(_data(64, kwargs["dim"], seed=7))
+    perturb_(flow, seed=3).eval()
+    spec = flow.spec()
+    assert spec == json.loads(json.dumps(spec)), "the spec is plain JSON"
+    assert spec["type"] == "realnvp"
+    assert spec["hidden_layers"] == kwargs.get("hidden_layers", 1)
+    torch.manual_seed(99)  # another initialisation, replaced by the loaded state
+    rebuilt = RealNVP(**{key: value for key, value in spec.items() if key != "type"})
+    rebuilt.load_state_dict(flow.state_dict(), strict=True)
+    rebuilt.eval()
+    assert rebuilt.spec() == spec
+    x = _data(11, kwargs["dim"], seed=8)
+    y, log_det = flow(x)
+    y2, log_det2 = rebuilt(x)
+    assert torch.equal(y, y2) and torch.equal(log_det, log_det2)
+    assert torch.equal(rebuilt.inverse(y), flow.inverse(y))
+
+
+def test_realnvp_spec_takes_the_permutation_option_as_its_name():
+    flow = RealNVP(4, coupling_layers=2, hidden=8, permutation=PermutationOption.random)
+    spec = flow.spec()
+    assert type(spec["permutation"]) is str and spec["permutation"] == "random"
+    assert isinstance(flow.layers[1], Permutation)
 
 
 @pytest.mark.parametrize("kwargs", [{"dim": 1}, {"dim": 4, "split": 0}, {"dim": 4, "split": 4}, {"dim": 4, "split": -1}])
@@ -279,8 +355,6 @@ def test_affine_coupling_rejects_bad_arguments(kwargs):
 
 def test_narrow_input_linear_matches_nn_linear_and_passes_gradcheck(float64):
     """The reordered backward of the s/t networks' first layer computes the same gradients."""
-    from flowgmm_cli.layers import NarrowInputLinear, _NarrowInputLinearFunction
-
     torch.manual_seed(0)
     layer = NarrowInputLinear(5, 7)
     reference = torch.nn.Linear(5, 7)
@@ -289,9 +363,9 @@ def test_narrow_input_linear_matches_nn_linear_and_passes_gradcheck(float64):
     x_ref = x.detach().clone().requires_grad_()
     layer(x).sin().sum().backward()
     reference(x_ref).sin().sum().backward()
-    assert torch.allclose(x.grad, x_ref.grad)
-    assert torch.allclose(layer.weight.grad, reference.weight.grad)
-    assert torch.allclose(layer.bias.grad, reference.bias.grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.bias.grad, reference.bias.grad, rtol=1e-12, atol=1e-12)
     rows = torch.randn(13, 5, requires_grad=True)
     weight, bias = torch.randn(7, 5, requires_grad=True), torch.randn(7, requires_grad=True)
     assert torch.autograd.gradcheck(_NarrowInputLinearFunction.apply, (rows, weight, bias))

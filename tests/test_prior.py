@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from scipy.special import logsumexp, softmax
 from scipy.stats import multivariate_normal
 
-from flowgmm_cli.prior import GaussianMixturePrior
+from flowgmm_cli.prior import GaussianMixturePrior, _spread_means
 
 WEIGHT_LOGITS = [0.5, -1.0, 2.0]
 LOG_TEMPERATURE = 0.4
@@ -116,10 +117,6 @@ def prior_variance(prior: GaussianMixturePrior) -> float:
 
 def test_means_are_the_best_separated_of_the_seeded_draws():
     """The docstring promises: of ``draws`` seeded draws, the one whose closest pair is farthest apart."""
-    from flowgmm_cli import prior as prior_module
-
-    if not hasattr(prior_module, "_spread_means"):
-        pytest.skip("this version draws the means once")
     n_classes, dim, seed, draws = 8, 2, 0, 64
     candidates = torch.randn(draws, n_classes, dim, generator=torch.Generator().manual_seed(seed))
 
@@ -127,12 +124,62 @@ def test_means_are_the_best_separated_of_the_seeded_draws():
         return float(torch.pdist(means).min())
 
     best = max(closest_pair(candidate) for candidate in candidates)
-    chosen = prior_module._spread_means(n_classes, dim, seed, draws)
+    chosen = _spread_means(n_classes, dim, seed, draws)
     assert closest_pair(chosen) == pytest.approx(best), (
         f"closest pair of the chosen means is {closest_pair(chosen):.3f}, but a draw with {best:.3f} exists "
         f"(the first draw has {closest_pair(candidates[0]):.3f})"
     )
+    assert closest_pair(chosen) > closest_pair(candidates[0]), "the first draw is not the best here, so the choice matters"
     torch.testing.assert_close(GaussianMixturePrior(n_classes, dim, seed=seed).means, chosen)
+
+
+@pytest.mark.parametrize(
+    "n_classes, dim, variance, separation, seed",
+    [(2, 2, 1.0, 7.0, 0), (8, 2, 1.72, 7.0, 1), (10, 64, 1.72, 7.0, 2), (3, 5, 0.3, 2.5, 3)],
+)
+def test_separation_puts_the_closest_means_that_many_std_apart(n_classes, dim, variance, separation, seed, float64):
+    prior = GaussianMixturePrior(n_classes, dim, means_scale=123.0, variance=variance, seed=seed, separation=separation)
+    distances = torch.pdist(prior.means.detach())
+    assert float(distances.min()) == pytest.approx(separation * math.sqrt(variance), rel=1e-12)
+    # The direction of the draw is kept: the means are the seeded draw scaled, means_scale ignored.
+    drawn = _spread_means(n_classes, dim, seed)
+    ratio = prior.means.detach() / drawn
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0, 0])), rtol=1e-10, atol=0)
+    # The separation holds in units of the component's standard deviation.
+    nearest = float(distances.min()) / math.sqrt(prior_variance(prior))
+    assert nearest == pytest.approx(separation, rel=1e-12)
+
+
+def test_separation_with_one_class_falls_back_to_means_scale():
+    prior = GaussianMixturePrior(1, 3, means_scale=2.0, seed=5, separation=7.0)
+    torch.testing.assert_close(prior.means, 2.0 * _spread_means(1, 3, 5))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_classes": 3, "dim": 4},
+        {"n_classes": 4, "dim": 2, "means_scale": 2.0, "variance": 0.5, "learn_means": True, "learn_weights": True, "seed": 7},
+        {"n_classes": 5, "dim": 3, "variance": 1.72, "seed": 2, "separation": 7.0},
+    ],
+)
+def test_spec_rebuilds_the_same_prior(kwargs, float64):
+    prior = GaussianMixturePrior(**kwargs)
+    with torch.no_grad():
+        prior.weight_logits.add_(torch.linspace(-1, 1, prior.n_classes))
+        prior.log_temperature.fill_(0.2)
+    spec = prior.spec()
+    assert spec == json.loads(json.dumps(spec)), "the spec is plain JSON"
+    assert spec["type"] == "gaussian-mixture"
+    rebuilt = GaussianMixturePrior(**{key: value for key, value in spec.items() if key != "type"})
+    assert rebuilt.spec() == spec
+    # The spec alone gives the same means and flags; the state dict adds what training changed.
+    assert torch.equal(rebuilt.means, prior.means)
+    assert rebuilt.means.requires_grad == prior.means.requires_grad
+    assert rebuilt.weight_logits.requires_grad == prior.weight_logits.requires_grad
+    rebuilt.load_state_dict(prior.state_dict(), strict=True)
+    z = torch.from_numpy(_points(9, prior.dim, seed=4))
+    assert torch.equal(rebuilt.class_log_prob(z), prior.class_log_prob(z))
 
 
 def test_samples_have_the_component_mean_and_variance(float64):
@@ -159,9 +206,11 @@ def test_samples_draw_components_from_the_mixture_weights(float64):
     assert z.shape == (n, 4) and labels.shape == (n,)
     frequencies = np.bincount(labels.numpy(), minlength=3) / n
     np.testing.assert_allclose(frequencies, softmax(WEIGHT_LOGITS), atol=0.01)
-    # Each sample lies around the mean of the component it says it came from.
+    # Each sample lies around the mean of the component it says it came from (5 standard errors).
+    std = math.sqrt(VARIANCE * math.exp(LOG_TEMPERATURE))
     for k in range(3):
-        assert (z[labels == k].mean(0) - prior.means[k]).abs().max() < 0.05
+        rows = z[labels == k]
+        assert (rows.mean(0) - prior.means[k]).abs().max() < 5 * std / math.sqrt(len(rows))
 
 
 def test_sampling_is_repeatable_with_a_generator():

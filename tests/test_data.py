@@ -1,0 +1,193 @@
+"""Training data: the in-memory source's batches (coverage, cycling, seeds, resuming, labeled noise) and the validation hold-out."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from flowgmm_cli.data import InMemorySource
+from flowgmm_cli.errors import OptionError
+from flowgmm_cli.factory import build_model, build_source, prepare
+from flowgmm_cli.options import TrainOptions
+from flowgmm_cli.splits import hold_out
+
+
+def _ids(n: int, start: int = 0, dim: int = 2) -> torch.Tensor:
+    """Rows whose every feature is the row's id, so a batch says which rows it holds."""
+    return torch.arange(start, start + n, dtype=torch.float32).unsqueeze(1).expand(n, dim).contiguous()
+
+
+def _source(n_labeled: int = 10, n_unlabeled: int = 23, batch: int = 5, labeled_batch: int = 3, seed: int = 0, noise=None) -> InMemorySource:
+    y = torch.arange(n_labeled) % 3
+    return InMemorySource(_ids(n_labeled), y, _ids(n_unlabeled, start=1000), batch, labeled_batch, seed=seed, labeled_noise=noise)
+
+
+def _epoch(source: InMemorySource) -> list[tuple[list[int], list[int], list[int]]]:
+    return [
+        (batch.x_labeled[:, 0].long().tolist(), batch.y_labeled.tolist(), batch.x_unlabeled[:, 0].long().tolist())
+        for batch in source.epoch()
+    ]
+
+
+def test_an_epoch_covers_every_unlabeled_row_exactly_once():
+    source = _source(n_unlabeled=23, batch=5)
+    assert source.steps_per_epoch == 5
+    for _ in range(3):
+        batches = _epoch(source)
+        assert [len(unlabeled) for _, _, unlabeled in batches] == [5, 5, 5, 5, 3]
+        seen = [row for _, _, unlabeled in batches for row in unlabeled]
+        assert sorted(seen) == list(range(1000, 1023))
+        assert seen != sorted(seen), "the rows are shuffled"
+
+
+def test_labeled_batches_cycle_through_every_labeled_row():
+    source = _source(n_labeled=12, n_unlabeled=80, batch=5, labeled_batch=3)  # 16 steps, 4 per pass over the labeled rows
+    batches = _epoch(source)
+    labeled = [batch for batch, _, _ in batches]
+    assert all(len(rows) == 3 for rows in labeled)
+    for start in range(0, 16, 4):
+        one_pass = sorted(row for rows in labeled[start : start + 4] for row in rows)
+        assert one_pass == list(range(12)), f"steps {start}-{start + 3} are not one pass over the labeled rows"
+    assert labeled[:4] != labeled[4:8], "each pass is reshuffled"
+    for rows, labels, _ in batches:
+        assert labels == [row % 3 for row in rows], "labels travel with their rows"
+
+
+def test_labeled_rows_are_never_repeated_within_a_pass_when_the_batch_does_not_divide_them():
+    source = _source(n_labeled=10, n_unlabeled=300, batch=10, labeled_batch=3)  # 30 steps
+    labeled = [rows for rows, _, _ in _epoch(source)]
+    counts = Counter()
+    for start in range(0, 30, 3):  # each pass uses 3 batches of 3 distinct rows before reshuffling
+        rows = [row for batch in labeled[start : start + 3] for row in batch]
+        assert len(rows) == len(set(rows)) == 9
+        counts.update(rows)
+    assert set(counts) == set(range(10)), "every labeled row is used"
+
+
+def test_batch_sizes_are_capped_by_the_rows_there_are():
+    source = _source(n_labeled=4, n_unlabeled=7, batch=100, labeled_batch=50)
+    assert source.steps_per_epoch == 1
+    [(labeled, _, unlabeled)] = _epoch(source)
+    assert sorted(labeled) == [0, 1, 2, 3] and sorted(unlabeled) == list(range(1000, 1007))
+
+
+def test_without_unlabeled_rows_an_epoch_runs_over_the_labeled_rows():
+    source = _source(n_labeled=12, n_unlabeled=0, labeled_batch=4)
+    assert source.steps_per_epoch == 3
+    batches = _epoch(source)
+    assert all(unlabeled == [] for _, _, unlabeled in batches)
+    assert sorted(row for rows, _, _ in batches for row in rows) == list(range(12))
+
+
+def test_training_needs_a_labeled_row():
+    with pytest.raises(ValueError, match="at least one labeled row"):
+        InMemorySource(_ids(0), torch.zeros(0, dtype=torch.long), _ids(5), 2, 2)
+
+
+def test_the_same_seed_gives_the_same_batches():
+    a, b, c = _source(seed=4), _source(seed=4), _source(seed=5)
+    first = [_epoch(a), _epoch(a)]
+    assert first == [_epoch(b), _epoch(b)]
+    assert first[0] != first[1], "epochs differ from each other"
+    assert _epoch(c) != first[0]
+
+
+def test_state_dict_resumes_the_identical_sequence():
+    noise = torch.tensor([0.5, 2.0])
+    original = _source(seed=7, noise=noise)
+    original_batches = [list(original.epoch())]
+    state = original.state_dict()
+    assert all(isinstance(value, torch.Tensor) for value in state.values())
+    stored = load_tensors(save_tensors({k: v.contiguous() for k, v in state.items()}))  # as a checkpoint stores it
+    later = [list(original.epoch()) for _ in range(2)]
+
+    resumed = _source(seed=123, noise=noise)  # the seed is overridden by the loaded state
+    resumed.load_state_dict(stored)
+    again = [list(resumed.epoch()) for _ in range(2)]
+    for epoch, epoch_again in zip(later, again, strict=True):
+        for batch, batch_again in zip(epoch, epoch_again, strict=True):
+            assert torch.equal(batch.x_labeled, batch_again.x_labeled)  # the noise too
+            assert torch.equal(batch.y_labeled, batch_again.y_labeled)
+            assert torch.equal(batch.x_unlabeled, batch_again.x_unlabeled)
+    assert not torch.equal(original_batches[0][0].x_labeled, later[0][0].x_labeled)
+
+
+def test_labeled_noise_has_the_given_per_feature_std():
+    std = torch.tensor([0.05, 1.0, 3.0, 0.0])
+    n_labeled, steps = 50, 200
+    source = InMemorySource(
+        torch.zeros(n_labeled, 4), torch.zeros(n_labeled, dtype=torch.long), _ids(steps * 10, dim=4), 10, n_labeled, seed=0, labeled_noise=std
+    )
+    batches = list(source.epoch())
+    assert len(batches) == steps
+    noise = torch.cat([batch.x_labeled for batch in batches]).double()  # the rows are zeros: what is there is noise
+    n = len(noise)
+    assert n == 10_000
+    # The sample std of n normal draws has relative standard error 1/√(2n) = 0.7%; allow 4 of them (2.8%).
+    tolerance = 4 / math.sqrt(2 * n)
+    measured = noise.std(0)
+    torch.testing.assert_close(measured[:3], std[:3].double(), rtol=tolerance, atol=0)
+    assert torch.all(noise[:, 3] == 0), "a zero std adds nothing"
+    # Centred (4 standard errors of the mean) and independent between features.
+    assert (noise.mean(0)[:3].abs() < 4 * std[:3].double() / math.sqrt(n)).all()
+    correlation = torch.corrcoef(noise[:, :3].T)
+    assert (correlation - torch.eye(3, dtype=torch.float64)).abs().max() < 4 / math.sqrt(n)
+    # Fresh noise at every step, and none on the unlabeled rows.
+    assert not torch.equal(batches[0].x_labeled, batches[1].x_labeled)
+    for batch in batches:
+        assert torch.equal(batch.x_unlabeled, batch.x_unlabeled[:, :1].expand(-1, 4))
+
+
+def test_labeled_noise_option_is_in_standardised_units():
+    """``labeled_noise`` is a std in standardised units; the source adds it in feature units."""
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([0.1, 1.0, 20.0])
+    transform, options = prepare(x, 10, 30, TrainOptions(labeled_noise=0.3, hidden=8, coupling_layers=1))
+    model = build_model(transform, 2, options)
+    source = build_source(x[:10], torch.tensor([0, 1] * 5), x[10:], model, options)
+    scale = transform.layers[0].scale
+    torch.testing.assert_close(source.labeled_noise, 0.3 * scale)
+    torch.testing.assert_close(scale, x.double().std(0, unbiased=False).float())
+
+
+def test_without_labeled_noise_the_rows_are_untouched():
+    for batch in _source(noise=None).epoch():
+        assert torch.equal(batch.x_labeled, batch.x_labeled[:, :1].expand(-1, 2))  # every feature is still the row's id
+        assert torch.equal(batch.x_labeled, batch.x_labeled.round())
+
+
+# ------------------------------------------------------------------------------------ hold-out
+
+
+CODES = np.array([0] * 10 + [1] * 4 + [-1] * 6 + [2] * 3)
+CLASSES = np.array(["a", "b", "c"])
+
+
+@pytest.mark.parametrize("fraction, held", [(0.2, {0: 2, 1: 1, 2: 1}), (0.5, {0: 5, 1: 2, 2: 2}), (0.0, {0: 0, 1: 0, 2: 0})])
+def test_hold_out_takes_a_rounded_up_share_of_each_class(fraction, held):
+    train, val = hold_out(CODES, fraction, seed=0, classes=CLASSES)
+    assert dict(Counter(CODES[val].tolist())) == {k: v for k, v in held.items() if v}
+    assert set(train).isdisjoint(val)
+    assert sorted(np.concatenate([train, val]).tolist()) == np.flatnonzero(CODES >= 0).tolist(), "every labeled row, no unlabeled row"
+    assert train.tolist() == sorted(train.tolist()) and val.tolist() == sorted(val.tolist())
+
+
+def test_hold_out_is_seeded():
+    a = hold_out(CODES, 0.3, seed=1, classes=CLASSES)
+    b = hold_out(CODES, 0.3, seed=1, classes=CLASSES)
+    c = hold_out(CODES, 0.3, seed=2, classes=CLASSES)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_hold_out_keeps_a_row_of_every_class_or_names_the_option():
+    with pytest.raises(OptionError) as caught:
+        hold_out(CODES, 0.7, seed=0, classes=CLASSES)  # class c: ceil(0.7 × 3) = 3 of 3 rows
+    assert caught.value.option == "val_fraction"
+    assert "Class 'c' has no labeled row left" in str(caught.value)
+    assert caught.value.render("--val-fraction").endswith("lower --val-fraction or label more rows of it.")

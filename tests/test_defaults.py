@@ -1,0 +1,184 @@
+"""The data-dependent defaults: every rule of defaults.py, and explicit values (zeros included) kept as given."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from flowgmm_cli.defaults import (
+    DEFAULT_HIDDEN_LAYERS,
+    DEFAULT_VARIANCE,
+    default_batch_sizes,
+    default_coupling_layers,
+    default_epochs,
+    default_hidden,
+    default_labeled_noise,
+    default_means_separation,
+    default_projection_dim,
+    default_scaling,
+    default_unlabeled_weight,
+    resolve,
+    resolve_input,
+)
+from flowgmm_cli.options import Permutation, Scaling, TrainOptions
+
+#: Four rows in 3-D whose nearest-neighbour distances are 2, 1, 1 and √50: median 1.5.
+HAND_ROWS = np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [2.0, 0.0, 1.0], [5.0, 5.0, 5.0]])
+HAND_NOISE = 1.2 * 1.5 / math.sqrt(3)
+
+
+@pytest.mark.parametrize(
+    "dim, hidden",
+    [(1, 512), (8, 512), (9, 128), (32, 128), (64, 128), (65, 256), (128, 256), (129, 512), (384, 512), (5000, 512)],
+)
+def test_hidden_width(dim, hidden):
+    assert default_hidden(dim) == hidden
+    assert type(default_hidden(dim)) is int
+
+
+@pytest.mark.parametrize("dim, layers, weight", [(1, 10, 1.0), (8, 10, 1.0), (9, 8, 0.3), (784, 8, 0.3)])
+def test_coupling_layers_and_unlabeled_weight_change_above_eight_features(dim, layers, weight):
+    assert default_coupling_layers(dim) == layers
+    assert default_unlabeled_weight(dim) == weight
+
+
+def test_constants():
+    assert DEFAULT_HIDDEN_LAYERS == 1 and DEFAULT_VARIANCE == 1.72
+    assert default_means_separation(2) == default_means_separation(500) == 7.0
+
+
+@pytest.mark.parametrize(
+    "rows, batch, epochs",
+    [
+        (1, 256, 2000),  # 3,000 one-step epochs capped at 2,000
+        (512, 256, 1500),
+        (1000, 256, 750),  # 4 steps per epoch (the last one short)
+        (7 * 256, 256, 429),  # round(3000 / 7)
+        (300 * 256, 256, 10),
+        (1000 * 256, 256, 10),  # 3 epochs would give 3,000 steps, but at least 10
+        (3001, 1, 10),
+    ],
+)
+def test_epochs_aim_at_three_thousand_steps_within_ten_and_two_thousand(rows, batch, epochs):
+    assert default_epochs(rows, batch) == epochs
+
+
+@pytest.mark.parametrize(
+    "n_labeled, n_unlabeled, sizes",
+    [(10, 290, (256, 10)), (100, 1000, (256, 64)), (64, 256, (256, 64)), (70, 100, (100, 64)), (5, 0, (1, 5))],
+)
+def test_batch_sizes(n_labeled, n_unlabeled, sizes):
+    assert default_batch_sizes(n_labeled, n_unlabeled) == sizes
+
+
+@pytest.mark.parametrize("dim, n_rows, k", [(2, 100, 0), (64, 1000, 0), (65, 1000, 32), (384, 5000, 32), (100, 10, 9), (100, 1, 1)])
+def test_projection_rule(dim, n_rows, k):
+    assert default_projection_dim(dim, n_rows) == k
+
+
+@pytest.mark.parametrize("dim, scaling", [(1, "feature"), (8, "feature"), (9, "shared"), (384, "shared")])
+def test_scaling_rule(dim, scaling):
+    assert default_scaling(dim) == scaling
+    assert resolve_input(TrainOptions(), dim, 1000).scaling is Scaling(scaling)
+
+
+def test_labeled_noise_on_a_hand_computed_example():
+    assert default_labeled_noise(HAND_ROWS) == pytest.approx(HAND_NOISE, rel=1e-12)
+    # Two-dimensional: distances 1, 1, 2, 2, median 1.5, divided by √2.
+    plane = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [3.0, 2.0]])
+    assert default_labeled_noise(plane) == pytest.approx(1.2 * 1.5 / math.sqrt(2), rel=1e-12)
+    # Duplicated rows are each other's neighbours at distance 0.
+    assert default_labeled_noise(np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])) == 0.0
+    assert default_labeled_noise(HAND_ROWS[:1]) == 0.0
+
+
+def test_labeled_noise_is_measured_on_a_seeded_sample():
+    rows = np.random.default_rng(0).normal(size=(400, 2))
+    full = default_labeled_noise(rows, sample=400)
+    sampled = default_labeled_noise(rows, seed=1, sample=100)
+    assert sampled == default_labeled_noise(rows, seed=1, sample=100)
+    assert sampled != default_labeled_noise(rows, seed=2, sample=100)
+    # A quarter of the rows is sparser: neighbours are about twice as far.
+    assert 1.5 * full < sampled < 2.5 * full
+
+
+def test_resolve_fills_every_rule_on_a_hand_computed_example():
+    resolved = resolve(TrainOptions(), n_labeled=2, n_unlabeled=2, seen=HAND_ROWS)
+    assert resolved.labeled_noise == pytest.approx(HAND_NOISE, rel=1e-12)
+    assert (resolved.hidden, resolved.coupling_layers, resolved.hidden_layers) == (512, 10, 1)
+    assert (resolved.unlabeled_weight, resolved.variance) == (1.0, 1.72)
+    assert (resolved.batch_size, resolved.labeled_batch_size) == (2, 2)
+    assert resolved.epochs == 2000  # one step per epoch
+    assert resolved.means_scale is None  # the means are then placed 7 std apart
+
+
+def test_resolve_uses_the_dimension_the_flow_sees():
+    seen = np.random.default_rng(0).normal(size=(300, 32))  # e.g. 384 features projected to 32
+    resolved = resolve(TrainOptions(), n_labeled=20, n_unlabeled=280, seen=seen)
+    assert (resolved.hidden, resolved.coupling_layers, resolved.unlabeled_weight) == (128, 8, 0.3)
+    assert resolved.labeled_noise == pytest.approx(default_labeled_noise(seen), rel=1e-12)
+
+
+def test_resolve_passes_the_seed_to_the_noise_sample():
+    seen = np.random.default_rng(1).normal(size=(2100, 2))  # above the 2,000-row sample
+    a = resolve(TrainOptions(random_state=3), n_labeled=10, n_unlabeled=2090, seen=seen).labeled_noise
+    assert a == pytest.approx(default_labeled_noise(seen, seed=3), rel=1e-12)
+    assert a != resolve(TrainOptions(random_state=4), n_labeled=10, n_unlabeled=2090, seen=seen).labeled_noise
+
+
+@pytest.mark.parametrize(
+    "options, n_labeled, n_unlabeled, epochs",
+    [
+        (TrainOptions(), 20, 1000, 750),  # 4 unlabeled batches of 256 per epoch
+        (TrainOptions(batch_size=100), 20, 1000, 300),  # the given batch size sets the steps
+        (TrainOptions(), 100, 0, 1500),  # no unlabeled rows: epochs over the labeled rows, 64 per batch
+        (TrainOptions(labeled_batch_size=10), 100, 0, 300),
+    ],
+)
+def test_resolve_epochs_follow_the_batches_of_an_epoch(options, n_labeled, n_unlabeled, epochs):
+    seen = np.random.default_rng(0).normal(size=(n_labeled + n_unlabeled, 2))
+    assert resolve(options, n_labeled=n_labeled, n_unlabeled=n_unlabeled, seen=seen).epochs == epochs
+
+
+@pytest.mark.parametrize(
+    "dim, n_rows, given, expected",
+    [
+        (64, 1000, None, 0),
+        (65, 1000, None, 32),
+        (100, 10, None, 9),
+        (100, 1000, 0, 0),  # 0 means off, even above 64 features
+        (100, 1000, 50, 50),
+        (100, 1000, 100, 0),  # every feature: no projection
+        (100, 1000, 150, 0),
+        (3, 100, 2, 2),  # a given projection applies at any width
+    ],
+)
+def test_resolve_input_projection(dim, n_rows, given, expected):
+    assert resolve_input(TrainOptions(projection_dim=given), dim, n_rows).projection_dim == expected
+
+
+EXPLICIT = TrainOptions(
+    coupling_layers=3, hidden=5, hidden_layers=0, means_scale=0.0, variance=0.5, scaling="feature", projection_dim=0,
+    unlabeled_weight=0.0, labeled_noise=0.0, epochs=7, batch_size=9, labeled_batch_size=4, permutation="random",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("dim", [3, 100])
+def test_explicit_values_zeros_included_are_never_replaced(dim):
+    seen = np.random.default_rng(0).normal(size=(500, dim))
+    assert resolve_input(EXPLICIT, dim, 500) == EXPLICIT
+    assert resolve(EXPLICIT, n_labeled=20, n_unlabeled=480, seen=seen) == EXPLICIT
+    assert resolve(resolve_input(EXPLICIT, dim, 500), n_labeled=20, n_unlabeled=0, seen=seen) == EXPLICIT
+
+
+def test_after_both_steps_only_means_scale_is_left_to_the_model():
+    x = np.random.default_rng(0).normal(size=(200, 5))
+    options = resolve_input(TrainOptions(), 5, 200)
+    resolved = resolve(options, n_labeled=10, n_unlabeled=190, seen=x)
+    unset = [field.name for field in dataclasses.fields(resolved) if getattr(resolved, field.name) is None]
+    assert unset == ["means_scale"]
+    # Settings that no rule touches come through unchanged.
+    assert (resolved.permutation, resolved.lr, resolved.random_state) == (Permutation.reverse, 1e-3, 0)
