@@ -6,77 +6,14 @@ Built-ins live in this package; other packages add extractors through the entry-
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Callable
+
+from .base import EmbedRequest, Extractor, RowProgress
 
 __all__ = ["EmbedRequest", "Extractor", "RowProgress", "get_extractor", "available_extractors", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "flowgmm.extractors"
-
-
-class RowProgress(Protocol):
-    """Progress over input rows, shown by whoever asked for the embedding (a context manager)."""
-
-    def __enter__(self) -> "RowProgress": ...
-
-    def __exit__(self, *exc: object) -> None: ...
-
-    def start_at(self, rows: int) -> None:
-        """Rows already done before this run (a resumed embed)."""
-        ...
-
-    def advance(self, rows: int) -> None: ...
-
-
-class _NoProgress:
-    """Progress that shows nothing."""
-
-    def __enter__(self) -> "_NoProgress":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def start_at(self, rows: int) -> None:
-        pass
-
-    def advance(self, rows: int) -> None:
-        pass
-
-
-@dataclass
-class EmbedRequest:
-    """What ``flowgmm embed`` was asked to do; an extractor reads the options that apply to it."""
-
-    source: str
-    output: Path
-    id_column: str = "id"
-    label_column: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    resume: bool = False
-    console: Any = None
-    """A ``rich.console.Console`` on stderr for warnings; ``None`` is silent."""
-    progress: Callable[[int | None], RowProgress] = lambda total: _NoProgress()
-    """Makes the progress display for ``total`` inputs (``None`` when unknown)."""
-
-
-class Extractor(Protocol):
-    """Turns an input (CSV, folder, zip …) into a feature file written with ``FeatureWriter``."""
-
-    name: str
-    description: str
-    dim: int | None
-    """Feature dimension, or ``None`` when it depends on the input (tabular, pixels)."""
-
-    def weights_status(self) -> str:
-        """Where the weights come from and whether they are on this machine (for ``flowgmm extractors``)."""
-        ...
-
-    def embed(self, request: EmbedRequest) -> int:
-        """Write ``request.output`` and return the number of rows written."""
-        ...
 
 
 def _builtins() -> dict[str, Callable[[], Extractor]]:

@@ -17,7 +17,7 @@ import torch
 
 from flowgmm_cli.errors import InputError
 
-from . import EmbedRequest
+from .base import EmbedRequest
 from .hub import hub_online, missing_weights
 from .image_input import image_chunks, listing_for, skipped_attrs
 from .streaming import resume_key, stream_to_file

@@ -19,7 +19,7 @@ from typing import Any
 
 from flowgmm_cli.errors import InputError
 
-from . import EmbedRequest
+from .base import EmbedRequest
 from .csv_input import CsvSource
 from .streaming import Chunk, EmbedState
 

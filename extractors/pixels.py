@@ -15,7 +15,7 @@ import numpy as np
 
 from flowgmm_cli.errors import InputError, reading
 
-from . import EmbedRequest
+from .base import EmbedRequest
 from .csv_input import file_sha256
 from .image_input import ImageListing, image_chunks, listing_for, read_image, skipped_attrs
 from .streaming import Chunk, resume_key, stream_to_file

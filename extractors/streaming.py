@@ -19,7 +19,7 @@ from rich.console import Console
 
 from flowgmm_cli.features import FeatureWriter
 
-from . import EmbedRequest
+from .base import EmbedRequest
 
 __all__ = ["Chunk", "EmbedState", "resume_key", "stream_to_file"]
 

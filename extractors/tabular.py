@@ -10,7 +10,7 @@ import pandas as pd
 from flowgmm_cli.errors import InputError
 from flowgmm_cli.features import FeatureWriter
 
-from . import EmbedRequest
+from .base import EmbedRequest
 from .csv_input import CsvSource
 
 __all__ = ["TabularExtractor"]

@@ -17,7 +17,7 @@ import torch
 
 from flowgmm_cli.errors import InputError
 
-from . import EmbedRequest
+from .base import EmbedRequest
 from .csv_input import CsvSource
 from .hub import hub_online, missing_weights
 from .streaming import Chunk, EmbedState, resume_key, stream_to_file

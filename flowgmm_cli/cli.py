@@ -16,7 +16,8 @@ import click
 import numpy as np
 import typer
 
-from . import __version__, cli_analysis, cli_benchmark  # noqa: F401  (they register their commands on app)
+from . import cli_analysis, cli_benchmark  # noqa: F401  (they register their commands on app)
+from ._version import __version__
 from .atomic import check_output_path
 from .cli_common import QUIET_HELP, THREADS_HELP, Device, Quiet, Threads, app, load_model_for, use_threads
 from .cli_options import flag, with_train_options
@@ -26,7 +27,7 @@ from .features import align_labels, check_dim, read_features, read_labels
 from .modelfile import read_header
 from .options import Panel, TrainOptions
 from .progress import RowProgress, stderr_console
-from .targets import require_classes, targets_from_names, unlabeled_mask
+from .targets import require_classes, targets_from_names
 
 
 def _version(value: bool) -> None:
@@ -163,15 +164,11 @@ def train(
     with TrainingProgress(console) as progress:
         estimator.fit(feature_file.features, y, X_val=X_val, y_val=y_val, checkpoint=checkpoint, resume=resume,
                       fingerprint=fingerprint, callback=progress)  # fmt: skip
-    n_unlabeled = int(unlabeled_mask(y).sum())
     estimator.save(
         output,
         extractor=feature_file.attrs.get("extractor", ""),
         extractor_model=feature_file.attrs.get("model", ""),
         features_file=str(features),
-        n_labeled=len(y) - n_unlabeled,
-        n_unlabeled=n_unlabeled,
-        flowgmm_version=__version__,
     )
     checkpoint.unlink(missing_ok=True)
     last = estimator.history_[-1]
@@ -235,7 +232,8 @@ def describe_header(header: dict, name: str) -> str:
     transforms = spec.get("transform", {})
     parts = transforms.get("transforms", [transforms])
     projection = next((part["k"] for part in parts if part.get("type") == "projection"), None)
-    changed = {key: value for key, value in header.get("options", {}).items() if value not in (None, False, TrainOptions.from_dict({}).to_dict().get(key))}
+    defaults = TrainOptions().to_dict()
+    changed = {key: value for key, value in header.get("options", {}).items() if not _same(value, defaults.get(key))}
     lines = [
         f"model        {name}",
         f"format       flowgmm v{header.get('format_version')} (written by flowgmm {header.get('flowgmm_version', '?')})",
@@ -251,6 +249,11 @@ def describe_header(header: dict, name: str) -> str:
     if history:
         lines.append(f"final loss   {history[-1]['loss']:.4f} nats/dim after {len(history)} epochs")
     return "\n".join(lines)
+
+
+def _same(value: object, default: object) -> bool:
+    """Equal and of the same kind: 0 is not the default ``False``, nor ``None``."""
+    return value == default and isinstance(value, bool) == isinstance(default, bool) and (value is None) == (default is None)
 
 
 def _means_summary(prior: dict) -> str:
@@ -292,9 +295,12 @@ def main() -> None:
         _fail(str(error), 1)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
+    except click.UsageError as error:
+        command = error.ctx.command_path if error.ctx is not None else "flowgmm"
+        _fail(f"{error.format_message().rstrip('.')}; see '{command} --help'.", 2)
     except click.ClickException as error:
         error.show()
-        sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
+        sys.exit(error.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
         _fail(_INTERRUPTED, 130)
     except BrokenPipeError:

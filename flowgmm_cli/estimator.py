@@ -18,6 +18,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from ._version import __version__
 from .calibration import fit_temperature, tempered_log_proba
 from .devices import resolve_device
 from .errors import InputError
@@ -95,6 +96,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         self.classes_, codes = encode_targets(y)
         labeled = np.flatnonzero(codes != UNLABELED)
         unlabeled = np.flatnonzero(codes == UNLABELED)
+        self.n_labeled_, self.n_unlabeled_ = len(labeled), len(unlabeled)
         validation_rows = None
         if X_val is not None:
             validation_rows = (validate_data(self, X_val, dtype=np.float32, reset=False), self._encode(y_val))
@@ -264,7 +266,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         """Write the fitted model to one safetensors file; extra ``header`` entries are stored too."""
         check_is_fitted(self, "model_")
         entries = {
+            "flowgmm_version": __version__,
             "classes": self.classes_.tolist(),
+            "n_labeled": self.n_labeled_,
+            "n_unlabeled": self.n_unlabeled_,
             "feature_dim": int(self.n_features_in_),
             "options": TrainOptions(**self.get_params()).to_dict(),
             "resolved": self.options_.to_dict(),
@@ -283,6 +288,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         estimator.classes_ = np.array(classes, dtype=object if any(isinstance(c, str) for c in classes) else None)
         estimator.n_features_in_ = int(header["feature_dim"])
         estimator.options_ = TrainOptions.from_dict(header.get("resolved", {}))
+        estimator.n_labeled_, estimator.n_unlabeled_ = header.get("n_labeled"), header.get("n_unlabeled")
         estimator.history_ = header.get("history", [])
         estimator.header_ = header
         return estimator

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from ._version import __version__
 from .atomic import atomic_path, check_output_path
 from .errors import InputError, OptionError, reading
 
@@ -243,8 +244,6 @@ class FeatureWriter:
             self._handle.flush()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        from . import __version__
-
         try:
             if kind is None:
                 for name in ("resume_key", "rows_complete", "resume_state"):

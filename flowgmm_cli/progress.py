@@ -15,8 +15,9 @@ __all__ = ["stderr_console", "TrainingProgress", "RowProgress", "RunProgress"]
 
 
 def stderr_console(quiet: bool = False) -> Console:
-    """A console on stderr; no colour when stderr is not a terminal or ``NO_COLOR`` is set."""
-    return Console(stderr=True, quiet=quiet, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+    """A console on stderr; no colour when stderr is not a terminal or ``NO_COLOR`` is set; a message
+    is one line however narrow the terminal (log files and ``grep`` see whole lines)."""
+    return Console(stderr=True, quiet=quiet, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=True)
 
 
 class _Bar:

@@ -246,24 +246,26 @@ def samples(scene: Scene) -> Plot:
 
 def distance(scene: Scene) -> Plot:
     """Histogram of the distance to the decision boundary d(x) (section 6.2, Figure 3c), a second model overlaid."""
-    curves = {scene.name: boundary_distance(scene.latent, scene.estimator.means_)}
+    mine = boundary_distance(scene.latent, scene.estimator.means_)
+    curves = [(scene.name, mine)]
     if scene.compare is not None:
-        curves[scene.compare_name] = boundary_distance(scene.compare.encode(scene.X), scene.compare.means_)
-    edges = np.histogram_bin_edges(np.concatenate(list(curves.values())), bins=40)
+        other = scene.compare_name if scene.compare_name != scene.name else f"{scene.compare_name} (compared)"
+        curves.append((other, boundary_distance(scene.compare.encode(scene.X), scene.compare.means_)))
+    edges = np.histogram_bin_edges(np.concatenate([values for _, values in curves]), bins=40)
     figure = Figure(figsize=(6.5, 4.5))
     axis = figure.subplots()
-    for (name, values), colour in zip(curves.items(), ("tab:blue", "tab:orange")):
+    for (name, values), colour in zip(curves, ("tab:blue", "tab:orange")):
         axis.hist(values, bins=edges, alpha=0.55, color=colour, label=f"{name}: {int(np.sum(values < scene.near))} rows with d < {scene.near:g}")
     axis.axvline(scene.near, color="k", linestyle="--", linewidth=0.8)
     axis.set_xlabel("distance to the decision boundary in latent space, d(x)")
     axis.set_ylabel("rows")
     axis.legend()
     figure.tight_layout()
-    table = pd.DataFrame({"id": scene.ids, "distance": curves[scene.name]})
+    table = pd.DataFrame({"id": scene.ids, "distance": mine})
     if scene.compare is not None:
-        table["compare_distance"] = curves[scene.compare_name]
-    counts = ", ".join(f"{name} {int(np.sum(values < scene.near))}" for name, values in curves.items())
-    median = np.median(curves[scene.name])
+        table["compare_distance"] = curves[1][1]
+    counts = ", ".join(f"{name} {int(np.sum(values < scene.near))}" for name, values in curves)
+    median = np.median(mine)
     return Plot(figure, table, f"rows of {len(scene.X)} with d(x) < {scene.near:g}: {counts}; median d(x) {median:.3g}")
 
 

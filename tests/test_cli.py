@@ -1,8 +1,12 @@
-"""The command line, outside in: end to end through a subprocess, and every bad input gets exit 2."""
+"""The command line, outside in: embed → train → predict → evaluate → info with a held-out test set
+(predict through a subprocess), what ``info`` prints, ``--help`` and shell completion,
+``--allow-missing``, best-epoch selection, and every bad input gets exit 2 and one sentence."""
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,81 +15,288 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from flowgmm_testutils import bad_input_failures, run_cli
+from flowgmm_testutils import bad_input_failures, run_cli, state_equal
+
+from flowgmm_cli import FlowGMMClassifier, __version__
+from flowgmm_cli.cli_options import flag
+from flowgmm_cli.features import read_features
+from flowgmm_cli.modelfile import FORMAT_VERSION, load_model, read_header
+from flowgmm_cli.options import Panel, option_fields
 
 FAST = ["--epochs", "100", "--hidden", "32", "--coupling-layers", "4", "--lr", "0.01", "--quiet"]
+TINY = ["--epochs", "2", "--hidden", "8", "--coupling-layers", "2", "--quiet"]
+
+
+def _blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes in 3-D, centred at -2 and +2 on every axis: half the rows each, class 0 first."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n // 2)
+    return np.where(y[:, None] == 1, 2.0, -2.0) + rng.normal(size=(n, 3)), y
+
+
+def _table(path: Path, ids: list[str], X: np.ndarray) -> Path:
+    pd.DataFrame({"id": ids, **{name: X[:, k] for k, name in enumerate("abcd"[: X.shape[1]])}}).to_csv(path, index=False)
+    return path
+
+
+def _embed(source: Path, target: Path) -> Path:
+    from extractors import EmbedRequest, get_extractor
+
+    get_extractor("tabular").embed(EmbedRequest(str(source), target))
+    return target
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> dict[str, Path]:
-    """A two-class table, its labels, its feature file and a quickly trained model."""
+    """A two-class training table (80 rows, every fourth labeled), a held-out test table of 60 labeled
+    rows from the same distribution, a 4-column table, their feature files and a barely trained model."""
     folder = tmp_path_factory.mktemp("cli")
-    rng = np.random.default_rng(0)
-    X = np.concatenate([rng.normal(-2, 1, (40, 3)), rng.normal(2, 1, (40, 3))])
-    ids = [f"r{i}" for i in range(80)]
-    pd.DataFrame({"id": ids, "a": X[:, 0], "b": X[:, 1], "c": X[:, 2]}).to_csv(folder / "table.csv", index=False)
-    pd.DataFrame({"id": ids[::4], "label": ["neg" if i < 40 else "pos" for i in range(0, 80, 4)]}).to_csv(folder / "labels.csv", index=False)
-    pd.DataFrame({"id": [f"q{i}" for i in range(5)], **{k: rng.normal(size=5) for k in "abcd"}}).to_csv(folder / "four.csv", index=False)
-    paths = {name: folder / name for name in ("table.csv", "labels.csv", "four.csv")}
-    paths.update(features=folder / "table.h5", model=folder / "model.flowgmm", four=folder / "four.h5", folder=folder)
-    for source, target in (("table.csv", "features"), ("four.csv", "four")):
-        code = subprocess.run([sys.executable, "-m", "flowgmm_cli", "embed", "--model", "tabular", paths[source], "-o", paths[target], "-q"]).returncode
-        assert code == 0
-    from flowgmm_cli import FlowGMMClassifier
-    from flowgmm_cli.features import align_labels, read_features, read_labels
-
-    features = read_features(paths["features"])
-    names = align_labels(features, read_labels(paths["labels.csv"]))
-    y = np.where(names == "", -1, names).astype(object)
-    FlowGMMClassifier(epochs=2, hidden=16, coupling_layers=2).fit(features.features, y).save(paths["model"], extractor="tabular")
+    names = np.array(["neg", "pos"])
+    X, y = _blobs(80, 0)
+    X_test, y_test = _blobs(60, 1)
+    ids, test_ids = [f"r{i}" for i in range(80)], [f"t{i}" for i in range(60)]
+    paths = {
+        "folder": folder,
+        "table.csv": _table(folder / "table.csv", ids, X),
+        "test.csv": _table(folder / "test.csv", test_ids, X_test),
+        "four.csv": _table(folder / "four.csv", [f"q{i}" for i in range(5)], np.random.default_rng(2).normal(size=(5, 4))),
+    }
+    pd.DataFrame({"id": ids[::4], "label": names[y[::4]]}).to_csv(folder / "labels.csv", index=False)
+    pd.DataFrame({"id": test_ids, "label": names[y_test]}).to_csv(folder / "test_labels.csv", index=False)
+    paths.update({"labels.csv": folder / "labels.csv", "test_labels.csv": folder / "test_labels.csv"})
+    paths["features"] = _embed(paths["table.csv"], folder / "table.h5")
+    paths["test"] = _embed(paths["test.csv"], folder / "test.h5")
+    paths["four"] = _embed(paths["four.csv"], folder / "four.h5")
+    partial = np.full(80, -1, dtype=object)
+    partial[::4] = names[y[::4]]
+    FlowGMMClassifier(epochs=2, hidden=16, coupling_layers=2).fit(X, partial).save(folder / "model.flowgmm", extractor="tabular")
+    paths["model"] = folder / "model.flowgmm"
     return paths
 
 
-def test_end_to_end_through_a_subprocess(workspace):
-    """embed → train → predict → evaluate → info, as a shell script would run them."""
-    flowgmm = [sys.executable, "-m", "flowgmm_cli"]
+@pytest.fixture(scope="module")
+def trained(workspace) -> Path:
+    """A model trained by ``flowgmm train`` on the training table with FAST settings."""
     w = workspace
-    model = w["folder"] / "e2e.flowgmm"
-    train = subprocess.run([*flowgmm, "train", w["features"], "--labels", w["labels.csv"], "-o", model, *FAST], capture_output=True, text=True)
-    assert train.returncode == 0, train.stderr
+    model = w["folder"] / "trained.flowgmm"
+    code = _main(["train", w["features"], "--labels", w["labels.csv"], "-o", model, *FAST])
+    assert code == 0 and model.exists()
+    return model
+
+
+def _main(args: list) -> int:
+    """``flowgmm ARGS`` in this process without capsys (for module fixtures); returns the exit code."""
+    from flowgmm_cli.cli import main
+
+    old = sys.argv
+    sys.argv = ["flowgmm", *map(str, args)]
+    try:
+        main()
+        return 0
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
+    finally:
+        sys.argv = old
+
+
+def _test_truth(w: dict[str, Path]) -> np.ndarray:
+    return pd.read_csv(w["test_labels.csv"])["label"].to_numpy()
+
+
+# ------------------------------------------------------------------------------- end to end
+def test_end_to_end_with_a_held_out_test_set(workspace, capsys):
+    """embed → train → predict (a subprocess, CSV on stdout) → evaluate → info, as a shell script would."""
+    w = workspace
+    folder = w["folder"] / "e2e"
+    folder.mkdir()
+    code, out, err = run_cli(["embed", "--model", "tabular", w["table.csv"], "-o", folder / "train.h5"], capsys)
+    assert code == 0 and out == "" and "wrote 80 rows" in err
+    assert np.array_equal(read_features(folder / "train.h5").features, read_features(w["features"]).features)
+    model = folder / "model.flowgmm"
+    code, out, err = run_cli(["train", folder / "train.h5", "--labels", w["labels.csv"], "-o", model, *FAST[:-1]], capsys)
+    assert code == 0, err
+    assert out == "" and "wrote" in err and "2 classes, 100 epochs" in " ".join(err.split())
     assert not Path(str(model) + ".ckpt").exists(), "the checkpoint is removed after a successful run"
-    predict = subprocess.run([*flowgmm, "predict", model, w["features"], "-o", "-"], capture_output=True, text=True)
-    assert predict.returncode == 0, predict.stderr
+
+    predict = subprocess.run([sys.executable, "-m", "flowgmm_cli", "predict", model, w["test"], "-o", "-"], capture_output=True, text=True)
+    assert predict.returncode == 0 and predict.stderr == "", predict.stderr
     lines = predict.stdout.strip().splitlines()
     assert lines[0] == "id,label,confidence,p_neg,p_pos,log_px"
-    assert len(lines) == 81 and lines[1].startswith("r0,")
-    evaluate = subprocess.run([*flowgmm, "evaluate", model, w["features"], "--labels", w["labels.csv"], "--json"], capture_output=True, text=True)
-    report = json.loads(evaluate.stdout)
+    frame = pd.read_csv(io.StringIO(predict.stdout))
+    assert frame["id"].tolist() == [f"t{i}" for i in range(60)], "rows in the feature file's order"
+    truth = _test_truth(w)
+    accuracy = float(np.mean(frame["label"].to_numpy() == truth))
+    assert accuracy >= 0.9, accuracy  # two blobs 4 std apart per axis: the Bayes rate is about 1
+
+    code, out, err = run_cli(["evaluate", model, w["test"], "--labels", w["test_labels.csv"], "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
     assert set(report) == {"accuracy", "nll", "ece", "brier", "n", "per_class", "confusion_matrix"}
-    assert report["n"] == 20 and report["accuracy"] > 0.9
-    info = subprocess.run([*flowgmm, "info", model, "--json"], capture_output=True, text=True)
-    assert json.loads(info.stdout)["classes"] == ["neg", "pos"]
+    assert report["n"] == 60 and report["accuracy"] == pytest.approx(accuracy)
+    p_true = np.where(truth == "neg", frame["p_neg"], frame["p_pos"])
+    assert report["nll"] == pytest.approx(-np.mean(np.log(p_true)), rel=1e-3, abs=1e-5)
+    assert np.sum(report["confusion_matrix"]) == 60 and np.trace(report["confusion_matrix"]) == round(accuracy * 60)
+    code, out, _ = run_cli(["info", model, "--json"], capsys)
+    header = json.loads(out)
+    assert header["classes"] == ["neg", "pos"] and header["n_labeled"] == 20 and header["n_unlabeled"] == 60
+    assert header["features_file"] == str(folder / "train.h5") and header["extractor"] == "tabular"
 
 
-def test_predict_file_matches_stdout(workspace, capsys):
+def test_predictions_are_the_models_probabilities_on_held_out_rows(workspace, trained, capsys):
     w = workspace
-    assert run_cli(["train", w["features"], "--labels", w["labels.csv"], "-o", w["folder"] / "m2.flowgmm", *FAST], capsys)[0] == 0
-    code, out, _ = run_cli(["predict", w["folder"] / "m2.flowgmm", w["features"], "-o", "-"], capsys)
-    assert code == 0
+    code, out, err = run_cli(["predict", trained, w["test"], "-o", "-"], capsys)
+    assert code == 0 and err == ""
     out_file = w["folder"] / "pred.csv"
-    assert run_cli(["predict", w["folder"] / "m2.flowgmm", w["features"], "-o", out_file], capsys)[0] == 0
+    code, _, err = run_cli(["predict", trained, w["test"], "-o", out_file], capsys)
+    assert code == 0 and "wrote 60 predictions to" in err
     assert out_file.read_text() == out
     frame = pd.read_csv(out_file)
-    assert np.allclose(frame[["p_neg", "p_pos"]].sum(axis=1), 1.0, atol=1e-5)
-    assert (frame["confidence"] >= 0.5).all()
+    proba = frame[["p_neg", "p_pos"]].to_numpy()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert (frame["label"] == np.array(["neg", "pos"])[proba.argmax(1)]).all()
+    np.testing.assert_allclose(frame["confidence"], proba.max(1), rtol=1e-5)
+    # the same numbers from the model file, computed here
+    X_test = read_features(w["test"]).features
+    estimator = FlowGMMClassifier.load(trained)
+    np.testing.assert_allclose(proba, estimator.predict_proba(X_test), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(frame["log_px"], estimator.score_samples(X_test), rtol=1e-5)
+    assert np.mean(frame["label"] == _test_truth(w)) >= 0.9
+    # rows far from the training data get a lower log p(x) than every test row
+    assert estimator.score_samples(X_test + 25.0).max() < frame["log_px"].min()
 
 
-def test_version_and_help_show_defaults(capsys):
+# --------------------------------------------------------------------------------- the header
+def _info_lines(model: Path, capsys) -> dict[str, str]:
+    code, out, err = run_cli(["info", model], capsys)
+    assert code == 0, err
+    lines = out.rstrip("\n").split("\n")
+    keys = [line[:13].strip() for line in lines]
+    assert all(line[13:14] != " " and line[12] == " " for line in lines), "values start in column 14"
+    return dict(zip(keys, (line[13:] for line in lines), strict=True))
+
+
+def test_info_describes_every_part_of_the_model(workspace, capsys):
+    w = workspace
+    model = w["folder"] / "described.flowgmm"
+    args = ["train", w["features"], "--labels", w["labels.csv"], "-o", model, "--epochs", "3", "--hidden", "8",
+            "--coupling-layers", "2", "--hidden-layers", "2", "--projection-dim", "2", "--means-scale", "1.5",
+            "--variance", "2.0", "--seed", "5", "--scaling", "shared", "--actnorm", "-q"]  # fmt: skip
+    assert run_cli(args, capsys)[0] == 0
+    header = read_header(model)
+    lines = _info_lines(model, capsys)
+    assert list(lines) == ["model", "format", "classes", "features", "flow", "mixture", "rows", "options", "resolved", "final loss"]
+    assert lines["model"] == str(model)
+    assert lines["format"] == f"flowgmm v{FORMAT_VERSION} (written by flowgmm {__version__})"
+    assert lines["classes"] == "neg, pos"
+    assert lines["features"] == "3-d from extractor 'tabular', flow on the top 2 principal directions"
+    assert lines["flow"] == "realnvp: 2 couplings, hidden 8 x 2"
+    assert lines["mixture"] == "means scale 1.5, variance 2.0, temperature 1.0"
+    assert lines["rows"] == "20 labeled, 60 unlabeled"
+    assert json.loads(lines["options"]) == {
+        "coupling_layers": 2, "hidden": 8, "hidden_layers": 2, "actnorm": True, "means_scale": 1.5, "variance": 2.0,
+        "scaling": "shared", "projection_dim": 2, "epochs": 3, "random_state": 5,
+    }  # fmt: skip
+    assert json.loads(lines["resolved"]) == header["resolved"] and header["resolved"]["labeled_noise"] > 0
+    assert lines["final loss"] == f"{header['history'][-1]['loss']:.4f} nats/dim after 3 epochs"
+
+
+def test_info_of_a_model_with_data_chosen_means_and_after_calibration(workspace, trained, capsys):
+    w = workspace
+    lines = _info_lines(trained, capsys)
+    assert lines["features"] == "3-d from extractor 'tabular'"  # no projection
+    assert lines["flow"] == "realnvp: 4 couplings, hidden 32 x 1"
+    separation = read_header(trained)["model"]["prior"]["separation"]
+    assert separation > 0 and lines["mixture"] == f"closest means {separation} std apart, variance 1.72, temperature 1.0"
+    assert json.loads(lines["options"]) == {"coupling_layers": 4, "hidden": 32, "epochs": 100, "lr": 0.01}
+    calibrated = w["folder"] / "calibrated.flowgmm"
+    code, _, err = run_cli(["calibrate", trained, w["test"], "--labels", w["test_labels.csv"], "-o", calibrated, "-q"], capsys)
+    assert code == 0, err
+    temperature = read_header(calibrated)["temperature"]
+    assert temperature != 1.0
+    assert _info_lines(calibrated, capsys)["mixture"].endswith(f", temperature {temperature}")
+    defaults = w["folder"] / "defaults.flowgmm"
+    shutil.copy(w["model"], defaults)  # trained through the library with default options but three
+    assert json.loads(_info_lines(defaults, capsys)["options"]) == {"coupling_layers": 2, "hidden": 16, "epochs": 2}
+
+
+def test_info_lists_options_set_to_zero(workspace, capsys):
+    w = workspace
+    model = w["folder"] / "zeros.flowgmm"
+    args = ["train", w["features"], "--labels", w["labels.csv"], "-o", model, *TINY, "--hidden-layers", "0", "--unlabeled-weight", "0", "--grad-clip", "0"]
+    assert run_cli(args, capsys)[0] == 0
+    options = json.loads(_info_lines(model, capsys)["options"])
+    assert options == {"coupling_layers": 2, "hidden": 8, "epochs": 2, "hidden_layers": 0, "unlabeled_weight": 0.0, "grad_clip": 0.0}
+
+
+def test_info_of_a_model_saved_through_the_python_api(workspace, capsys):
+    lines = _info_lines(workspace["model"], capsys)  # 80 rows, 20 of them labeled
+    assert lines["rows"] == "20 labeled, 60 unlabeled"
+
+
+# ------------------------------------------------------------------------- help and completion
+def test_version_prints_the_package_version(capsys):
     code, out, _ = run_cli(["--version"], capsys)
-    assert code == 0 and out.startswith("flowgmm ")
+    assert code == 0 and out == f"flowgmm {__version__}\n"
+
+
+def _panels(text: str) -> dict[str, str]:
+    """The boxes of Rich's help: title → the text inside."""
+    panels: dict[str, str] = {}
+    title = None
+    for line in text.splitlines():
+        if line.startswith("╭─"):
+            title = line.strip("╭─╮ ").strip()
+            panels[title] = ""
+        elif line.startswith("╰"):
+            title = None
+        elif title is not None:
+            panels[title] += line + "\n"
+    return panels
+
+
+def test_train_help_groups_the_options_in_panels_and_lists_choices(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # no column too narrow for the flags
     code, out, _ = run_cli(["train", "--help"], capsys)
-    assert code == 0 and "default" in out.lower() and "--labeled-noise" in out
+    assert code == 0
+    panels = _panels(out)
+    assert list(panels) == ["Arguments", "Options", "Data", "Model", "Loss", "Optimisation", "Runtime"]
+    flags = {name: {word for word in body.split() if word.startswith("--")} for name, body in panels.items()}
+    for name, expected in (("Data", "--val-fraction"), ("Data", "--allow-missing"), ("Model", "--scaling"), ("Loss", "--labeled-noise"),
+                           ("Optimisation", "--lr"), ("Runtime", "--seed"), ("Runtime", "--resume")):  # fmt: skip
+        assert expected in flags[name], (name, expected)
+    for spec in option_fields():  # every training option once, in the panel its declaration names
+        assert flag(spec.name) in flags[spec.metadata["panel"].value], spec.name
+        assert sum(flag(spec.name) in found for found in flags.values()) == 1, spec.name
+    assert {p.value for p in Panel} <= set(panels)
+    scaling = next(line for line in panels["Model"].splitlines() if "--scaling" in line)
+    assert "[feature|shared]" in scaling
+    assert "[reverse|random]" in next(line for line in panels["Model"].splitlines() if "--permutation" in line)
+    assert "auto: 1.2 x median neighbour distance" in " ".join(panels["Loss"].split())
+    assert "[default: 0.001]" in next(line for line in panels["Optimisation"].splitlines() if "--lr" in line)
 
 
+def test_shell_completion_is_available_and_completes_choices(capsys):
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0 and "--install-completion" in out and "--show-completion" in out
+    code, out, _ = run_cli(["--show-completion", "bash"], capsys)
+    assert code == 0 and "COMP_WORDS" in out and "complete -o default -F" in out
+    # what bash gets back when the user presses TAB (Click's completion on the app's command, in this process)
+    import typer.main
+    from click.shell_completion import ShellComplete
+
+    from flowgmm_cli.cli import app
+
+    completion = ShellComplete(typer.main.get_command(app), {}, "flowgmm", "_FLOWGMM_COMPLETE")
+    for args, incomplete, expected in (([], "tr", ["train"]), (["train"], "--val-f", ["--val-fraction"]),
+                                       (["train", "--scaling"], "", ["feature", "shared"]),
+                                       (["train", "--permutation"], "r", ["reverse", "random"])):  # fmt: skip
+        assert [item.value for item in completion.get_completions(args, incomplete)] == expected, (args, incomplete)
+
+
+# ------------------------------------------------------------------------------- training runs
 def test_resume_continues_to_the_same_model(workspace, capsys, monkeypatch):
     """Interrupt after epoch 2 of 4, resume, and get the model an uninterrupted run gives."""
     from flowgmm_cli import training
-    from flowgmm_cli.modelfile import load_model
 
     w = workspace
     args = ["train", w["features"], "--labels", w["labels.csv"], "--epochs", "4", "--hidden", "16", "--coupling-layers", "2", "-q"]
@@ -102,24 +313,106 @@ def test_resume_continues_to_the_same_model(workspace, capsys, monkeypatch):
     resumed = w["folder"] / "resumed.flowgmm"
     code, _, err = run_cli([*args, "-o", resumed], capsys)
     assert code == 130 and "Interrupted" in err and not resumed.exists()
+    assert Path(str(resumed) + ".ckpt").exists()
     monkeypatch.setattr(training, "_save_checkpoint", real_save)
     assert run_cli([*args, "-o", resumed, "--resume"], capsys)[0] == 0
-    straight_model, _ = load_model(w["folder"] / "straight.flowgmm")
-    resumed_model, _ = load_model(resumed)
-    for (name, a), b in zip(straight_model.state_dict().items(), resumed_model.state_dict().values()):
-        assert torch_equal(a, b), name
+    straight_model, straight_header = load_model(w["folder"] / "straight.flowgmm")
+    resumed_model, resumed_header = load_model(resumed)
+    assert state_equal(straight_model.state_dict(), resumed_model.state_dict())
+    assert resumed_header["history"] == straight_header["history"] and len(resumed_header["history"]) == 4
 
 
-def torch_equal(a, b) -> bool:
-    import torch
+def test_allow_missing_warns_and_ignores_unknown_ids(workspace, capsys):
+    w = workspace
+    f = w["folder"]
+    (f / "known.csv").write_text("id,label\nr0,neg\nr4,neg\nr44,pos\nr48,pos\n")
+    (f / "with_unknown.csv").write_text("id,label\nr0,neg\nzz1,martian\nr4,neg\nr44,pos\nzz2,neg\nr48,pos\n")
+    code, _, err = run_cli(["train", w["features"], "--labels", f / "with_unknown.csv", "-o", f / "refused.flowgmm", *TINY], capsys)
+    assert code == 2 and "--allow-missing" in err and not (f / "refused.flowgmm").exists()
+    code, out, err = run_cli(["train", w["features"], "--labels", f / "with_unknown.csv", "-o", f / "allowed.flowgmm", "--allow-missing", *TINY], capsys)
+    assert code == 0, err
+    assert out == ""
+    assert err.splitlines()[0] == (
+        f"Warning: 2 ids in labels file '{f / 'with_unknown.csv'}' are not in feature file '{w['features']}', first 'zz1'; ignoring them."
+    )
+    header = read_header(f / "allowed.flowgmm")
+    assert header["classes"] == ["neg", "pos"], "the unknown ids' class is not a class of the model"
+    assert (header["n_labeled"], header["n_unlabeled"]) == (4, 76)
+    assert run_cli(["train", w["features"], "--labels", f / "known.csv", "-o", f / "known.flowgmm", *TINY], capsys)[0] == 0
+    assert state_equal(load_model(f / "allowed.flowgmm")[0].state_dict(), load_model(f / "known.flowgmm")[0].state_dict())
 
-    return bool(torch.equal(a, b))
+
+def _overlapping(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two overlapping classes in 3-D, alternating rows: no model is always right."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    return rng.normal(size=(n, 3)) + np.where(y[:, None] == 1, 1.0, -1.0) * np.array([1.0, 0.5, 0.0]), y
 
 
+def test_a_validation_file_chooses_the_best_epoch(workspace, capsys):
+    """--val with --val-labels (rows not used for training): the saved weights are those of the epoch
+    with the best validation accuracy (then NLL), not the last epoch's."""
+    f = workspace["folder"]
+    names = np.array(["neg", "pos"])
+    X, y = _overlapping(80, 0)
+    X_val, y_val = _overlapping(60, 1)
+    _embed(_table(f / "ov.csv", [f"o{i}" for i in range(80)], X), f / "ov.h5")
+    _embed(_table(f / "ov_val.csv", [f"v{i}" for i in range(60)], X_val), f / "ov_val.h5")
+    pd.DataFrame({"id": [f"o{i}" for i in range(0, 80, 5)], "label": names[y[::5]]}).to_csv(f / "ov_labels.csv", index=False)
+    pd.DataFrame({"id": [f"v{i}" for i in range(60)], "label": names[y_val]}).to_csv(f / "ov_val_labels.csv", index=False)
+    checked = []
+    for seed in (0, 1, 2):  # the first seed whose best epoch is not the last (else the test could not tell)
+        out = f / f"val{seed}.flowgmm"
+        code, _, err = run_cli(["train", f / "ov.h5", "--labels", f / "ov_labels.csv", "--val", f / "ov_val.h5", "--val-labels",
+                                f / "ov_val_labels.csv", "-o", out, "--epochs", "10", "--hidden", "16", "--coupling-layers", "2",
+                                "--lr", "0.01", "--batch-size", "8", "--seed", seed], capsys)  # fmt: skip
+        assert code == 0, err
+        history = read_header(out)["history"]
+        assert len(history) == 10 and all(h["val_accuracy"] is not None for h in history)
+        best = max(history, key=lambda h: (h["val_accuracy"], -h["val_nll"]))
+        assert f"best epoch {best['epoch']} (val acc {best['val_accuracy']:.3f})" in " ".join(err.split())
+        if best["epoch"] == len(history):
+            continue
+        estimator = FlowGMMClassifier.load(out)
+        log_proba = estimator.predict_log_proba(X_val)
+        codes = y_val  # classes_ are ["neg", "pos"]: the codes are y_val
+        accuracy, nll = float(np.mean(log_proba.argmax(1) == codes)), float(-np.mean(log_proba[np.arange(60), codes]))
+        last = history[-1]
+        assert accuracy == pytest.approx(best["val_accuracy"]) and nll == pytest.approx(best["val_nll"], rel=1e-4)
+        assert (accuracy, nll) != pytest.approx((last["val_accuracy"], last["val_nll"]), rel=1e-4), "the last epoch's weights"
+        checked.append(seed)
+        break
+    assert checked, "every seed's best epoch was the last: the setup no longer tells the best epoch from the last"
+
+
+def test_the_training_summary_is_one_line(workspace, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # Rich's width when no stream is a terminal (cron, CI, nohup)
+    w = workspace
+    out = w["folder"] / "a-model-with-a-name-long-enough-to-pass-eighty-columns.flowgmm"
+    code, _, err = run_cli(["train", w["features"], "--labels", w["labels.csv"], "--val", w["test"], "--val-labels", w["test_labels.csv"],
+                            "-o", out, "--epochs", "2", "--hidden", "8", "--coupling-layers", "2"], capsys)  # fmt: skip
+    assert code == 0, err
+    summary = [line for line in err.splitlines() if line.startswith("wrote ")]
+    assert len(summary) == 1 and summary[0].endswith(")") and "best epoch" in summary[0] and str(out) in summary[0]
+
+
+# ------------------------------------------------------------------------------- bad inputs
 def _write_h5(path: Path, X: np.ndarray, ids: list[str]) -> Path:
     with h5py.File(path, "w") as handle:
         handle["features"] = X.astype(np.float32)
         handle["ids"] = np.array(ids, dtype=object).astype("S")
+    return path
+
+
+def _truncated(w: dict[str, Path], name: str, fraction: float) -> Path:
+    data = w["features"].read_bytes()
+    (w["folder"] / name).write_bytes(data[: int(len(data) * fraction)])
+    return w["folder"] / name
+
+
+def _five_per_class(w: dict[str, Path]) -> Path:
+    path = w["folder"] / "five.csv"
+    pd.DataFrame({"id": [f"r{i}" for i in [*range(0, 40, 8), *range(40, 80, 8)]], "label": ["neg"] * 5 + ["pos"] * 5}).to_csv(path, index=False)
     return path
 
 
@@ -141,16 +434,23 @@ def bad_cases(w: dict[str, Path]) -> dict[str, tuple[list, Path | None]]:
         "missing features file": train(f / "nope.h5", w["labels.csv"], "o1.flowgmm"),
         "features file is not HDF5": train(f / "notes.h5", w["labels.csv"], "o2.flowgmm"),
         "HDF5 without /features": train(f / "nofeat.h5", w["labels.csv"], "o3.flowgmm"),
+        "truncated feature file (train)": train(_truncated(w, "cut_half.h5", 0.5), w["labels.csv"], "o3b.flowgmm"),
+        "truncated feature file (predict)": (["predict", w["model"], _truncated(w, "cut_most.h5", 0.95), "-o", f / "o3c.csv"], f / "o3c.csv"),
         "labels without label column": train(w["features"], csv("l1.csv", "id,klass\nr0,neg\nr4,pos\n"), "o4.flowgmm"),
         "labels without id column": train(w["features"], csv("l2.csv", "name,label\nr0,neg\nr4,pos\n"), "o5.flowgmm"),
         "duplicate label ids": train(w["features"], csv("l3.csv", "id,label\nr0,neg\nr0,pos\nr44,pos\n"), "o6.flowgmm"),
         "duplicate feature ids": train(dup_h5, w["labels.csv"], "o7.flowgmm"),
         "label ids absent from features": train(w["features"], csv("l4.csv", "id,label\nzz,neg\nr44,pos\n"), "o8.flowgmm"),
         "a class empty after the validation split": train(w["features"], csv("l5.csv", "id,label\nr0,neg\nr44,pos\nr48,pos\n"), "o9.flowgmm", "--val-fraction", "0.5"),
+        "--val-fraction 0.9 with 5 labels per class": train(w["features"], _five_per_class(w), "o9b.flowgmm", "--val-fraction", "0.9"),
+        "--lr 0": train(w["features"], w["labels.csv"], "o9c.flowgmm", "--lr", "0"),
+        "--variance nan": train(w["features"], w["labels.csv"], "o9d.flowgmm", "--variance", "nan"),
+        "--val with --val-fraction": train(w["features"], w["labels.csv"], "o9e.flowgmm", "--val", w["test"], "--val-labels", w["test_labels.csv"], "--val-fraction", "0.2"),
         "fewer than 2 classes": train(w["features"], csv("l6.csv", "id,label\nr0,neg\nr4,neg\n"), "o10.flowgmm"),
         "NaN in features": train(nan_h5, csv("l7.csv", "id,label\na,x\nc,y\n"), "o11.flowgmm"),
         "non-numeric column": (["embed", "--model", "tabular", csv("s.csv", "id,a,b\nx0,1,hello\n"), "-o", f / "o12.h5"], f / "o12.h5"),
         "NaN in a tabular CSV": (["embed", "--model", "tabular", csv("n.csv", "id,a\nx0,1\nx1,nan\n"), "-o", f / "o13.h5"], f / "o13.h5"),
+        "ragged tabular CSV": (["embed", "--model", "tabular", csv("r.csv", "id,a,b\nx0,1,2\nx1,3,4,5\nx2,1,1\n"), "-o", f / "o13b.h5"], f / "o13b.h5"),
         "empty CSV": (["embed", "--model", "tabular", csv("e.csv", ""), "-o", f / "o14.h5"], f / "o14.h5"),
         "header-only CSV": (["embed", "--model", "tabular", csv("h.csv", "id,a\n"), "-o", f / "o15.h5"], f / "o15.h5"),
         "duplicate ids in a CSV": (["embed", "--model", "tabular", csv("d.csv", "id,a\nx0,1\nx0,2\n"), "-o", f / "o16.h5"], f / "o16.h5"),
@@ -161,8 +461,10 @@ def bad_cases(w: dict[str, Path]) -> dict[str, tuple[list, Path | None]]:
         "missing model file": (["predict", f / "nope.flowgmm", w["features"], "-o", f / "o20.csv"], f / "o20.csv"),
         "evaluate with an unknown class": (["evaluate", w["model"], w["features"], "--labels", csv("l8.csv", "id,label\nr0,martian\n")], None),
         "resume with a checkpoint from other data": train(w["features"], w["labels.csv"], "other.flowgmm", "--resume"),
+        "resume without a checkpoint": train(w["features"], w["labels.csv"], "o20b.flowgmm", "--resume"),
         "unknown device": train(w["features"], w["labels.csv"], "o21.flowgmm", "--device", "tpu"),
         "validation labels without validation rows": train(w["features"], w["labels.csv"], "o22.flowgmm", "--val-labels", w["labels.csv"]),
+        "validation file of another dimension": train(w["features"], w["labels.csv"], "o23.flowgmm", "--val", w["four"]),
     }
 
 
@@ -170,14 +472,69 @@ def test_every_bad_input_gets_exit_2_and_one_clear_sentence(workspace, capsys):
     w = workspace
     cases = bad_cases(w)
     # a checkpoint made on other data (the four-column file) for the resume case
-    other = w["folder"] / "other.flowgmm"
     four_labels = w["folder"] / "four_labels.csv"
     four_labels.write_text("id,label\nq0,a\nq1,b\n")
-    assert run_cli(["train", w["four"], "--labels", four_labels, "-o", other, *FAST], capsys)[0] == 0
-    Path(str(other) + ".ckpt").write_bytes((w["folder"] / "other.flowgmm").read_bytes())
-    other.unlink()
+    assert run_cli(["train", w["four"], "--labels", four_labels, "-o", w["folder"] / "four.flowgmm", *TINY], capsys)[0] == 0
+    shutil.copy(w["folder"] / "four.flowgmm", w["folder"] / "other.flowgmm.ckpt")
     failures = bad_input_failures(cases, capsys)
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag_name", "message"),
+    [
+        (["--val-fraction", "0.9"], "--val-fraction", "Class 'neg' has no labeled row left after the validation split (5 labeled); lower --val-fraction"),
+        (["--lr", "0"], "--lr", "--lr must be greater than 0.0, got 0.0."),
+        (["--variance", "-1"], "--variance", "--variance must be greater than 0.0, got -1.0."),
+        (["--lr", "inf"], "--lr", "--lr must be a finite number, got inf."),
+    ],
+    ids=["val-fraction", "lr-zero", "variance-negative", "lr-infinite"],
+)
+def test_option_errors_name_the_flag_to_change(workspace, capsys, extra, flag_name, message):
+    w = workspace
+    out = w["folder"] / "flagged.flowgmm"
+    code, _, err = run_cli(["train", w["features"], "--labels", _five_per_class(w), "-o", out, *TINY, *extra], capsys)
+    assert code == 2 and not out.exists()
+    assert err.startswith("Error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert flag_name.lstrip("-").replace("-", "_") not in err.replace(flag_name, ""), "the library's parameter name leaks"
+
+
+def test_val_and_val_fraction_together_are_refused(workspace, capsys):
+    w = workspace
+    code, _, err = run_cli(["train", w["features"], "--labels", w["labels.csv"], "-o", w["folder"] / "both.flowgmm", "--val", w["test"],
+                            "--val-labels", w["test_labels.csv"], "--val-fraction", "0.2", *TINY], capsys)  # fmt: skip
+    assert code == 2
+    assert err == "Error: --val and --val-fraction both choose the best epoch; give one of them.\n"
+
+
+def test_usage_errors_name_the_flag(workspace, capsys):
+    """Values outside a range Click checks itself (--val-fraction above 0.9) get Click's usage message."""
+    w = workspace
+    code, _, err = run_cli(["train", w["features"], "-o", w["folder"] / "u.flowgmm", "--val-fraction", "0.95"], capsys)
+    assert code == 2 and "Invalid value for '--val-fraction'" in err and "Traceback" not in err
+    code, _, err = run_cli(["train", w["features"], "-o", w["folder"] / "u.flowgmm", "--scaling", "both"], capsys)
+    assert code == 2 and "'both' is not one of 'feature', 'shared'" in err
+
+
+def test_a_truncated_feature_file_is_one_line_naming_it(workspace, capsys):
+    w = workspace
+    cut = _truncated(w, "cut.h5", 0.5)
+    code, out, err = run_cli(["predict", w["model"], cut, "-o", "-"], capsys)
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith(f"Error: Cannot read feature file '{cut}' (")
+    assert "truncated file" in err and err.rstrip().endswith("embed it again with 'flowgmm embed'.")
+
+
+def test_a_ragged_csv_is_one_sentence_without_stray_brackets(workspace, capsys):
+    f = workspace["folder"]
+    (f / "ragged.csv").write_text("id,a,b\nx0,1,2\nx1,3,4,5\nx2,1,1\n")
+    code, _, err = run_cli(["embed", "--model", "tabular", f / "ragged.csv", "-o", f / "ragged.h5"], capsys)
+    assert code == 2 and not (f / "ragged.h5").exists()
+    message = err.removesuffix("\n")
+    assert "\n" not in message and "\r" not in message
+    assert message.count("(") == message.count(")") == 1 and message.index("(") < message.index(")")
+    assert "Expected 3 fields in line 3, saw 4" in message
+    assert message.startswith(f"Error: CSV '{f / 'ragged.csv'}' could not be parsed (") and message.endswith("--encoding.")
 
 
 def test_nan_message_names_the_first_row(workspace, capsys):
@@ -191,18 +548,4 @@ def test_non_numeric_message_names_the_column(workspace, capsys):
     f = workspace["folder"]
     (f / "mixed.csv").write_text("id,a,colour\nx0,1,red\n")
     code, _, err = run_cli(["embed", "--model", "tabular", f / "mixed.csv", "-o", f / "mixed.h5"], capsys)
-    assert code == 2 and "'colour'" in err
-
-
-def test_validation_file_chooses_the_best_epoch(workspace, capsys):
-    """--val with --val-labels: training reports validation accuracy and keeps the best epoch."""
-    w = workspace
-    out = w["folder"] / "val.flowgmm"
-    code, _, err = run_cli(["train", w["features"], "--labels", w["labels.csv"], "--val", w["features"],
-                            "--val-labels", w["labels.csv"], "-o", out, *FAST[:-1]], capsys)  # fmt: skip
-    assert code == 0, err
-    assert "best epoch" in err and "val acc" in err
-    from flowgmm_cli.modelfile import read_header
-
-    history = read_header(out)["history"]
-    assert all(h["val_accuracy"] is not None for h in history)
+    assert code == 2 and "'colour'" in err and "'red'" in err

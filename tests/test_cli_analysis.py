@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn import metrics as skm
 from sklearn.datasets import make_moons
 from flowgmm_testutils import bad_input_failures, run_cli
 
 from flowgmm_cli import FlowGMMClassifier
 from flowgmm_cli.features import FeatureWriter
-from flowgmm_cli.metrics import auroc
 from flowgmm_cli.modelfile import read_header
-from flowgmm_cli.visualize import KINDS
+from flowgmm_cli.visualize import INTERPOLATION_STEPS, KINDS, latent_plane
 
 
 def _noisy_moons(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,39 +114,113 @@ def test_evaluate_reports_brier_per_class_scores_confusion_matrix_and_ood(w, cap
     code, out, err = run_cli(["evaluate", w["model"], w["val"], "--labels", w["val_labels"], "--ood", w["far"], "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
-    assert {"brier", "per_class", "confusion_matrix", "ood"} <= set(report)
-    assert set(report["per_class"]) == {"down", "up"} and set(report["per_class"]["up"]) == {"precision", "recall", "f1", "support"}
-    assert np.sum(report["confusion_matrix"]) == 200 == report["n"]
+    assert set(report) == {"accuracy", "nll", "ece", "brier", "n", "per_class", "confusion_matrix", "ood"}
+    # every number again, from the model file and scikit-learn
     model = FlowGMMClassifier.load(w["model"])
-    X_val = _noisy_moons(200, 1)[0]
-    expected = auroc(model.score_samples(X_val), model.score_samples(X_val + 10.0))
+    X_val, y_val = _noisy_moons(200, 1)
+    proba = model.predict_proba(X_val)
+    predicted = proba.argmax(1)
+    assert report["n"] == 200 and report["accuracy"] == pytest.approx(skm.accuracy_score(y_val, predicted))
+    assert 0.75 < report["accuracy"] < 1.0  # overlapping moons: the model is mostly, not always, right
+    assert report["nll"] == pytest.approx(skm.log_loss(y_val, proba), rel=1e-6)
+    assert report["brier"] == pytest.approx(np.mean(((proba - np.eye(2)[y_val]) ** 2).sum(1)), rel=1e-6)
+    assert report["confusion_matrix"] == skm.confusion_matrix(y_val, predicted).tolist()
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y_val, predicted)
+    for k, name in enumerate(["down", "up"]):
+        assert report["per_class"][name] == pytest.approx({"precision": precision[k], "recall": recall[k], "f1": f1[k], "support": support[k]})
+    far = X_val + 10.0
+    truth = np.r_[np.ones(200), np.zeros(200)]
+    expected = skm.roc_auc_score(truth, np.r_[model.score_samples(X_val), model.score_samples(far)])
     assert report["ood"]["auroc"] == pytest.approx(expected) and report["ood"]["auroc"] > 0.99
-    assert report["ood"]["n_in"] == 200 and report["ood"]["n_out"] == 200 and 0 <= report["ood"]["fpr_at_95_tpr"] <= 1
+    assert report["ood"]["file"] == str(w["far"]) and report["ood"]["n_in"] == 200 and report["ood"]["n_out"] == 200
+    assert report["ood"]["fpr_at_95_tpr"] == pytest.approx(np.mean(model.score_samples(far) >= np.quantile(model.score_samples(X_val), 0.05, method="lower")))
+    # the text report shows the same numbers
     code, text, _ = run_cli(["evaluate", w["model"], w["val"], "--labels", w["val_labels"], "--ood", w["far"]], capsys)
     assert code == 0
-    assert "brier" in text and "precision" in text and "confusion matrix" in text and "auroc" in text
+    scalars, per_class, matrix, ood = (block.splitlines() for block in text.split("\n\n"))
+    assert [line.split() for line in scalars] == [[key, f"{report[key]:.4f}"] for key in ("accuracy", "nll", "ece", "brier")] + [["n", "200"]]
+    assert per_class[0].split() == ["class", "precision", "recall", "f1", "support"]
+    for line, name in zip(per_class[1:], ["down", "up"], strict=True):
+        scores = report["per_class"][name]
+        assert line.split() == [name, *(f"{scores[k]:.4f}" for k in ("precision", "recall", "f1")), str(scores["support"])]
+    assert matrix[1].split() == ["down", "up"]
+    assert [[int(v) for v in line.split()[1:]] for line in matrix[2:]] == report["confusion_matrix"]
+    assert f"auroc {report['ood']['auroc']:.4f}, fpr at 95% tpr {report['ood']['fpr_at_95_tpr']:.4f} (200 rows in, 200 out" in ood[0]
 
 
 # ------------------------------------------------------------------------------- visualize
 def test_visualize_all_kinds_on_two_dimensional_features(w, capsys):
+    """Every kind from the command line; the tables hold numbers computed here from the model file."""
     out = w["folder"] / "plots"
-    args = ["visualize", w["model"], w["moons"], "--labels", w["moons_labels"], "-o", out, "--compare", w["model"]]
+    twin = _copy_model(w, "twin.flowgmm")
+    args = ["visualize", w["model"], w["moons"], "--labels", w["moons_labels"], "-o", out, "--compare", twin, "--near", "0.5"]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{k}.{ext}" for k in KINDS for ext in ("png", "csv"))
     assert [line.split(":")[0] for line in err.strip().splitlines()] == list(KINDS)
+    model = FlowGMMClassifier.load(w["model"])
+    X, y = _noisy_moons(300, 0)
+    X = X.astype(np.float32)
+    Z, means = model.encode(X), model.means_
+
+    latent = pd.read_csv(out / "latent.csv", keep_default_na=False)
+    origin, axes = latent_plane(means, Z)
+    np.testing.assert_allclose(latent[["u", "v"]], (Z - origin) @ axes.T, rtol=1e-5, atol=1e-5)
+    assert latent["predicted"].tolist() == model.predict(X).tolist()
+    assert latent["label"].tolist() == [["down", "up"][k] for k in y[:6]] + [""] * 294  # the six rows of --labels
+
+    # d(x) with two classes: the distance of z to the hyperplane halfway between the means
+    normal = means[1] - means[0]
+    expected = np.abs((Z - (means[0] + means[1]) / 2) @ normal) / np.linalg.norm(normal)
+    distance = pd.read_csv(out / "distance.csv")
+    np.testing.assert_allclose(distance["distance"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(distance["compare_distance"], distance["distance"])  # --compare: a copy of the model
+    near = int(np.sum(expected < 0.5))
+    assert f"distance: rows of 300 with d(x) < 0.5: moons {near}, twin {near}; median d(x) {np.median(expected):.3g}" in err
+
+    reliability = pd.read_csv(out / "reliability.csv")
+    assert reliability["curve"].unique().tolist() == ["before"] and len(reliability) == 15
+    confidence = model.predict_proba(X[:6]).max(1)
+    bins = np.ceil(confidence * 15).astype(int) - 1
+    assert reliability["count"].tolist() == np.bincount(bins, minlength=15).tolist()
+
     code, _, err = run_cli(["visualize", w["model"], w["moons"], "-o", out, "--kind", "interpolation", "--pair", "moons-0", "moons-9"], capsys)
     assert code == 0, err
-    assert set(pd.read_csv(out / "interpolation.csv")["to_id"]) == {"moons-9"}
+    table = pd.read_csv(out / "interpolation.csv")
+    assert set(table["from_id"]) == {"moons-0"} and set(table["to_id"]) == {"moons-9"} and len(table) == INTERPOLATION_STEPS
+    alpha = table["alpha"].to_numpy()
+    path = model.decode(np.outer(1 - alpha, Z[0]) + np.outer(alpha, Z[9]))
+    np.testing.assert_allclose(table["log_px"], model.score_samples(path), rtol=1e-4, atol=1e-4)
+
+
+def test_visualize_compare_with_a_model_of_the_same_file_name(w, capsys):
+    (w["folder"] / "run2").mkdir()
+    X, y = _noisy_moons(300, 0)
+    other = FlowGMMClassifier(epochs=2, hidden=8, coupling_layers=2, random_state=3, device="cpu").fit(X, np.array(["down", "up"])[y])
+    other.save(w["folder"] / "run2" / "moons.flowgmm", extractor="tabular")
+    out = w["folder"] / "same_name"
+    code, _, err = run_cli(["visualize", w["model"], w["moons"], "-o", out, "--kind", "distance", "--compare", w["folder"] / "run2" / "moons.flowgmm"], capsys)
+    assert code == 0, err
+    table = pd.read_csv(out / "distance.csv")
+    model = FlowGMMClassifier.load(w["model"])
+    X = X.astype(np.float32)
+    mine = np.abs((model.encode(X) - model.means_.mean(0)) @ (model.means_[1] - model.means_[0])) / np.linalg.norm(model.means_[1] - model.means_[0])
+    assert not np.allclose(table["compare_distance"], mine, rtol=1e-3), "the two models differ"
+    np.testing.assert_allclose(table["distance"], mine, rtol=1e-5, atol=1e-6)
 
 
 def test_visualize_all_skips_what_does_not_apply_and_says_so(w, capsys):
     out = w["folder"] / "cube_plots"
     code, _, err = run_cli(["visualize", w["cube_model"], w["cube"], "-o", out], capsys)
     assert code == 0, err
-    assert "boundary: skipped, 'boundary' needs 2-dimensional features" in err
-    assert "reliability: skipped" in err  # no labels given
-    assert not (out / "boundary.png").exists() and (out / "latent.png").exists() and (out / "means.csv").exists()
+    lines = err.splitlines()
+    assert lines[0] == "boundary: skipped, 'boundary' needs 2-dimensional features, these have 3"
+    assert lines[4] == "reliability: skipped, 'reliability' needs labeled rows; pass --labels"  # no labels given
+    drawn = ["latent", "samples", "distance", "interpolation", "means"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{k}.{ext}" for k in drawn for ext in ("png", "csv"))
+    means = pd.read_csv(out / "means.csv", dtype={"class": str})
+    model = FlowGMMClassifier.load(w["cube_model"])
+    np.testing.assert_allclose(means[["x0", "x1", "x2"]], model.decode(model.means_), rtol=1e-5, atol=1e-6)
 
 
 def _bad_cases(w: dict[str, Path]) -> dict[str, tuple[list, Path | None]]:

@@ -129,6 +129,105 @@ def test_every_kind_writes_a_png_and_its_csv(kind, moons_scene, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{kind}.csv", f"{kind}.png"]
 
 
+# ------------------------------------------------------------- the numbers behind each plot
+def _names(scene: Scene, codes: np.ndarray) -> list[str]:
+    return [scene.classes[k] for k in codes]
+
+
+def test_boundary_table_is_the_models_prediction_and_density_on_a_padded_grid(moons_scene, tmp_path):
+    render("boundary", moons_scene, tmp_path)
+    table = pd.read_csv(tmp_path / "boundary.csv", dtype={"predicted": str})
+    X, clf = moons_scene.X, moons_scene.estimator
+    pad = 0.15 * (X.max(0) - X.min(0))
+    gx = np.linspace(X.min(0)[0] - pad[0], X.max(0)[0] + pad[0], 200)
+    gy = np.linspace(X.min(0)[1] - pad[1], X.max(0)[1] + pad[1], 200)
+    points = np.column_stack([np.tile(gx, 200), np.repeat(gy, 200)])  # row by row: x0 varies fastest
+    np.testing.assert_allclose(table[["x0", "x1"]], points, rtol=1e-5, atol=1e-6)
+    rows = np.random.default_rng(0).choice(len(points), 2000, replace=False)
+    assert table["predicted"].iloc[rows].tolist() == [str(c) for c in clf.predict(points[rows])]
+    np.testing.assert_allclose(table["log_px"].iloc[rows], clf.score_samples(points[rows]), rtol=1e-4, atol=1e-4)
+    assert set(table["predicted"]) == {"0", "1"}  # both regions on the grid
+
+
+def test_latent_table_holds_each_rows_predicted_class_and_label(moons_scene, tmp_path):
+    render("latent", moons_scene, tmp_path)
+    table = pd.read_csv(tmp_path / "latent.csv", keep_default_na=False, dtype=str)
+    assert table["id"].tolist() == moons_scene.ids.tolist()
+    assert table["predicted"].tolist() == [str(c) for c in moons_scene.estimator.predict(moons_scene.X)]
+    labeled = moons_scene.y >= 0
+    assert table["label"][labeled].tolist() == [str(k) for k in moons_scene.y[labeled]] and (table["label"][~labeled] == "").all()
+
+
+def test_samples_table_is_the_mixtures_draws_and_their_images(moons_scene, tmp_path):
+    render("samples", moons_scene, tmp_path)
+    table = pd.read_csv(tmp_path / "samples.csv", dtype={"class": str})
+    clf = moons_scene.estimator
+    Z, drawn = clf.sample_latent(400, random_state=moons_scene.seed)
+    assert table["class"].tolist() == [str(c) for c in drawn]
+    origin, axes = latent_plane(clf.means_, clf.encode(moons_scene.X))
+    np.testing.assert_allclose(table[["latent_u", "latent_v"]], (Z - origin) @ axes.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(table[["feature_u", "feature_v"]], clf.decode(Z), rtol=1e-5, atol=1e-5)  # 2-D: the features as they are
+    # each draw sits near its own class's mean: the variance of the mixture (1.72) per latent axis
+    own = clf.means_[np.searchsorted(clf.classes_, drawn)]
+    assert np.mean((Z - own) ** 2) == pytest.approx(1.72, rel=0.15)
+
+
+def test_distance_table_and_summary_count_rows_near_the_boundary(moons_scene, tmp_path):
+    scene = replace(moons_scene, near=1.0)
+    summary = render("distance", scene, tmp_path)
+    table = pd.read_csv(tmp_path / "distance.csv")
+    clf, Z = scene.estimator, scene.estimator.encode(scene.X)
+    normal = clf.means_[1] - clf.means_[0]
+    expected = np.abs((Z - clf.means_.mean(0)) @ normal) / np.linalg.norm(normal)  # two classes: the bisecting line
+    np.testing.assert_allclose(table["distance"], expected, rtol=1e-5, atol=1e-6)
+    compare = scene.compare
+    near = (int(np.sum(expected < 1.0)), int(np.sum(boundary_distance(compare.encode(scene.X), compare.means_) < 1.0)))
+    assert summary == f"rows of 300 with d(x) < 1: semi {near[0]}, sup {near[1]}; median d(x) {np.median(expected):.3g}"
+
+
+def test_reliability_table_bins_the_labeled_rows_by_confidence(moons_scene, tmp_path):
+    render("reliability", moons_scene, tmp_path)
+    table = pd.read_csv(tmp_path / "reliability.csv")
+    rows = moons_scene.labeled
+    proba = moons_scene.estimator.predict_proba(moons_scene.X[rows])
+    confidence, correct = proba.max(1), proba.argmax(1) == moons_scene.y[rows]
+    np.testing.assert_allclose(table["lower"], np.arange(15) / 15, atol=1e-6)
+    np.testing.assert_allclose(table["upper"], np.arange(1, 16) / 15, atol=1e-6)
+    for b, row in table.iterrows():
+        inside = (confidence > b / 15) & (confidence <= (b + 1) / 15) | ((b == 0) & (confidence == 0))
+        assert row["count"] == inside.sum(), b
+        if inside.any():
+            assert row["confidence"] == pytest.approx(confidence[inside].mean(), rel=1e-5)
+            assert row["accuracy"] == pytest.approx(correct[inside].mean(), rel=1e-5)
+        else:
+            assert np.isnan(row["confidence"]) and np.isnan(row["accuracy"])
+    assert table["count"].sum() == 10 and (table["temperature"] == 1.0).all()
+
+
+def test_interpolation_follows_log_px_along_the_default_pairs(moons_scene, tmp_path):
+    """From the row of highest log p(x): the nearest latent code of another class, and the row of its own
+    class at about the same latent distance; log p(x) of each point f^-1(z) along the segments."""
+    render("interpolation", moons_scene, tmp_path)
+    table = pd.read_csv(tmp_path / "interpolation.csv", keep_default_na=False, dtype={"predicted": str})
+    clf, Z = moons_scene.estimator, moons_scene.estimator.encode(moons_scene.X)
+    classes = np.where(moons_scene.y >= 0, moons_scene.y, clf.predict(moons_scene.X))
+    start = int(np.argmax(clf.score_samples(moons_scene.X)))
+    gaps = np.linalg.norm(Z - Z[start], axis=1)
+    other = np.flatnonzero(classes != classes[start])
+    different = other[np.argmin(gaps[other])]
+    same_rows = np.flatnonzero((classes == classes[start]) & (np.arange(300) != start))
+    same = same_rows[np.argmin(np.abs(gaps[same_rows] - gaps[different]))]
+    pairs = {name: (path["from_id"].iloc[0], path["to_id"].iloc[0]) for name, path in table.groupby("pair", sort=False)}
+    assert pairs == {"same class": (f"r{start}", f"r{same}"), "different classes": (f"r{start}", f"r{different}")}
+    for name, end in (("same class", same), ("different classes", different)):
+        path = table[table["pair"] == name]
+        alpha = path["alpha"].to_numpy()
+        np.testing.assert_allclose(alpha, np.linspace(0, 1, INTERPOLATION_STEPS), atol=1e-9)
+        decoded = clf.decode(np.outer(1 - alpha, Z[start]) + np.outer(alpha, Z[end]))
+        np.testing.assert_allclose(path["log_px"], clf.score_samples(decoded), rtol=1e-4, atol=1e-4)
+        assert path["predicted"].tolist() == [str(c) for c in clf.predict(decoded)]
+
+
 def test_plots_are_byte_for_byte_repeatable(moons_scene, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir()
@@ -179,6 +278,7 @@ def test_means_decode_to_points_that_encode_back_to_the_means(moons_scene, tmp_p
     render("means", moons_scene, tmp_path)
     table = pd.read_csv(tmp_path / "means.csv", dtype={"class": str, "predicted": str})
     assert list(table.columns) == ["class", "predicted", "x0", "x1"]
+    np.testing.assert_allclose(table[["x0", "x1"]], moons_scene.estimator.decode(moons_scene.estimator.means_), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(moons_scene.estimator.encode(table[["x0", "x1"]].to_numpy()), moons_scene.estimator.means_, atol=1e-3)
     assert (table["class"] == table["predicted"]).all()
 
@@ -202,8 +302,18 @@ def test_samples_of_higher_dimensional_features_use_the_datas_principal_plane(cu
     summary = render("samples", cube_scene, tmp_path)
     table = pd.read_csv(tmp_path / "samples.csv", dtype={"class": str})
     assert len(table) == 800 and set(table["class"]) == {"0", "1", "2", "3"}
-    assert "samples" in summary
-    render("latent", cube_scene, tmp_path)  # four means in 3-D: their principal plane
+    assert summary == "800 samples from the mixture (variance scale 1) and their images f^-1(z)"
+    clf, X = cube_scene.estimator, cube_scene.X
+    Z, _ = clf.sample_latent(800, random_state=0)
+    centred = clf.decode(Z) - X.mean(0)
+    top = np.linalg.svd(X - X.mean(0), full_matrices=False)[2][:2]  # the data's top two principal directions
+    got = table[["feature_u", "feature_v"]].to_numpy()
+    for k in range(2):  # a principal direction is defined up to its sign
+        assert min(np.abs(got[:, k] - centred @ top[k]).max(), np.abs(got[:, k] + centred @ top[k]).max()) < 1e-4
+    render("latent", cube_scene, tmp_path)  # four means in 3-D: their top two principal directions
+    latent = pd.read_csv(tmp_path / "latent.csv")
+    origin, axes = latent_plane(clf.means_, clf.encode(X))
+    np.testing.assert_allclose(latent[["u", "v"]], (clf.encode(X) - origin) @ axes.T, rtol=1e-5, atol=1e-5)
     _check_png(tmp_path / "latent.png")
 
 
