@@ -1,15 +1,24 @@
-"""FlowGMMClassifier: accuracy on two moons, the scikit-learn API, labels, persistence and sklearn's checks."""
+"""FlowGMMClassifier: accuracy on two moons, the scikit-learn API, labels, options reaching training,
+validation rows, calibration, batch invariance, persistence and scikit-learn's checks."""
 
 from __future__ import annotations
 
+import copy
+import math
+
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import make_moons
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import flowgmm_cli.estimator as estimator_module
 from flowgmm_cli import FlowGMMClassifier
-from flowgmm_cli.errors import InputError
+from flowgmm_cli.errors import InputError, OptionError
+from flowgmm_cli.metrics import negative_log_likelihood
+from flowgmm_cli.options import TrainOptions
+from flowgmm_cli.training import Schedule
 from flowgmm_testutils import state_equal
 
 SMALL = {"epochs": 3, "hidden": 16, "coupling_layers": 2, "device": "cpu"}
@@ -36,7 +45,7 @@ def moons():
 @pytest.fixture(scope="module")
 def default_classifier(moons):
     X, _, partial, _, _ = moons
-    return FlowGMMClassifier().fit(X, partial)
+    return FlowGMMClassifier(device="cpu").fit(X, partial)
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +62,50 @@ def small_classifier(small_moons):
     return FlowGMMClassifier(**SMALL).fit(X, partial)
 
 
+class Spy:
+    """Records what ``fit`` hands to the training loop (source, objective, schedule, validation)
+    and the model's weights after every epoch, by wrapping the estimator module's ``train``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.runs: list[dict] = []
+        real_train = estimator_module.train
+
+        def spying_train(model, source, objective, schedule, validation=None, **kwargs):
+            run = {"model": model, "source": source, "objective": objective, "schedule": schedule, "validation": validation, "weights": []}
+            self.runs.append(run)
+            inner = kwargs.pop("callback", None)
+
+            class Weights:
+                def on_step(self, step, total_steps):
+                    if inner is not None:
+                        inner.on_step(step, total_steps)
+
+                def on_epoch_end(self, report):
+                    run["weights"].append({k: v.detach().clone() for k, v in model.state_dict().items()})
+                    if inner is not None:
+                        inner.on_epoch_end(report)
+
+            return real_train(model, source, objective, schedule, validation, callback=Weights(), **kwargs)
+
+        monkeypatch.setattr(estimator_module, "train", spying_train)
+
+    @property
+    def last(self) -> dict:
+        return self.runs[-1]
+
+
+def _rows(array) -> set[tuple]:
+    return {tuple(row) for row in np.asarray(array, dtype=np.float32).tolist()}
+
+
 # ------------------------------------------------------------------------------------ accuracy
 
 
 @pytest.mark.slow
 def test_default_options_classify_two_moons_from_ten_labels(moons, default_classifier):
+    """Two moons from 1,000 rows and 5 labels per class (paper, figure 3). With these rows and labels
+    the default options reach at least 0.998 for random_state 0, 1 and 2; the threshold holds for
+    this draw, not for every one (make_moons seed 2 with random_state 0 reaches 0.92)."""
     X, y, partial, X_test, y_test = moons
     assert (partial != -1).sum() == 10
     unlabeled = partial == -1
@@ -71,12 +119,14 @@ def test_default_options_classify_two_moons_from_ten_labels(moons, default_class
 
 @pytest.mark.slow
 def test_semi_supervised_beats_labeled_only(moons, default_classifier):
+    """The same options on the ten labeled rows alone, for as many epochs as the semi-supervised run
+    (750; the labeled-only default of 2,000 takes twice as long and scores no better, 0.928)."""
     X, _, partial, X_test, y_test = moons
     labeled = partial != -1
-    labeled_only = FlowGMMClassifier().fit(X[labeled], partial[labeled])
+    labeled_only = FlowGMMClassifier(epochs=default_classifier.options_.epochs, device="cpu").fit(X[labeled], partial[labeled])
     semi = default_classifier.score(X_test, y_test)
     supervised = labeled_only.score(X_test, y_test)
-    assert semi > supervised, f"semi-supervised {semi:.3f} vs labeled-only {supervised:.3f}"
+    assert semi > supervised + 0.03, f"semi-supervised {semi:.3f} vs labeled-only {supervised:.3f}"
 
 
 # ------------------------------------------------------------------------------------ the API
@@ -102,25 +152,31 @@ def test_fit_predict_shapes_and_types(small_moons, small_classifier):
     np.testing.assert_array_equal(predicted, clf.classes_[proba.argmax(1)])
 
     score = clf.score(rows, y_new[:50])
-    assert isinstance(score, float) and 0.0 <= score <= 1.0
-    assert score == pytest.approx((predicted == y_new[:50]).mean())
+    assert isinstance(score, float)
+    assert score == (predicted == y_new[:50]).mean()
 
+    joint = clf.joint_log_prob(rows)
+    assert joint.shape == (50, 2) and joint.dtype == np.float64
     log_density = clf.score_samples(rows)
     assert log_density.shape == (50,) and log_density.dtype == np.float64
-    assert np.isfinite(log_density).all()
+    np.testing.assert_allclose(log_density, np.logaddexp(joint[:, 0], joint[:, 1]), rtol=1e-12)
     # Far-away points are less likely than training-like points.
     assert clf.score_samples(np.array([[30.0, -30.0]]))[0] < log_density.min()
+
+    Z = clf.encode(rows)
+    assert Z.shape == (50, clf.latent_dim_) == (50, 2) and Z.dtype == np.float64
+    np.testing.assert_allclose(clf.decode(Z), rows, atol=1e-6)
+    assert clf.means_.shape == (2, 2) and clf.temperature_ == 1.0
 
     samples, labels = clf.sample(7)
     assert samples.shape == (7, 2) and samples.dtype == np.float64
     assert labels.shape == (7,) and set(labels.tolist()) <= {0, 1}
-    again = clf.sample(7)
-    np.testing.assert_array_equal(samples, again[0])
+    np.testing.assert_array_equal(samples, clf.sample(7)[0])
     assert not np.array_equal(samples, clf.sample(7, random_state=123)[0])
 
     # Lists work as well as arrays; a wrong number of features is refused.
     np.testing.assert_array_equal(clf.predict(rows.tolist()), predicted)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="features"):
         clf.predict(np.zeros((3, 5)))
 
 
@@ -128,22 +184,39 @@ def test_fit_returns_self_and_is_repeatable(small_moons, small_classifier):
     X, _, partial, X_new, _ = small_moons
     a = FlowGMMClassifier(**SMALL)
     assert a.fit(X, partial) is a
+    assert state_equal(a.model_.state_dict(), small_classifier.model_.state_dict())
     np.testing.assert_array_equal(a.predict_proba(X_new), small_classifier.predict_proba(X_new))
     c = FlowGMMClassifier(**{**SMALL, "random_state": 1}).fit(X, partial)
     assert not np.array_equal(a.predict_proba(X_new), c.predict_proba(X_new))
 
 
-@pytest.mark.parametrize("method", ["predict", "predict_proba", "predict_log_proba", "score_samples"])
-def test_methods_before_fit_raise_not_fitted_error(method):
-    with pytest.raises(NotFittedError):
-        getattr(FlowGMMClassifier(), method)(np.zeros((3, 2)))
+def test_unknown_parameter_is_a_type_error():
+    with pytest.raises(TypeError, match="coupling"):
+        FlowGMMClassifier(couplings=3)
 
 
-def test_sample_and_save_before_fit_raise_not_fitted_error(tmp_path):
+_BEFORE_FIT = {
+    "predict": lambda clf: clf.predict(np.zeros((3, 2))),
+    "score": lambda clf: clf.score(np.zeros((3, 2)), [0, 1, 0]),
+    "predict_proba": lambda clf: clf.predict_proba(np.zeros((3, 2))),
+    "predict_log_proba": lambda clf: clf.predict_log_proba(np.zeros((3, 2))),
+    "score_samples": lambda clf: clf.score_samples(np.zeros((3, 2))),
+    "joint_log_prob": lambda clf: clf.joint_log_prob(np.zeros((3, 2))),
+    "encode": lambda clf: clf.encode(np.zeros((3, 2))),
+    "decode": lambda clf: clf.decode(np.zeros((3, 2))),
+    "sample": lambda clf: clf.sample(3),
+    "sample_latent": lambda clf: clf.sample_latent(3),
+    "calibrate": lambda clf: clf.calibrate(np.zeros((3, 2)), [0, 1, 0]),
+    "means_": lambda clf: clf.means_,
+    "temperature_": lambda clf: clf.temperature_,
+    "save": lambda clf: clf.save("never-written.safetensors"),
+}
+@pytest.mark.parametrize("method", list(_BEFORE_FIT))
+def test_methods_before_fit_raise_not_fitted_error(method, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(NotFittedError):
-        FlowGMMClassifier().sample(3)
-    with pytest.raises(NotFittedError):
-        FlowGMMClassifier().save(tmp_path / "m.safetensors")
+        _BEFORE_FIT[method](FlowGMMClassifier(**SMALL))
+    assert not (tmp_path / "never-written.safetensors").exists()
 
 
 # ------------------------------------------------------------------------------------ labels
@@ -162,7 +235,6 @@ def test_string_labels_with_minus_one_for_unlabeled(small_moons, small_classifie
     clf = FlowGMMClassifier(**SMALL).fit(X, labels)
     assert clf.classes_.tolist() == ["cat", "dog"]
     predicted = clf.predict(X_new)
-    assert set(predicted.tolist()) <= {"cat", "dog"}
     # Same rows, same seed, integer labels: the same model (the classes sort the same way).
     np.testing.assert_array_equal(clf.predict_proba(X_new), small_classifier.predict_proba(X_new))
     np.testing.assert_array_equal(predicted, np.array(["cat", "dog"], dtype=object)[small_classifier.predict(X_new)])
@@ -173,12 +245,14 @@ def test_string_labels_with_minus_one_for_unlabeled(small_moons, small_classifie
     np.testing.assert_array_equal(loaded.predict(X_new), predicted)
 
 
-def test_python_list_labels_with_minus_one_for_unlabeled(small_moons):
+def test_python_list_labels_with_minus_one_for_unlabeled(small_moons, small_classifier):
     """A plain list mixing class names and -1 is the natural way to write partial labels."""
-    X, _, partial, _, _ = small_moons
+    X, _, partial, X_new, _ = small_moons
     labels = _string_labels(partial).tolist()
-    clf = FlowGMMClassifier(**{**SMALL, "epochs": 1}).fit(X, labels)
+    assert isinstance(labels, list) and labels.count(-1) == len(labels) - 10
+    clf = FlowGMMClassifier(**SMALL).fit(X, labels)
     assert clf.classes_.tolist() == ["cat", "dog"], f"-1 became a class: classes_ = {clf.classes_.tolist()}"
+    np.testing.assert_array_equal(clf.predict_proba(X_new), small_classifier.predict_proba(X_new))
 
 
 @pytest.mark.parametrize(
@@ -188,13 +262,188 @@ def test_python_list_labels_with_minus_one_for_unlabeled(small_moons):
         np.array([-1, -1, -1, -1, -1, -1]),
         np.array([1, 1, 1, 1, 1, 1]),
         np.array(["a", "a", -1, -1, -1, -1], dtype=object),
+        ["a", "a", -1, -1, -1, -1],
     ],
-    ids=["one-class-and-unlabeled", "all-unlabeled", "one-class", "one-string-class"],
+    ids=["one-class-and-unlabeled", "all-unlabeled", "one-class", "one-string-class", "one-string-class-list"],
 )
 def test_fewer_than_two_classes_raises_value_error_mentioning_minus_one(labels):
     X = np.arange(12, dtype=float).reshape(6, 2)
-    with pytest.raises(ValueError, match="-1"):
+    with pytest.raises(InputError, match="-1") as raised:
         FlowGMMClassifier(**SMALL).fit(X, labels)
+    assert isinstance(raised.value, ValueError)
+    assert "at least 2 classes" in str(raised.value)
+
+
+# ------------------------------------------------------------------------------------ options
+
+
+def test_zero_valued_options_stay_zero_and_none_is_resolved(small_moons, monkeypatch):
+    X, _, partial, _, _ = small_moons
+    spy = Spy(monkeypatch)
+    zeros = {"hidden_layers": 0, "labeled_noise": 0.0, "unlabeled_weight": 0.0, "dropout": 0.0, "weight_decay": 0.0, "grad_clip": 0.0, "projection_dim": 0}
+    clf = FlowGMMClassifier(**SMALL, **zeros).fit(X, partial)
+    for name, value in zeros.items():
+        assert getattr(clf.options_, name) == value and getattr(clf.options_, name) is not None, name
+    run = spy.last
+    assert run["source"].labeled_noise is None
+    assert [weight for _, weight in run["objective"].terms] == [1.0, 0.0]
+    assert run["schedule"].weight_decay == 0.0 and run["schedule"].grad_clip == 0.0
+    assert all(len(layer.net) == 1 for layer in clf.model_.flow.layers if hasattr(layer, "net"))
+    assert clf.get_params()["hidden_layers"] == 0  # the parameters themselves stay as given
+
+    defaults = FlowGMMClassifier(**SMALL).fit(X, partial)
+    assert defaults.get_params()["labeled_noise"] is None
+    assert defaults.options_.hidden_layers == 1
+    assert defaults.options_.unlabeled_weight == 1.0
+    assert 0 < defaults.options_.labeled_noise < 0.2
+    assert spy.last["source"].labeled_noise is not None
+
+
+def test_options_reach_the_model_source_objective_and_schedule(small_moons, monkeypatch):
+    X, _, partial, _, _ = small_moons
+    spy = Spy(monkeypatch)
+    params = dict(
+        coupling_layers=3, hidden=24, hidden_layers=2, dropout=0.2, learn_means=True, learn_weights=True, variance=0.5,
+        unlabeled_weight=0.4, labeled_noise=0.1, epochs=2, batch_size=50, labeled_batch_size=4, lr=0.02,
+        weight_decay=0.3, grad_clip=2.5, random_state=7, device="cpu",
+    )  # fmt: skip
+    clf = FlowGMMClassifier(**params).fit(X, partial)
+    run = spy.last
+    assert run["schedule"] == Schedule(epochs=2, lr=0.02, weight_decay=0.3, grad_clip=2.5, seed=7)
+    assert [weight for _, weight in run["objective"].terms] == [1.0, 0.4]
+    source = run["source"]
+    assert (source.unlabeled_batch, source.labeled_batch, source.steps_per_epoch) == (50, 4, math.ceil(290 / 50))
+    torch.testing.assert_close(source.labeled_noise, 0.1 * torch.from_numpy(X.std(0)).float(), rtol=1e-4, atol=0)
+    model = clf.model_
+    spec = model.flow.spec()
+    assert (spec["coupling_layers"], spec["hidden"], spec["hidden_layers"], spec["dropout"], spec["seed"]) == (3, 24, 2, 0.2, 7)
+    assert sum(isinstance(m, torch.nn.Dropout) and m.p == 0.2 for m in model.flow.modules()) == 3 * 2
+    assert model.prior.means.requires_grad and model.prior.weight_logits.requires_grad
+    assert float(model.prior.log_variance.exp()) == pytest.approx(0.5)
+    assert len(clf.history_) == 2
+    assert TrainOptions(**clf.get_params()) == TrainOptions(**params)
+
+
+# ------------------------------------------------------------------------------------ validation rows
+
+
+@pytest.fixture(scope="module")
+def forty_labels(moons):
+    """300 rows of two moons, the first 40 labeled (unequal classes), the rest -1."""
+    X, y, _, _, _ = moons
+    labels = np.full(300, -1)
+    labels[:40] = y[:40]
+    return X[:300], labels
+
+
+def test_val_fraction_holds_out_each_classes_share_from_training(forty_labels, monkeypatch):
+    X, labels = forty_labels
+    spy = Spy(monkeypatch)
+    clf = FlowGMMClassifier(**SMALL, val_fraction=0.25).fit(X, labels)
+    source, (x_val, y_val) = spy.last["source"], spy.last["validation"]
+    assert len(_rows(X)) == len(X), "the test needs distinct rows"
+    held_out, trained_on = _rows(x_val.numpy()), _rows(source.x_labeled.numpy())
+    assert not held_out & trained_on, "a validation row is among the labeled training rows"
+    assert not held_out & _rows(source.x_unlabeled.numpy()), "a validation row is among the unlabeled training rows"
+    assert held_out | trained_on == _rows(X[labels != -1])
+    assert _rows(source.x_unlabeled.numpy()) == _rows(X[labels == -1])
+    # Per class: ceil(25 %) of its labeled rows held out, the rest kept, with the right labels.
+    for code in (0, 1):
+        n_class = int((labels == code).sum())
+        assert int((y_val == code).sum()) == math.ceil(0.25 * n_class)
+        assert int((source.y_labeled == code).sum()) == n_class - math.ceil(0.25 * n_class)
+    row_label = {tuple(row): label for row, label in zip(X.astype(np.float32).tolist(), labels)}
+    assert [row_label[tuple(row)] for row in x_val.tolist()] == y_val.tolist()
+    assert all(np.isfinite(h["val_accuracy"]) and np.isfinite(h["val_nll"]) for h in clf.history_)
+
+
+def test_small_val_fraction_still_validates_on_one_row_per_class(small_moons, monkeypatch):
+    """5 labeled rows per class and val_fraction=0.1: the share is rounded up to one row per class."""
+    X, _, partial, _, _ = small_moons
+    spy = Spy(monkeypatch)
+    clf = FlowGMMClassifier(**SMALL, val_fraction=0.1).fit(X, partial)
+    _, y_val = spy.last["validation"]
+    assert sorted(y_val.tolist()) == [0, 1]
+    assert len(spy.last["source"].x_labeled) == 8
+    assert all(np.isfinite(h["val_accuracy"]) and np.isfinite(h["val_nll"]) for h in clf.history_)
+
+
+def test_validation_split_that_empties_a_class_raises_option_error():
+    X, _ = make_moons(60, noise=0.05, random_state=0)
+    labels = np.full(60, -1)
+    labels[:10] = 0
+    labels[10] = 1  # a single labeled row of class 1: any held-out share takes it
+    with pytest.raises(OptionError, match="val_fraction") as raised:
+        FlowGMMClassifier(**SMALL, val_fraction=0.05).fit(X, labels)
+    assert "Class '1'" in str(raised.value) and raised.value.option == "val_fraction"
+    labels[11] = 1  # two rows, 0.5 holds one out and keeps one
+    FlowGMMClassifier(**{**SMALL, "epochs": 1}, val_fraction=0.5).fit(X, labels)
+    with pytest.raises(OptionError, match="val_fraction"):
+        FlowGMMClassifier(**SMALL, val_fraction=0.6).fit(X, labels)
+
+
+def test_explicit_validation_rows_choose_the_best_epoch(forty_labels, monkeypatch):
+    X, labels = forty_labels
+    X_val, y_true = make_moons(60, noise=0.05, random_state=5)
+    # Labels that contradict the training labels: the better the fit, the worse the validation
+    # score, so an early epoch is the best one.
+    y_val = 1 - y_true
+    spy = Spy(monkeypatch)
+    clf = FlowGMMClassifier(**{**SMALL, "epochs": 6, "lr": 3e-3}).fit(X, labels, X_val=X_val, y_val=y_val)
+    run = spy.last
+    assert _rows(run["validation"][0].numpy()) == _rows(X_val)
+    assert len(run["source"].x_labeled) == 40  # no labeled row was held out
+    best = max(clf.history_, key=lambda h: (h["val_accuracy"], -h["val_nll"], -h["epoch"]))["epoch"]
+    assert best < 6, "the test needs a best epoch before the last one"
+    assert state_equal(clf.model_.state_dict(), run["weights"][best - 1])
+    assert not state_equal(clf.model_.state_dict(), run["weights"][-1])
+    with pytest.raises(InputError, match="not a class"):
+        FlowGMMClassifier(**SMALL).fit(X, labels, X_val=X_val[:2], y_val=[0, 7])
+
+
+# ------------------------------------------------------------------------------------ calibration
+
+
+def test_calibrate_finds_a_temperature_above_one_for_an_over_confident_model(small_moons, small_classifier, tmp_path):
+    """Validation labels with a fifth of them wrong: the near-certain model needs a wider variance."""
+    _, _, _, X_new, y_new = small_moons
+    clf = copy.deepcopy(small_classifier)
+    noisy = y_new.copy()
+    noisy[::5] = 1 - noisy[::5]
+    before_proba, before_predict = clf.predict_log_proba(X_new), clf.predict(X_new)
+    assert clf.calibrate(X_new, noisy) is clf
+    temperature = clf.temperature_
+    assert temperature > 1.5
+    after = clf.predict_log_proba(X_new)
+    assert negative_log_likelihood(after, noisy) < negative_log_likelihood(before_proba, noisy) - 0.1
+    np.testing.assert_array_equal(clf.predict(X_new), before_predict)  # equal weights: the argmax is unchanged
+    np.testing.assert_allclose(clf.predict_log_proba(X_new, temperature=1.0), before_proba, rtol=1e-9, atol=1e-12)
+    assert clf.calibrate(X_new, noisy).temperature_ == pytest.approx(temperature, rel=1e-6)
+    path = tmp_path / "calibrated.safetensors"
+    clf.save(path)
+    loaded = FlowGMMClassifier.load(path)
+    assert loaded.temperature_ == pytest.approx(temperature, rel=1e-6)
+    np.testing.assert_array_equal(loaded.predict_proba(X_new), clf.predict_proba(X_new))
+
+
+# ------------------------------------------------------------------------------------ batch invariance
+
+
+@pytest.mark.parametrize("which, step", [("small_classifier", 5), pytest.param("default_classifier", 10, marks=pytest.mark.slow)])
+def test_each_rows_results_do_not_depend_on_its_batch(which, step, request):
+    """score_samples, predict_proba and encode of a row alone equal its row in a batch of 500 (every
+    fifth row of the batch for the small model, every tenth for the default one: each call copies
+    the model, which makes 1,500 single-row calls slow).
+
+    Not bit for bit: the float64 flow's matrix products round the last bits differently for one row
+    and for 500 (relative differences up to about 2e-14); float32 inference differs by about 1e-7.
+    """
+    clf = request.getfixturevalue(which)
+    X = make_moons(500, noise=0.1, random_state=7)[0] * 1.3
+    for method in ("score_samples", "predict_proba", "encode"):
+        batch = getattr(clf, method)(X)
+        alone = np.concatenate([getattr(clf, method)(X[i : i + 1]) for i in range(0, len(X), step)])
+        np.testing.assert_allclose(alone, batch[::step], rtol=1e-12, atol=1e-12, err_msg=method)
 
 
 # ------------------------------------------------------------------------------------ persistence
@@ -208,69 +457,27 @@ def test_save_load_round_trip(moons, small_classifier, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(X_test), small_classifier.predict_proba(X_test))
     np.testing.assert_array_equal(loaded.predict(X_test), small_classifier.predict(X_test))
     np.testing.assert_array_equal(loaded.score_samples(X_test), small_classifier.score_samples(X_test))
+    np.testing.assert_array_equal(loaded.encode(X_test), small_classifier.encode(X_test))
     np.testing.assert_array_equal(loaded.classes_, small_classifier.classes_)
     assert loaded.n_features_in_ == 2
     assert loaded.get_params() == small_classifier.get_params()
-    assert loaded.training_options_ == small_classifier.training_options_
+    assert loaded.options_ == small_classifier.options_
+    assert loaded.history_ == small_classifier.history_
     assert loaded.header_["dataset"] == "moons"
     assert state_equal(loaded.model_.state_dict(), small_classifier.model_.state_dict())
     with pytest.raises(InputError):
         FlowGMMClassifier.load(tmp_path / "absent.safetensors")
 
 
-# ------------------------------------------------------------------------------------ validation
-
-
-def test_validation_split_that_empties_a_class_raises_value_error():
-    X, _ = make_moons(60, noise=0.05, random_state=0)
-    labels = np.full(60, -1)
-    labels[:10] = 0
-    labels[10] = 1  # a single labeled row of class 1
-    with pytest.raises(ValueError, match="validation"):
-        FlowGMMClassifier(**{**SMALL, "val_fraction": 0.6}).fit(X, labels)
-    labels[11] = 1  # two rows, both would go to validation
-    with pytest.raises(ValueError):
-        FlowGMMClassifier(**{**SMALL, "val_fraction": 0.8}).fit(X, labels)
-
-
-def test_val_fraction_and_explicit_validation_report_validation_scores(moons):
-    X, y, _, _, _ = moons
-    labels = np.full(300, -1)
-    labels[:40] = y[:40]
-    clf = FlowGMMClassifier(**{**SMALL, "val_fraction": 0.25}).fit(X[:300], labels)
-    assert all(0.0 <= h["val_accuracy"] <= 1.0 and np.isfinite(h["val_nll"]) for h in clf.history_)
-    explicit = FlowGMMClassifier(**SMALL).fit(X[:300], labels, X_val=X[300:340], y_val=y[300:340])
-    assert all(h["val_accuracy"] is not None for h in explicit.history_)
-    with pytest.raises(ValueError):
-        FlowGMMClassifier(**SMALL).fit(X[:300], labels, X_val=X[300:302], y_val=[0, 7])
-
-
-def test_small_val_fraction_still_validates_on_some_rows(small_moons):
-    """5 labeled rows per class and val_fraction=0.1: rounding 0.5 down would hold out no row at all.
-
-    Refusing that is fine; otherwise every epoch must be scored on at least one row (an empty
-    validation set gives NaN scores, and the first epoch's weights would be kept).
-    """
-    X, _, partial, _, _ = small_moons
-    try:
-        clf = FlowGMMClassifier(**SMALL, val_fraction=0.1).fit(X, partial)
-    except ValueError:
-        return
-    scores = [(h["val_accuracy"], h["val_nll"]) for h in clf.history_]
-    assert all(np.isfinite(a) and np.isfinite(n) for a, n in scores), scores
-
-
 # ------------------------------------------------------------------------------------ sklearn checks
 
-#: scikit-learn checks that a briefly trained generative semi-supervised model cannot pass.
+#: scikit-learn checks that FlowGMMClassifier fails, each with its reason.
 EXPECTED_FAILED_CHECKS = {
     "check_classifiers_train": (
         "2 epochs of a 16-unit flow do not fit make_blobs: training accuracy stays far below the "
         "required 0.83 (it is a density model that needs real training)"
     ),
-    "check_classifiers_classes": (
-        "the check uses the labels [-1, 1]; -1 marks unlabeled rows, so only one class is left"
-    ),
+    "check_classifiers_classes": "the check uses the labels [-1, 1]; -1 marks unlabeled rows, so only one class is left",
 }
 
 
@@ -290,4 +497,5 @@ def test_classifiers_classes_check_passes_without_the_minus_one_labels(moons):
     for labels in (names, names.astype(object)):
         clf = FlowGMMClassifier(**SMALL).fit(X[:60], labels)
         assert clf.classes_.tolist() == ["one", "two"]
-        assert set(clf.predict(X[:60]).tolist()) <= {"one", "two"}
+        predicted = clf.predict(X[:60])
+        assert predicted.dtype == clf.classes_.dtype and set(predicted.tolist()) <= {"one", "two"}
