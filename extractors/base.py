@@ -52,7 +52,12 @@ class EmbedRequest:
     console: Any = None
     """A ``rich.console.Console`` on stderr for warnings; ``None`` is silent."""
     progress: Callable[[int | None], RowProgress] = lambda total: _NoProgress()
-    """Makes the progress display for ``total`` inputs (``None`` when unknown)."""
+    """Makes the progress display for ``total`` inputs (``None`` when unknown); with several
+    processes, for this process's share of them."""
+    rank: int = 0
+    world_size: int = 1
+    """This process's rank among ``world_size`` processes (``torch.distributed`` initialized)
+    that embed the input together, each its share of the chunks (see ``extractors.streaming``)."""
 
 
 class Extractor(Protocol):
@@ -62,6 +67,9 @@ class Extractor(Protocol):
     description: str
     dim: int | None
     """Feature dimension, or ``None`` when it depends on the input (tabular, pixels)."""
+    distributed: bool
+    """Optional (default ``False``): whether ``embed`` splits its work over ``request.world_size``
+    processes (through ``extractors.streaming.stream_to_file``); others run in one process only."""
 
     def weights_status(self) -> str:
         """Where the weights come from and whether they are on this machine (for ``flowgmm extractors``)."""

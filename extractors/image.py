@@ -120,6 +120,8 @@ def _cached_weights(name: str) -> str | None:
 class ImageExtractor:
     """Images to the pooled features of a pretrained timm network."""
 
+    distributed = True
+
     def __init__(self, name: str, timm_name: str, weights: str, dim: int, description: str) -> None:
         self.name, self.timm_name, self.weights, self.dim, self.description = name, timm_name, weights, dim, description
 
@@ -171,13 +173,14 @@ class ImageExtractor:
 
         attrs = {"extractor": self.name, "model": model_name, "pooling": "avg", "source_sha256": listing.sha256}
         key = resume_key(listing.sha256, model=model_name, weights=self.weights, on_error=options.get("on_error"))
+        chunk_size = options.get("chunk_size") or 1024
         state = stream_to_file(
             request, dim=int(model.num_features), attrs=attrs, key=key, total=len(listing.items),
-            with_labels=listing.has_labels,
-            chunks=lambda start: image_chunks(
+            with_labels=listing.has_labels, chunk_size=chunk_size,
+            chunks=lambda start, owns: image_chunks(
                 listing, start, transform, features, mode="RGB", batch_size=options.get("batch_size") or DEFAULT_BATCH_SIZE,
-                workers=_workers(options.get("workers")), chunk_size=options.get("chunk_size") or 1024,
-                on_error=options.get("on_error") or "fail",
+                workers=_workers(options.get("workers")), chunk_size=chunk_size, on_error=options.get("on_error") or "fail",
+                owns=owns,
             ),
             finish=lambda state: skipped_attrs(request, state),
         )  # fmt: skip

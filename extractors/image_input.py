@@ -21,7 +21,7 @@ from flowgmm_cli.errors import InputError
 
 from .base import EmbedRequest
 from .csv_input import CsvSource
-from .streaming import Chunk, EmbedState
+from .streaming import Chunk, EmbedState, Owns, chunk_ranges, every_chunk
 
 __all__ = ["IMAGE_SUFFIXES", "ImageDataset", "ImageItem", "ImageListing", "image_chunks", "list_images", "listing_for", "read_image", "skipped_attrs"]
 
@@ -191,49 +191,40 @@ def collate(batch: list[tuple[int, Any, str]]) -> tuple[list[int], Any, list[tup
 
 def image_chunks(
     listing: ImageListing, start: int, transform: Callable[[Any], Any], compute: Callable[[Any], Any], *,
-    mode: str | None, batch_size: int, workers: int, chunk_size: int, on_error: str,
+    mode: str | None, batch_size: int, workers: int, chunk_size: int, on_error: str, owns: Owns = every_chunk,
 ) -> Iterator[Chunk]:  # fmt: skip
     """Decode (to ``mode``), transform and ``compute`` the images from position ``start`` on, in chunks.
 
-    ``on_error="fail"`` stops at the first unreadable image, naming it; ``"skip"`` leaves it out and
-    lists its id in the chunk.
+    Chunks are those of :func:`~extractors.streaming.chunk_ranges` that ``owns`` selects; batches
+    stay inside a chunk. ``on_error="fail"`` stops at the first unreadable image, naming it;
+    ``"skip"`` leaves it out and lists its id in the chunk.
     """
     import numpy as np
     from torch.utils.data import DataLoader
 
-    items = listing.items[start:]
+    items = listing.items
+    ranges = chunk_ranges(start, len(items), chunk_size, owns)
+    batches = [[range(b, min(b + batch_size, end)) for b in range(begin, end, batch_size)] for begin, end in ranges]
     loader = DataLoader(
-        ImageDataset(listing, items, transform, mode), batch_size=min(batch_size, chunk_size), num_workers=workers, collate_fn=collate,
-        persistent_workers=False,
+        ImageDataset(listing, items, transform, mode), batch_sampler=[list(batch) for chunk in batches for batch in chunk],
+        num_workers=workers, collate_fn=collate, persistent_workers=False,
     )  # fmt: skip
-    pending: list[tuple[list[int], Any]] = []
-    skipped: list[str] = []
-    consumed = 0
-
-    def flush() -> Chunk:
+    loaded = iter(loader)
+    for (begin, end), chunk_batches in zip(ranges, batches):
+        pending: list[tuple[list[int], Any]] = []
+        skipped: list[str] = []
+        for _ in chunk_batches:
+            positions, tensors, failed = next(loaded)
+            for position, error in failed:
+                item = items[position]
+                if on_error == "fail":
+                    raise InputError(f"Image '{item.location}' could not be read ({error}); fix or remove it, or pass --on-error skip.")
+                skipped.append(item.id)
+            if positions:
+                pending.append((positions, np.asarray(compute(tensors))))
         positions = [p for part, _ in pending for p in part]
         rows = np.concatenate([values for _, values in pending]) if pending else np.zeros((0,))
-        chunk = Chunk(
-            consumed, [items[p].id for p in positions], rows, [items[p].label for p in positions], skipped=list(skipped),
-        )  # fmt: skip
-        pending.clear()
-        skipped.clear()
-        return chunk
-
-    for positions, tensors, failed in loader:
-        for position, error in failed:
-            item = items[position]
-            if on_error == "fail":
-                raise InputError(f"Image '{item.location}' could not be read ({error}); fix or remove it, or pass --on-error skip.")
-            skipped.append(item.id)
-        if positions:
-            pending.append((positions, np.asarray(compute(tensors))))
-        consumed += len(positions) + len(failed)
-        if consumed >= chunk_size:
-            yield flush()
-            consumed = 0
-    if consumed:
-        yield flush()
+        yield Chunk(end - begin, [items[p].id for p in positions], rows, [items[p].label for p in positions], skipped=skipped, start=begin)
 
 
 def skipped_attrs(request: EmbedRequest, state: EmbedState) -> dict[str, Any]:

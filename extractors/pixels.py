@@ -18,7 +18,7 @@ from flowgmm_cli.errors import InputError, reading
 from .base import EmbedRequest
 from .csv_input import file_sha256
 from .image_input import ImageListing, image_chunks, listing_for, read_image, skipped_attrs
-from .streaming import Chunk, resume_key, stream_to_file
+from .streaming import Chunk, chunk_ranges, resume_key, stream_to_file
 
 __all__ = ["PixelsExtractor", "to_nchw"]
 
@@ -56,6 +56,7 @@ class PixelsExtractor:
     name = "pixels"
     description = "raw uint8 pixels (N, C, H, W) from images or .npy/.npz arrays (no model)"
     dim = None
+    distributed = True
 
     def weights_status(self) -> str:
         return "none needed"
@@ -77,15 +78,14 @@ class PixelsExtractor:
         attrs = {"extractor": self.name, "model": "", "pooling": "", "source_sha256": digest, "shape": list(images.shape[1:])}
         chunk_size = options.get("chunk_size") or 1024
 
-        def chunks(start: int):
-            for begin in range(start, len(images), chunk_size):
-                end = min(begin + chunk_size, len(images))
+        def chunks(start: int, owns):
+            for begin, end in chunk_ranges(start, len(images), chunk_size, owns):
                 ids = np.arange(begin, end).astype(str)
                 yield Chunk(end - begin, ids, np.asarray(images[begin:end], dtype=np.uint8),
-                            None if labels is None else labels[begin:end].astype(str))  # fmt: skip
+                            None if labels is None else labels[begin:end].astype(str), start=begin)  # fmt: skip
 
         state = stream_to_file(
-            request, dim=int(np.prod(images.shape[1:])), attrs=attrs, total=len(images), chunks=chunks,
+            request, dim=int(np.prod(images.shape[1:])), attrs=attrs, total=len(images), chunks=chunks, chunk_size=chunk_size,
             key=resume_key(digest, array_key=options.get("array_key"), label_key=options.get("label_key")),
             with_labels=labels is not None, dtype=np.uint8, sample_shape=tuple(images.shape[1:]),
         )  # fmt: skip
@@ -99,13 +99,14 @@ class PixelsExtractor:
         shape = (channels, size[1], size[0])
         attrs = {"extractor": self.name, "model": "", "pooling": "", "source_sha256": listing.sha256, "shape": list(shape)}
         key = resume_key(listing.sha256, mode=mode, size=size, on_error=options.get("on_error"))
+        chunk_size = options.get("chunk_size") or 1024
         state = stream_to_file(
             request, dim=int(np.prod(shape)), attrs=attrs, key=key, total=len(listing.items),
-            with_labels=listing.has_labels, dtype=np.uint8, sample_shape=shape,
-            chunks=lambda start: image_chunks(
+            with_labels=listing.has_labels, dtype=np.uint8, sample_shape=shape, chunk_size=chunk_size,
+            chunks=lambda start, owns: image_chunks(
                 listing, start, _ToArray(size, resize=options.get("image_size") is not None), np.asarray, mode=mode,
-                batch_size=options.get("batch_size") or 64, workers=0, chunk_size=options.get("chunk_size") or 1024,
-                on_error=options.get("on_error") or "fail",
+                batch_size=options.get("batch_size") or 64, workers=0, chunk_size=chunk_size,
+                on_error=options.get("on_error") or "fail", owns=owns,
             ),
             finish=lambda state: skipped_attrs(request, state),
         )  # fmt: skip

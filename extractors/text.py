@@ -139,6 +139,8 @@ def _first_line(error: Exception) -> str:
 class TextExtractor:
     """Texts from a CSV column to pooled transformer features."""
 
+    distributed = True
+
     def __init__(self, name: str, checkpoint: str | None, pooling: str, dim: int | None, description: str) -> None:
         self.name, self.checkpoint, self.pooling, self.dim, self.description = name, checkpoint, pooling, dim, description
 
@@ -168,7 +170,8 @@ class TextExtractor:
         what = f"--checkpoint '{options['checkpoint']}'" if options.get("checkpoint") else f"--model {self.name} ({checkpoint})"
         pooling = options.get("pooling") or self.pooling
         text_column = options.get("text_column") or "text"
-        source = CsvSource(request.source, options.get("encoding") or "utf-8", options.get("chunk_size") or DEFAULT_CHUNK_ROWS)
+        chunk_size = options.get("chunk_size") or DEFAULT_CHUNK_ROWS
+        source = CsvSource(request.source, options.get("encoding") or "utf-8", chunk_size)
         if request.resume and not source.seekable:
             raise InputError("--resume needs the input as a file; standard input cannot be read again.")
         rows = source.chunks({text_column: "--text-column"}, request.id_column, request.label_column)
@@ -185,22 +188,23 @@ class TextExtractor:
             key = resume_key(attrs["source_sha256"], checkpoint=checkpoint, text_column=text_column, id_column=request.id_column,
                              label_column=request.label_column, **{k: attrs[k] for k in ("pooling", "max_length")})  # fmt: skip
 
-        def chunks(start: int):
+        def chunks(start: int, owns):
+            # the CSV's chunks of chunk_size rows are the chunks of the protocol; all are read, the owned ones embedded
             for chunk in itertools.chain([first], rows):
-                keep = slice(max(0, start - chunk.start), None)
-                texts = chunk.frame[text_column].iloc[keep].tolist()
-                if not texts:
+                skip = max(0, start - chunk.start)
+                texts = chunk.frame[text_column].iloc[skip:].tolist()
+                if not texts or not owns(chunk.start + skip):
                     continue
                 features, truncated = encoder.encode_counting_truncated(texts)
-                labels = chunk.labels[keep] if chunk.labels is not None else None
+                labels = chunk.labels[skip:] if chunk.labels is not None else None
                 counts = {"truncated": truncated, "empty": sum(1 for t in texts if not t.strip())}
-                yield Chunk(len(texts), chunk.ids[keep], features, labels, counts=counts)
+                yield Chunk(len(texts), chunk.ids[skip:], features, labels, counts=counts, start=chunk.start + skip)
 
         def finish(state: EmbedState) -> dict[str, Any]:
             _report_counts(request, state, encoder.max_length)
             return {"source_sha256": source.sha256(), "truncated": state.counts.get("truncated", 0)}
 
-        state = stream_to_file(request, dim=encoder.dim, attrs=attrs, key=key, chunks=chunks,
+        state = stream_to_file(request, dim=encoder.dim, attrs=attrs, key=key, chunks=chunks, chunk_size=chunk_size,
                                with_labels=bool(request.label_column), finish=finish)  # fmt: skip
         return state.inputs
 

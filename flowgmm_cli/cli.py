@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import click
 import numpy as np
+import torch
 import typer
 
 from . import cli_analysis, cli_benchmark  # noqa: F401  (they register their commands on app)
@@ -23,11 +25,12 @@ from .cli_common import QUIET_HELP, THREADS_HELP, Device, Quiet, Threads, app, l
 from .cli_options import flag, with_train_options
 from .devices import resolve_device
 from .errors import InputError, OptionError, TrainingDiverged
-from .features import align_labels, check_dim, read_features, read_labels
+from .features import align_labels, check_dim, read_features, read_labels, report_missing_ids
 from .modelfile import read_header
 from .options import Panel, TrainOptions
 from .progress import RowProgress, stderr_console
-from .targets import require_classes, targets_from_names
+from .stores import ArrayStore, FeatureStream, stream_labeled_rows
+from .targets import require_classes
 
 
 def _version(value: bool) -> None:
@@ -68,29 +71,80 @@ def embed(
     label_key: Optional[str] = typer.Option(None, help="Pixels from .npz: the array of labels (e.g. y_test)."),
     encoding: str = typer.Option("utf-8", help="CSV text encoding."),
     chunk_size: int = typer.Option(1024, min=1, help="Inputs per written chunk (the unit of --resume)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted embed from OUTPUT.partial."),
+    resume: bool = typer.Option(False, help="Continue an interrupted embed from OUTPUT.partial (OUTPUT.partial.rank* with --nproc)."),
+    nproc: int = typer.Option(
+        1, min=1,
+        help="Processes on this machine (started through torchrun), each embedding every Nth chunk, on its own GPU "
+        "(cuda:0 to N-1) or its share of the CPUs; the progress shows process 0's share. --resume needs the same N.",
+    ),  # fmt: skip
     threads: Optional[int] = Threads,
     quiet: bool = Quiet,
-) -> None:
+) -> Optional[int]:
     """Turn texts, images or a table into an HDF5 feature file (/features, /ids, optional /labels)."""
+    import os
+    import time
+
+    import torch
+
     from extractors import EmbedRequest, get_extractor
+    from extractors.streaming import ProcessFailed
+
+    from . import distributed
+    from .features import check_resume_world, partial_world_sizes
 
     if on_error not in ("fail", "skip"):
         raise InputError(f"--on-error must be 'fail' or 'skip', not '{on_error}'.")
     extractor = get_extractor(model)
     check_output_path(output)
+    here = distributed.world()
+    if nproc > 1 and here.distributed:
+        raise InputError(f"--nproc starts its own processes, but this one is already one of {here.size} (torchrun); leave --nproc out.")
+    processes = nproc if nproc > 1 else here.size
+    if processes > 1 and not getattr(extractor, "distributed", False):
+        raise InputError(f"--model {model} does not split its work over processes; run it as one process, without --nproc or torchrun.")
+    if processes > 1 and source == "-":
+        raise InputError("Standard input cannot be embedded by several processes; save it to a file and give its path.")
+    if processes > 1 and not Path(source).exists():  # the processes would each say so, and --nproc exit with 1
+        raise InputError(f"Input '{source}' does not exist.")
+    if resume:
+        check_resume_world(output, processes)
+        if processes > 1 and not partial_world_sizes(output):
+            raise OptionError("resume", f"{{option}} found no partial files of '{output}'; run without {{option}}.")
+    resolved = resolve_device(device)
+    gpus_needed = nproc if nproc > 1 else here.local_rank + 1
+    if resolved.type == "cuda" and processes > 1 and gpus_needed > torch.cuda.device_count():
+        raise InputError(f"{processes} processes on CUDA need a GPU each, but {torch.cuda.device_count()} are visible; use fewer processes or --device cpu.")
+    if nproc > 1:
+        # torchrun would give each process one thread (and say so); give each its share of the cores instead
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        argv = sys.argv[1:]
+        at = next((i for i, arg in enumerate(argv) if arg == "--nproc" or arg.startswith("--nproc=")), None)
+        if at is not None:  # each process gets the same arguments but --nproc
+            del argv[at : at + (1 if "=" in argv[at] else 2)]
+        return distributed.launch(nproc, argv)
     use_threads(threads)
+    here, resolved = distributed.setup(resolved)
     options = {
         "checkpoint": checkpoint, "text_column": text_column, "path_column": path_column,
         "labels_from_folders": labels_from_folders, "pooling": pooling, "max_length": max_length, "batch_size": batch_size,
-        "device": resolve_device(device), "half": half, "workers": workers, "on_error": on_error, "image_size": image_size,
+        "device": resolved, "half": half, "workers": workers, "on_error": on_error, "image_size": image_size,
         "grayscale": grayscale, "array_key": array_key, "label_key": label_key, "encoding": encoding, "chunk_size": chunk_size,
     }  # fmt: skip
-    console = stderr_console(quiet)
+    console = stderr_console(quiet or not here.is_main)  # one process speaks for all
     request = EmbedRequest(source, output, id_column, label_column, options, resume=resume, console=console,
-                           progress=lambda total: RowProgress(console, "embed", total))  # fmt: skip
-    rows = extractor.embed(request)
-    console.print(f"wrote {rows} rows to {output}")
+                           progress=lambda total: RowProgress(console, "embed", total), rank=here.rank,
+                           world_size=here.size)  # fmt: skip
+    try:
+        rows = extractor.embed(request)
+    except ProcessFailed as failure:  # the failed process has said why
+        print(f"Error: process {here.rank} of {here.size} stopped: {failure}.", file=sys.stderr)
+        time.sleep(5)  # torchrun stops this process meanwhile, and names the one that failed first, not this one
+        raise typer.Exit(1) from None
+    if here.is_main:
+        console.print(f"wrote {rows} rows to {output}")
+    if here.distributed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return None
 
 
 @app.command("extractors")
@@ -126,11 +180,20 @@ def train(
     val: Optional[Path] = typer.Option(None, help="Feature file of validation rows to choose the best epoch.", rich_help_panel=_DATA),
     val_labels: Optional[Path] = typer.Option(None, help="Labels CSV for --val (else its /labels).", rich_help_panel=_DATA),
     resume: bool = typer.Option(False, help="Continue from OUTPUT.ckpt, the checkpoint an interrupted run left.", rich_help_panel=_RUNTIME),
+    stream: Optional[bool] = typer.Option(
+        None, "--stream/--no-stream", show_default="auto: stream when the features need more than the memory available",
+        help="Read the features chunk by chunk while training (memory bounded) instead of all at once.", rich_help_panel=_RUNTIME,
+    ),
+    nproc: int = typer.Option(
+        1, min=1, help="Processes on this machine (started through torchrun), each training on its share of the unlabeled rows, "
+        "gradients averaged; as 'torchrun --nproc-per-node N -m flowgmm_cli train ...'.", rich_help_panel=_RUNTIME,
+    ),
     threads: Optional[int] = typer.Option(None, min=1, help=THREADS_HELP, rich_help_panel=_RUNTIME),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP, rich_help_panel=_RUNTIME),
     options: TrainOptions = TrainOptions(),
-) -> None:
+) -> Optional[int]:
     """Fit FlowGMM on labeled and unlabeled rows by their exact joint likelihood (paper, equation 4)."""
+    from . import distributed
     from .estimator import FlowGMMClassifier
     from .progress import TrainingProgress
 
@@ -139,17 +202,30 @@ def train(
     if val is not None and options.val_fraction:
         raise InputError("--val and --val-fraction both choose the best epoch; give one of them.")
     check_output_path(output)
+    here = distributed.world()
+    if nproc > 1:
+        if here.distributed:
+            raise InputError(f"--nproc starts its own processes, but this one is already one of {here.size} (torchrun); leave --nproc out.")
+        return distributed.launch(nproc, _without_option(sys.argv[1:], "--nproc"))
     use_threads(threads)
-    feature_file = read_features(features)
-    if labels is None and feature_file.labels is None:
-        raise InputError(f"Feature file '{features}' has no /labels; pass --labels LABELS.csv (columns id,label).")
-    names = align_labels(feature_file, read_labels(labels) if labels else None, str(labels), allow_missing)
-    require_classes(sorted(set(names[names != ""])), f"labels file '{labels}'" if labels else f"the /labels of '{features}'")
-    y = targets_from_names(names)
+    console = stderr_console(quiet or not here.is_main)  # one process speaks for all
+    streamed = FeatureStream(features)
+    if stream is None:
+        stream = _needs_streaming(streamed, console)
+    if stream:
+        rows, labeled, names = _labeled_rows_streamed(streamed, labels, allow_missing)
+    else:
+        feature_file = read_features(features)
+        if labels is None and feature_file.labels is None:
+            raise InputError(f"Feature file '{features}' has no /labels; pass --labels LABELS.csv (columns id,label).")
+        all_names = align_labels(feature_file, read_labels(labels) if labels else None, str(labels), allow_missing)
+        rows, labeled = feature_file.features, np.flatnonzero(all_names != "")
+        names = all_names[labeled]
+    require_classes(sorted(set(names)), f"labels file '{labels}'" if labels else f"the /labels of '{features}'")
     X_val = y_val = None
     if val is not None:
         val_file = read_features(val)
-        check_dim(val_file, feature_file.dim, f"training features '{features}'")
+        check_dim(val_file, streamed.dim, f"training features '{features}'")
         val_names = align_labels(val_file, read_labels(val_labels) if val_labels else None, str(val_labels))
         keep = val_names != ""
         if not keep.any():
@@ -159,15 +235,17 @@ def train(
     checkpoint = output.with_name(output.name + ".ckpt")
     if resume and not checkpoint.exists():
         raise InputError(f"--resume found no checkpoint '{checkpoint}'; train without --resume.")
-    fingerprint = _fingerprint(feature_file.features, y, options, X_val, y_val)
-    console = stderr_console(quiet)
+    fingerprint = _fingerprint(streamed, labeled, names, options, X_val, y_val)
+    store = streamed if stream else ArrayStore(torch.from_numpy(rows), chunks=4 * here.size if here.distributed else 1)
     with TrainingProgress(console) as progress:
-        estimator.fit(feature_file.features, y, X_val=X_val, y_val=y_val, checkpoint=checkpoint, resume=resume,
-                      fingerprint=fingerprint, callback=progress)  # fmt: skip
+        estimator.fit_rows(store, labeled, names.astype(object), X_val=X_val, y_val=y_val, checkpoint=checkpoint, resume=resume,
+                           fingerprint=fingerprint, callback=progress)  # fmt: skip
+    if not here.is_main:
+        return None
     estimator.save(
         output,
-        extractor=feature_file.attrs.get("extractor", ""),
-        extractor_model=feature_file.attrs.get("model", ""),
+        extractor=streamed.attrs.get("extractor", ""),
+        extractor_model=streamed.attrs.get("model", ""),
         features_file=str(features),
     )
     checkpoint.unlink(missing_ok=True)
@@ -179,15 +257,68 @@ def train(
     console.print(summary)
 
 
-def _fingerprint(X: np.ndarray, y: np.ndarray, options: TrainOptions, X_val: Optional[np.ndarray], y_val: Optional[np.ndarray]) -> str:
-    """A hash of the data and options, so --resume refuses a checkpoint from another run."""
-    digest = hashlib.sha256(np.ascontiguousarray(X).tobytes())
-    digest.update(json.dumps([str(v) for v in y]).encode())
+def _fingerprint(
+    stream: FeatureStream, labeled: np.ndarray, names: np.ndarray, options: TrainOptions, X_val: Optional[np.ndarray], y_val: Optional[np.ndarray]
+) -> str:
+    """A hash of the data (the feature file's size and modification time, the labeled rows) and the
+    options, so --resume refuses a checkpoint from another run."""
+    digest = hashlib.sha256(json.dumps([str(stream.path.resolve()), *stream.signature]).encode())
+    digest.update(np.ascontiguousarray(labeled).tobytes())
+    digest.update(json.dumps([str(v) for v in names]).encode())
     digest.update(json.dumps(options.to_dict(), sort_keys=True).encode())
     if X_val is not None:
         digest.update(np.ascontiguousarray(X_val).tobytes())
         digest.update(json.dumps([str(v) for v in y_val]).encode())
     return digest.hexdigest()
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``NAME VALUE`` or ``NAME=VALUE`` (what each launched process must not see)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            kept.append(arg)
+    return kept
+
+
+def _needs_streaming(stream: FeatureStream, console) -> bool:
+    """Stream when holding the features (as float32, about three copies while training starts) needs
+    more than the memory available; say which on stderr."""
+    needed = 3 * 4 * stream.n_rows * stream.dim
+    available = _available_memory()
+    choice = needed > available
+    console.print(
+        f"features: {stream.n_rows} x {stream.dim} ({needed / 3 / 2**30:.2f} GiB as float32), {available / 2**30:.1f} GiB memory available: "
+        + ("streaming from the file in chunks (--no-stream to load it)" if choice else "in memory (--stream to read in chunks)")
+    )
+    return choice
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable, else free physical pages)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _labeled_rows_streamed(stream: FeatureStream, labels: Optional[Path], allow_missing: bool) -> tuple[FeatureStream, np.ndarray, np.ndarray]:
+    """The labeled rows of a streamed feature file and their class names, read without loading it."""
+    if labels is None and not stream.has_labels:
+        raise InputError(f"Feature file '{stream.path}' has no /labels; pass --labels LABELS.csv (columns id,label).")
+    table = read_labels(labels) if labels else None
+    mapping = None if table is None else dict(zip(table["id"].astype(str), table["label"].astype(str)))
+    labeled, names, missing = stream_labeled_rows(stream, mapping)
+    if missing:
+        report_missing_ids(len(missing), missing[0], str(labels), stream.path, allow_missing)
+    return stream, labeled, names
 
 
 # -------------------------------------------------------------------------------- predict
@@ -199,17 +330,19 @@ def predict(
     device: str = Device,
     quiet: bool = Quiet,
 ) -> None:
-    """Write id,label,confidence,p_<class>...,log_px for every row, in the feature file's order."""
-    from .predictions import prediction_table, write_table
+    """Write id,label,confidence,p_<class>...,log_px for every row, in the feature file's order.
+
+    The file is read and predicted in blocks, so memory stays bounded for any number of rows.
+    """
+    from .predictions import write_predictions
 
     if output != "-":
         check_output_path(output)
-    feature_file = read_features(features)
-    estimator = load_model_for(model, feature_file, device)
-    frame = prediction_table(estimator, feature_file.ids, feature_file.features)
-    write_table(frame, output)
+    stream = FeatureStream(features)
+    estimator = load_model_for(model, stream, device)
+    rows = write_predictions(estimator, stream, output)
     if output != "-":
-        stderr_console(quiet).print(f"wrote {len(frame)} predictions to {output}")
+        stderr_console(quiet).print(f"wrote {rows} predictions to {output}")
 
 
 @app.command()

@@ -104,16 +104,25 @@ def default_means_separation(dim: int) -> float:
     return 7.0
 
 
-def default_labeled_noise(standardized: np.ndarray, seed: int = 0, sample: int = 2000) -> float:
+#: Rows the labeled-noise rule measures.
+NOISE_SAMPLE = 2000
+
+
+def noise_sample_rows(n_rows: int, seed: int = 0, sample: int = NOISE_SAMPLE) -> np.ndarray:
+    """The rows :func:`default_labeled_noise` measures: all, or ``sample`` of them drawn with ``seed``."""
+    if n_rows <= sample:
+        return np.arange(n_rows)
+    return np.random.default_rng(seed).choice(n_rows, sample, replace=False)
+
+
+def default_labeled_noise(standardized: np.ndarray, seed: int = 0, sample: int = NOISE_SAMPLE) -> float:
     """Noise on labeled rows: 1.2 × the median nearest-neighbour distance per √dimension.
 
-    Measured on up to ``sample`` standardised rows. It keeps the noise below the spacing of the
-    data on dense low-dimensional sets (about 0.02 on two moons) and large where rows are sparse
-    (about 0.53 on digits).
+    Measured on up to ``sample`` standardised rows (:func:`noise_sample_rows`). It keeps the noise
+    below the spacing of the data on dense low-dimensional sets (about 0.02 on two moons) and large
+    where rows are sparse (about 0.53 on digits).
     """
-    rows = standardized
-    if len(rows) > sample:
-        rows = rows[np.random.default_rng(seed).choice(len(rows), sample, replace=False)]
+    rows = standardized[noise_sample_rows(len(standardized), seed, sample)]
     if len(rows) < 2:
         return 0.0
     from sklearn.neighbors import NearestNeighbors

@@ -21,12 +21,14 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from ._version import __version__
 from .calibration import fit_temperature, tempered_log_proba
 from .devices import resolve_device
+from .distributed import setup, world
 from .errors import InputError
 from .factory import build_model, build_objective, build_schedule, build_source, prepare
 from .modelfile import load_model, save_model
 from .options import TrainOptions, option_fields
 from .splits import hold_out
-from .targets import UNLABELED, encode_targets, require_classes
+from .stores import ArrayStore, RowStore, SubsetStore
+from .targets import encode_targets, require_classes, unlabeled_mask
 from .training import TrainingCallback, train
 
 __all__ = ["FlowGMMClassifier", "split_joint"]
@@ -93,26 +95,55 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         if isinstance(y, (list, tuple)) and any(isinstance(v, str) for v in y):
             y = np.array(list(y), dtype=object)  # keep -1 an integer beside string classes
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2, y_numeric=False)
+        labeled = np.flatnonzero(~unlabeled_mask(np.asarray(y, dtype=object) if np.asarray(y).dtype.kind in "OUS" else y))
+        chunks = 1 if not world().distributed else 4 * world().size  # several chunks to share out
+        return self.fit_rows(
+            ArrayStore(torch.from_numpy(X), chunks=chunks), labeled, np.asarray(y)[labeled], X_val=X_val, y_val=y_val,
+            checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, callback=callback,
+        )  # fmt: skip
+
+    def fit_rows(
+        self,
+        rows: RowStore,
+        labeled: np.ndarray,
+        y_labeled: Any,
+        *,
+        X_val: Any = None,
+        y_val: Any = None,
+        checkpoint: str | os.PathLike | None = None,
+        resume: bool = False,
+        fingerprint: str = "",
+        callback: TrainingCallback | None = None,
+    ) -> "FlowGMMClassifier":
+        """Fit on the rows of a store: in memory, or a feature file read in chunks
+        (:class:`~flowgmm_cli.stores.FeatureStream`) for data larger than memory.
+
+        ``labeled`` are the indices of the labeled rows and ``y_labeled`` their classes; every other
+        row is unlabeled. Under ``torchrun`` each process trains on its share of the unlabeled rows
+        and gradients are averaged (:mod:`flowgmm_cli.distributed`). Other arguments as :meth:`fit`.
+        """
         options = TrainOptions(**self.get_params())
-        self.classes_, codes = encode_targets(y)
-        labeled = np.flatnonzero(codes != UNLABELED)
-        unlabeled = np.flatnonzero(codes == UNLABELED)
-        self.n_labeled_, self.n_unlabeled_ = len(labeled), len(unlabeled)
+        self.classes_, codes = encode_targets(np.asarray(y_labeled, dtype=object) if np.asarray(y_labeled).dtype.kind in "OUS" else y_labeled)
+        self.n_features_in_ = rows.dim
+        labeled = np.asarray(labeled, dtype=np.int64)
+        train_labeled = np.arange(len(labeled))
         validation_rows = None
         if X_val is not None:
             validation_rows = (validate_data(self, X_val, dtype=np.float32, reset=False), self._encode(y_val))
         elif options.val_fraction > 0:
-            labeled, held_out = hold_out(codes, options.val_fraction, options.random_state, self.classes_)
-            validation_rows = (X[held_out], codes[held_out])
+            train_labeled, held_out = hold_out(codes, options.val_fraction, options.random_state, self.classes_)
+            validation_rows = (rows.read_rows(labeled[held_out]).numpy(), codes[held_out])
+        unlabeled = np.ones(rows.n_rows, dtype=bool)
+        unlabeled[labeled] = False
+        self.n_labeled_, self.n_unlabeled_ = len(train_labeled), int(unlabeled.sum())
 
-        device = resolve_device(options.device)
+        here, device = setup(resolve_device(options.device))
         torch.manual_seed(options.random_state)
-        features = torch.from_numpy(X)
-        transform, self.options_ = prepare(features, len(labeled), len(unlabeled), options)
+        transform, self.options_ = prepare(rows, self.n_labeled_, self.n_unlabeled_, options)
         model = build_model(transform, len(self.classes_), self.options_).to(device)
-        source = build_source(
-            features[labeled].to(device), torch.from_numpy(codes[labeled]).to(device), features[unlabeled].to(device), model, self.options_
-        )
+        x_labeled = rows.read_rows(labeled[train_labeled]).to(device)
+        y_codes = torch.from_numpy(codes[train_labeled]).to(device)
+        source = build_source(SubsetStore(rows, unlabeled), x_labeled, y_codes, model, self.options_, here)
         validation = None
         if validation_rows is not None:
             validation = (torch.from_numpy(np.ascontiguousarray(validation_rows[0])).to(device), torch.from_numpy(validation_rows[1]).to(device))

@@ -9,36 +9,40 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .data import InMemorySource
-from .defaults import default_means_separation, resolve, resolve_input
+from .data import ShuffledSource
+from .defaults import default_means_separation, noise_sample_rows, resolve, resolve_input
+from .distributed import World
 from .layers import RealNVP
 from .model import FlowGMM
 from .objective import LabeledNLL, Objective, UnlabeledNLL
 from .options import Scaling, TrainOptions
 from .prior import GaussianMixturePrior
+from .stores import RowStore, moments_of
 from .training import Schedule
 from .transforms import PrincipalProjection, Standardize, TransformChain
 
 __all__ = ["fit_input_transform", "build_model", "build_source", "build_objective", "build_schedule", "prepare"]
 
 
-def fit_input_transform(X: Tensor, options: TrainOptions) -> TransformChain:
+def fit_input_transform(rows: RowStore, options: TrainOptions) -> TransformChain:
     """Standardisation (per feature or shared, as ``options.scaling`` says) and, when
-    ``options.projection_dim`` is positive, the principal projection, fitted on ``X``."""
-    standardize = Standardize.fit(X, shared_scale=options.scaling == Scaling.shared)
+    ``options.projection_dim`` is positive, the principal projection, from one pass over ``rows``."""
+    moments = moments_of(rows, full=bool(options.projection_dim))
+    standardize = Standardize.from_moments(moments, shared_scale=options.scaling == Scaling.shared)
     parts: list = [standardize]
     if options.projection_dim:
-        u = standardize(X)[0]
-        parts.append(PrincipalProjection.fit(u, options.projection_dim))
+        scale = standardize.scale.double()
+        parts.append(PrincipalProjection.from_covariance(moments.covariance / torch.outer(scale, scale), options.projection_dim))
     return TransformChain(parts)
 
 
-def prepare(X: Tensor, n_labeled: int, n_unlabeled: int, options: TrainOptions) -> tuple[TransformChain, TrainOptions]:
-    """The fitted input transform and the options with every data-dependent default chosen."""
-    options = resolve_input(options, X.shape[1], len(X))
-    transform = fit_input_transform(X, options)
+def prepare(rows: RowStore, n_labeled: int, n_unlabeled: int, options: TrainOptions) -> tuple[TransformChain, TrainOptions]:
+    """The input transform fitted on every row of ``rows`` and the options with every
+    data-dependent default chosen."""
+    options = resolve_input(options, rows.dim, rows.n_rows)
+    transform = fit_input_transform(rows, options)
     with torch.no_grad():
-        seen = transform(X)[0].numpy()
+        seen = transform(rows.read_rows(noise_sample_rows(rows.n_rows, options.random_state)))[0].numpy()
     return transform, resolve(options, n_labeled=n_labeled, n_unlabeled=n_unlabeled, seen=seen)
 
 
@@ -57,14 +61,19 @@ def build_model(transform: TransformChain, n_classes: int, options: TrainOptions
     return FlowGMM(transform, flow, prior)
 
 
-def build_source(x_labeled: Tensor, y_labeled: Tensor, x_unlabeled: Tensor, model: FlowGMM, options: TrainOptions) -> InMemorySource:
-    """Batches of the rows; the labeled noise, given in standardised units, becomes feature units
-    through the model's standardisation scale."""
+def build_source(
+    unlabeled: RowStore, x_labeled: Tensor, y_labeled: Tensor, model: FlowGMM, options: TrainOptions, world: World = World()
+) -> ShuffledSource:
+    """Batches of the rows, this process's share of the unlabeled ones; the labeled noise, given
+    in standardised units, becomes feature units through the model's standardisation scale."""
     noise = None
     if options.labeled_noise:
         standardize = next(t for t in model.transform.layers if isinstance(t, Standardize))
         noise = options.labeled_noise * standardize.scale
-    return InMemorySource(x_labeled, y_labeled, x_unlabeled, options.batch_size, options.labeled_batch_size, options.random_state, noise)
+    return ShuffledSource(
+        unlabeled, x_labeled, y_labeled, options.batch_size, options.labeled_batch_size, options.random_state, noise,
+        rank=world.rank, world_size=world.size,
+    )  # fmt: skip
 
 
 def build_objective(model: FlowGMM, options: TrainOptions) -> Objective:

@@ -19,10 +19,11 @@ from ._version import __version__
 from .atomic import atomic_path, check_output_path
 from .errors import InputError, OptionError, reading
 
-__all__ = ["FeatureFile", "FeatureWriter", "read_features", "read_labels", "align_labels", "check_dim"]
+__all__ = ["FeatureFile", "FeatureWriter", "read_features", "read_labels", "align_labels", "check_dim", "report_missing_ids"]
 
 _STRING = h5py.string_dtype("utf-8")
 _CHUNK_ROWS = 4096
+_PART_CHUNKS = "part_chunks"  # a part's chunks: input position, inputs, inputs skipped, rows
 
 
 @dataclass
@@ -112,16 +113,18 @@ def align_labels(feature_file: FeatureFile, labels: pd.DataFrame | None, labels_
     absent = rows < 0
     if absent.any():
         first = labels["id"].iloc[int(np.flatnonzero(absent)[0])]
-        message = (
-            f"{int(absent.sum())} ids in labels file '{labels_path}' are not in feature file "
-            f"'{feature_file.path}', first '{first}'"
-        )
-        if not allow_missing:
-            raise OptionError("allow_missing", message + "; fix the ids or pass {option} to ignore them.")
-        print(f"Warning: {message}; ignoring them.", file=sys.stderr)
+        report_missing_ids(int(absent.sum()), first, labels_path, feature_file.path, allow_missing)
     aligned = np.full(len(feature_file.ids), "", dtype=object)
     aligned[rows[~absent]] = labels["label"].to_numpy(dtype=object)[~absent]
     return aligned
+
+
+def report_missing_ids(count: int, first: str, labels_path: str, features_path: str | os.PathLike, allow_missing: bool) -> None:
+    """Ids of a labels file absent from the features: an error, or with ``allow_missing`` a warning."""
+    message = f"{count} ids in labels file '{labels_path}' are not in feature file '{features_path}', first '{first}'"
+    if not allow_missing:
+        raise OptionError("allow_missing", message + "; fix the ids or pass {option} to ignore them.")
+    print(f"Warning: {message}; ignoring them.", file=sys.stderr)
 
 
 class FeatureWriter:
@@ -133,6 +136,14 @@ class FeatureWriter:
     ``resume=True`` and the same key continues after the last complete chunk, and ``state`` gives
     back what the caller stored with that chunk (for example how many input rows it had consumed).
     Without a key, a failed write leaves nothing behind.
+
+    ``part=(rank, size)`` makes the writer one of ``size`` processes that each write every
+    ``size``-th chunk: its rows go to ``PATH.partial.rank{rank}-of-{size}`` (see :func:`part_path`),
+    which stays there, complete or not, for :func:`merge_parts` to interleave into ``PATH`` in
+    input order. Each ``append`` then names its chunk (input position, inputs consumed, inputs
+    skipped). A part needs a ``resume_key``; with ``resume=True`` a process whose part is missing
+    while its siblings' are there starts its part afresh, and partial files of another number of
+    processes are an error naming both numbers.
 
     ``sample_shape`` stores each row as an array of that shape (e.g. ``(1, 28, 28)`` uint8 pixels
     with ``dtype=np.uint8``); readers flatten it into ``dim`` features.
@@ -157,20 +168,27 @@ class FeatureWriter:
         resume: bool = False,
         dtype: Any = np.float32,
         sample_shape: tuple[int, ...] | None = None,
+        part: tuple[int, int] | None = None,
     ) -> None:
         if resume and resume_key is None:
             raise ValueError("resume=True needs a resume_key")
+        if part is not None and (resume_key is None or not 0 <= part[0] < part[1]):
+            raise ValueError(f"part {part} needs a resume_key and 0 <= rank < size")
         self.path, self.dim, self.attrs, self.with_labels = Path(path), dim, attrs, with_labels
         self.resume_key, self.resume = resume_key, resume
         self.dtype, self.sample_shape = np.dtype(dtype), tuple(sample_shape or (dim,))
         if int(np.prod(self.sample_shape)) != dim:
             raise ValueError(f"sample_shape {self.sample_shape} does not hold {dim} values")
+        self.part = part
         self.rows = 0
+        self.chunks = 0
         self.state: dict[str, Any] = {}
 
     @property
     def partial_path(self) -> Path:
-        """Where a resumable writer keeps its rows until the file is complete."""
+        """Where a resumable writer keeps its rows until the file is complete (its part's file for a part)."""
+        if self.part is not None:
+            return part_path(self.path, *self.part)
         return self.path.with_name(self.path.name + ".partial")
 
     def __enter__(self) -> "FeatureWriter":
@@ -179,13 +197,23 @@ class FeatureWriter:
             self._atomic = atomic_path(self.path)
             self._handle = h5py.File(self._atomic.__enter__(), "w")
             self._create_datasets()
-        elif self.resume:
+        elif self.resume and not self._fresh_part():
             self._reopen_partial()
         else:
             self._handle = h5py.File(self.partial_path, "w")
             self._handle.attrs.update({"resume_key": self.resume_key, "rows_complete": 0, "resume_state": "{}"})
             self._create_datasets()
+            if self.part is not None:
+                self._handle.attrs["chunks_complete"] = 0
+                self._handle.create_dataset(_PART_CHUNKS, (0, 4), np.int64, maxshape=(None, 4), chunks=(1024, 4))
         return self
+
+    def _fresh_part(self) -> bool:
+        """Whether a resumed part starts afresh: its process was stopped before it made its file."""
+        if self.part is None or self.partial_path.is_file():
+            return False
+        check_resume_world(self.path, self.part[1])
+        return self.part[1] in partial_world_sizes(self.path)
 
     def _create_datasets(self) -> None:
         row_bytes = self.dtype.itemsize * self.dim
@@ -201,6 +229,7 @@ class FeatureWriter:
     def _reopen_partial(self) -> None:
         partial = self.partial_path
         if not partial.is_file():
+            check_resume_world(self.path, 1 if self.part is None else self.part[1])
             raise OptionError("resume", f"{{option}} found no partial file '{partial}'; run without {{option}}.")
         damaged = OptionError("resume", f"Partial file '{partial}' is damaged; delete it and run without {{option}}.")
         try:
@@ -220,12 +249,27 @@ class FeatureWriter:
                 "delete it or run without {option}.",
             )
         self.rows, self.state = int(rows), json.loads(_plain(state))
+        if self.part is not None:
+            if _PART_CHUNKS not in self._handle or "chunks_complete" not in self._handle.attrs:
+                self._handle.close()
+                raise damaged
+            self.chunks = int(self._handle.attrs["chunks_complete"])
+            self._handle[_PART_CHUNKS].resize(self.chunks, axis=0)
         for name in ("features", "ids", "labels"):
             if name in self._handle:
                 self._handle[name].resize(self.rows, axis=0)
 
-    def append(self, ids: Any, features: np.ndarray, labels: Any = None, state: dict[str, Any] | None = None) -> None:
-        """Write one chunk of rows; a resumable writer records ``state`` with it and flushes to disk."""
+    def append(
+        self, ids: Any, features: np.ndarray, labels: Any = None, state: dict[str, Any] | None = None,
+        chunk: tuple[int, int, int] | None = None,
+    ) -> None:  # fmt: skip
+        """Write one chunk of rows; a resumable writer records ``state`` with it and flushes to disk.
+
+        A part's writer also needs ``chunk``: the input position of the chunk's first input, the
+        inputs it consumed and how many of them were skipped (they have no row).
+        """
+        if (chunk is None) != (self.part is None):
+            raise ValueError("append takes a chunk=(start, inputs, skipped) exactly when writing a part")
         n = len(ids)
         end = self.rows + n
         datasets = [self._handle[name] for name in ("features", "ids", "labels") if name in self._handle]
@@ -237,6 +281,12 @@ class FeatureWriter:
             if self.with_labels:
                 self._handle["labels"][self.rows : end] = ["" if label is None else str(label) for label in labels]
         self.rows = end
+        if chunk is not None:
+            table = self._handle[_PART_CHUNKS]
+            table.resize(self.chunks + 1, axis=0)
+            table[self.chunks] = [*map(int, chunk), n]
+            self.chunks += 1
+            self._handle.attrs["chunks_complete"] = self.chunks
         if state is not None:
             self.state = state
         if self.resume_key is not None:
@@ -245,7 +295,7 @@ class FeatureWriter:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         try:
-            if kind is None:
+            if kind is None and self.part is None:
                 for name in ("resume_key", "rows_complete", "resume_state"):
                     self._handle.attrs.pop(name, None)
                 self._handle.attrs.update(
@@ -256,7 +306,7 @@ class FeatureWriter:
             self._handle.close()
             if self.resume_key is None:
                 self._atomic.__exit__(kind, error, tb)
-            elif kind is None:
+            elif kind is None and self.part is None:
                 os.replace(self.partial_path, self.path)
 
 
@@ -275,3 +325,107 @@ def _check_unique(ids: np.ndarray, where: str) -> None:
     if seen.has_duplicates:
         first = seen[seen.duplicated()][0]
         raise InputError(f"Id '{first}' appears more than once in {where}; ids must be unique.")
+
+
+# ------------------------------------------------------------------ parts of a multi-process embed
+_PART_NAME = "{name}.partial.rank{rank}-of-{size}"
+
+
+def part_path(path: str | os.PathLike, rank: int, size: int) -> Path:
+    """The file where process ``rank`` of ``size`` keeps its rows of ``path`` until they are merged.
+
+    Example:
+        >>> part_path("out/f.h5", 1, 2).as_posix()
+        'out/f.h5.partial.rank1-of-2'
+    """
+    target = Path(path)
+    return target.with_name(_PART_NAME.format(name=target.name, rank=rank, size=size))
+
+
+def partial_world_sizes(path: str | os.PathLike) -> list[int]:
+    """The numbers of processes whose partial files of ``path`` are there (1 for ``PATH.partial``)."""
+    import glob
+    import re
+
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(re.escape(target.name) + r"\.partial\.rank\d+-of-(\d+)")
+    sizes = {int(match[1]) for entry in folder.glob(f"{glob.escape(target.name)}.partial.rank*") if (match := pattern.fullmatch(entry.name))}
+    if target.with_name(target.name + ".partial").is_file():
+        sizes.add(1)
+    return sorted(sizes)
+
+
+def check_resume_world(path: str | os.PathLike, size: int) -> None:
+    """Refuse, naming both numbers, to resume ``path`` with ``size`` processes when only partial
+    files of another number of processes are there (no partial file at all passes)."""
+    found = partial_world_sizes(path)
+    if not found or size in found:
+        return
+    counts = " or ".join(str(n) for n in found)
+    how = " or ".join(f"--nproc {n}" if n > 1 else "one process" for n in found)
+    raise OptionError(
+        "resume",
+        f"The partial files of '{path}' were written by {counts} {'process' if found == [1] else 'processes'}, not {size}; "
+        f"resume with {how}, or delete them and run without {{option}}.",
+    )
+
+
+@dataclass(frozen=True)
+class PartChunk:
+    """One chunk of a multi-process embed: where its inputs are, and where its rows are in which part."""
+
+    start: int
+    inputs: int
+    skipped: int
+    rank: int
+    first_row: int
+    rows: int
+
+
+def read_parts(path: str | os.PathLike, size: int) -> tuple[list[dict[str, Any]], list[PartChunk]]:
+    """The resume state each of ``size`` parts of ``path`` stored, and all their chunks in input order.
+
+    The chunks must follow each other from input 0 on without gap or overlap; otherwise the parts
+    do not belong together and the error says to embed again.
+    """
+    states, chunks = [], []
+    for rank in range(size):
+        part = part_path(path, rank, size)
+        with reading(part, "partial file", "delete the partial files and embed again without --resume"), h5py.File(part, "r") as handle:
+            count = int(handle.attrs["chunks_complete"])
+            table = handle[_PART_CHUNKS][:count]
+            states.append(json.loads(_plain(handle.attrs["resume_state"])))
+        first = np.concatenate([[0], np.cumsum(table[:, 3])[:-1]]) if count else []
+        chunks += [PartChunk(int(s), int(i), int(k), rank, int(f), int(r)) for (s, i, k, r), f in zip(table, first)]
+    chunks.sort(key=lambda chunk: chunk.start)
+    position = 0
+    for chunk in chunks:
+        if chunk.start != position:
+            raise InputError(
+                f"The partial files of '{path}' do not fit together (inputs {position} to {chunk.start} are missing "
+                "or written twice); delete them and embed again without --resume."
+            )
+        position += chunk.inputs
+    return states, chunks
+
+
+def merge_parts(
+    path: str | os.PathLike, size: int, chunks: list[PartChunk], dim: int, attrs: dict[str, Any], with_labels: bool = False,
+    *, dtype: Any = np.float32, sample_shape: tuple[int, ...] | None = None,
+) -> int:  # fmt: skip
+    """Write ``path`` from its ``size`` parts, chunk by chunk in input order (``chunks`` from
+    :func:`read_parts`), through the usual atomic rename; then delete the parts. Returns the rows."""
+    import contextlib
+
+    parts = [part_path(path, rank, size) for rank in range(size)]
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(h5py.File(part, "r")) for part in parts]
+        with FeatureWriter(path, dim, attrs, with_labels, dtype=dtype, sample_shape=sample_shape) as writer:
+            for chunk in chunks:
+                handle, rows = handles[chunk.rank], slice(chunk.first_row, chunk.first_row + chunk.rows)
+                labels = _strings(handle["labels"][rows]) if with_labels else None
+                writer.append(_strings(handle["ids"][rows]), handle["features"][rows], labels)
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return writer.rows

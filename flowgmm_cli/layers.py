@@ -41,7 +41,7 @@ class _NarrowInputLinearFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
         grad_x = torch.mm(weight.t(), grad.t()).t() if ctx.needs_input_grad[0] else None
-        grad_weight = torch.mm(x.t(), grad).t() if ctx.needs_input_grad[1] else None
+        grad_weight = torch.mm(x.t(), grad).t().contiguous() if ctx.needs_input_grad[1] else None  # DDP buckets want the parameter's layout
         grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias
 

@@ -11,8 +11,12 @@ import pandas as pd
 
 from .atomic import atomic_path
 from .estimator import FlowGMMClassifier, split_joint
+from .stores import FeatureStream
 
-__all__ = ["prediction_table", "write_table"]
+__all__ = ["prediction_table", "write_table", "write_predictions"]
+
+#: Rows predicted and written at a time by :func:`write_predictions`.
+BLOCK_ROWS = 65536
 
 
 def prediction_table(estimator: FlowGMMClassifier, ids: Any, X: np.ndarray) -> pd.DataFrame:
@@ -38,3 +42,23 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
         return
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def write_predictions(estimator: FlowGMMClassifier, stream: FeatureStream, path: str | os.PathLike) -> int:
+    """Predict every row of a feature file block by block and write the table as it goes (to
+    ``path`` atomically, or to standard output for ``-``); memory stays bounded for any file.
+
+    Returns the number of rows written.
+    """
+    if str(path) == "-":
+        return _write_blocks(estimator, stream, sys.stdout)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        return _write_blocks(estimator, stream, handle)
+
+
+def _write_blocks(estimator: FlowGMMClassifier, stream: FeatureStream, handle: Any) -> int:
+    for start in range(0, stream.n_rows, BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, stream.n_rows)
+        frame = prediction_table(estimator, stream.ids(start, stop), stream.read(start, stop).numpy())
+        frame.to_csv(handle, index=False, header=start == 0, float_format="%.6g")
+    return stream.n_rows

@@ -17,8 +17,10 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .atomic import atomic_path
-from .data import DataSource
+from .data import Batch, DataSource
+from .distributed import all_gather_objects, all_reduce_sum, world
 from .errors import InputError, TrainingDiverged
+from .layers import ActNorm
 from .model import FlowGMM
 from .objective import Objective
 
@@ -87,6 +89,10 @@ def train(
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place on ``source``'s batches and return the per-epoch history.
 
+    Under ``torchrun`` (a process group of several processes) the model is wrapped in
+    ``DistributedDataParallel``: each process trains on its source's share, gradients are averaged,
+    data-dependent initialisation (ActNorm) comes from rank 0, the reported losses are averaged
+    over processes, and only rank 0 writes the checkpoint (with every process's source position).
     With ``validation`` (feature rows and class codes) the weights of the epoch with the best
     validation accuracy (then NLL) are kept; otherwise those of the last epoch. With
     ``checkpoint`` the state (weights, optimiser, random generators, the source's position) is
@@ -96,19 +102,24 @@ def train(
     if validation is not None and len(validation[0]) == 0:
         raise ValueError("the validation set is empty; pass validation=None to keep the last epoch")
     torch.manual_seed(schedule.seed)
+    here = world()
     total_steps = source.steps_per_epoch * schedule.epochs
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, weight_decay=schedule.weight_decay)
     state = _State()
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = _load_checkpoint(checkpoint, model, optimizer, source, fingerprint)
+    forward: torch.nn.Module = model
+    check_unchanged = getattr(getattr(source, "unlabeled", None), "check_unchanged", None)
 
     for epoch in range(state.epoch + 1, schedule.epochs + 1):
         model.train()
         sums = torch.zeros(1 + len(objective.terms), dtype=torch.float64)
         for step_in_epoch, batch in enumerate(source.epoch()):
+            if here.distributed and forward is model:
+                forward = _data_parallel(model, batch)
             step = (epoch - 1) * source.steps_per_epoch + step_in_epoch
-            loss, values = objective(model, batch)
+            loss, values = objective(forward, batch)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"Training diverged in epoch {epoch}: the loss became {loss.item()}; no model was written. "
@@ -122,9 +133,11 @@ def train(
                 torch.nn.utils.clip_grad_norm_(trainable, schedule.grad_clip)
             optimizer.step()
             sums += torch.cat([loss.detach().reshape(1), values]).double().cpu()
-            if callback is not None:
+            if callback is not None and here.is_main:
                 callback.on_step(step + 1, total_steps)
-        means = (sums / source.steps_per_epoch).tolist()
+        if check_unchanged is not None:
+            check_unchanged()
+        means = (all_reduce_sum(sums) / (source.steps_per_epoch * here.size)).tolist()
         report = EpochReport(epoch, schedule.epochs, means[0], dict(zip(objective.names, means[1:])))
         if validation is not None:
             report.val_accuracy, report.val_nll = _validate(model, *validation)
@@ -136,12 +149,27 @@ def train(
         state.history.append(report.to_dict())
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, optimizer, source, state, fingerprint)
-        if callback is not None:
+        if callback is not None and here.is_main:
             callback.on_epoch_end(report)
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     model.eval()
     return state.history
+
+
+def _data_parallel(model: FlowGMM, first: Batch) -> torch.nn.Module:
+    """``model`` wrapped for gradient averaging, after its data-dependent initialisation.
+
+    ActNorm layers initialise from their first batch: that pass runs here on each process, and
+    wrapping then copies rank 0's parameters and buffers to every process.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    if any(isinstance(layer, ActNorm) for layer in model.modules()):
+        with torch.no_grad():
+            model(torch.cat([first.x_labeled, first.x_unlabeled]))
+    device_ids = [model.prior.means.device.index] if model.prior.means.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def _cosine(base_lr: float, step: int, total_steps: int) -> float:
@@ -162,13 +190,18 @@ def _validate(model: FlowGMM, x: Tensor, y: Tensor) -> tuple[float, float]:
 def _save_checkpoint(
     path: str | os.PathLike, model: FlowGMM, optimizer: torch.optim.Optimizer, source: DataSource, state: _State, fingerprint: str
 ) -> None:
+    """Rank 0 writes the checkpoint, with every process's source position (``source.RANK.*``)."""
+    positions = all_gather_objects({k: v.cpu() for k, v in source.state_dict().items()})
+    if not world().is_main:
+        return
     tensors: dict[str, Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
     if state.best_weights is not None:
         tensors.update({f"best.{k}": v for k, v in state.best_weights.items()})
     optimizer_state = optimizer.state_dict()
     for index, slots in optimizer_state["state"].items():
         tensors.update({f"optim.{index}.{k}": v for k, v in slots.items()})
-    tensors.update({f"source.{k}": v for k, v in source.state_dict().items()})
+    for rank, position in enumerate(positions):
+        tensors.update({f"source.{rank}.{k}": v for k, v in position.items()})
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {
         "fingerprint": fingerprint,
@@ -177,6 +210,7 @@ def _save_checkpoint(
         "best_epoch": state.best_epoch,
         "best_score": state.best_score,
         "param_groups": optimizer_state["param_groups"],
+        "world_size": len(positions),
     }
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"flowgmm_checkpoint": json.dumps(meta)})
@@ -193,6 +227,12 @@ def _load_checkpoint(
         raise InputError(f"Checkpoint '{path}' is not a flowgmm checkpoint; delete it or train without resuming.") from None
     if meta["fingerprint"] != fingerprint:
         raise InputError(f"Checkpoint '{path}' was made with other data or options; delete it or train without resuming.")
+    here = world()
+    if meta.get("world_size", 1) != here.size:
+        raise InputError(
+            f"Checkpoint '{path}' was written by {meta.get('world_size', 1)} processes but this run has {here.size}; "
+            f"resume with {meta.get('world_size', 1)} processes or delete it."
+        )
     device = next(model.parameters()).device
 
     def section(prefix: str, to_device: bool = True) -> dict[str, Tensor]:
@@ -206,7 +246,7 @@ def _load_checkpoint(
     for group in meta["param_groups"]:
         group["betas"] = tuple(group["betas"])
     optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
-    source.load_state_dict(section("source.", to_device=False))
+    source.load_state_dict(section(f"source.{here.rank}.", to_device=False))
     torch.set_rng_state(tensors["rng.torch"])
     best = section("best.")
     return _State(meta["epoch"], meta["history"], meta["best_epoch"], meta["best_score"], best or None)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import Flow
+from .moments import Moments
 
 __all__ = ["InputTransform", "Standardize", "PrincipalProjection", "TransformChain", "build_transform"]
 
@@ -62,19 +63,25 @@ class Standardize(InputTransform):
 
     @classmethod
     def fit(cls, x: Tensor, shared_scale: bool = False) -> "Standardize":
-        """Mean and standard deviation of ``x``: per feature, or one shared scale for all.
+        """Mean and standard deviation of the rows ``x``: per feature, or one shared scale for all.
 
         Per-feature scaling suits tables in mixed units; a shared scale (the root mean variance of
         the features) keeps the relative sizes of features in one unit, such as pixels or
         embeddings, where a low-variance feature is often noise that per-feature scaling would
-        blow up. Statistics are accumulated in float64; constant features get scale 1.
+        blow up. Constant features get scale 1.
         """
-        rows = x.double()
-        std = rows.std(dim=0, unbiased=False)
+        moments = Moments(x.shape[1], full=False)
+        moments.update(x)
+        return cls.from_moments(moments, shared_scale)
+
+    @classmethod
+    def from_moments(cls, moments: Moments, shared_scale: bool = False) -> "Standardize":
+        """As :meth:`fit`, from float64 moments accumulated over any number of blocks."""
+        std = moments.variance.sqrt()
         if shared_scale:
-            std = torch.full_like(std, float(std.pow(2).mean().sqrt()))
-        transform = cls(x.shape[1])
-        transform.mean.copy_(rows.mean(dim=0))
+            std = torch.full_like(std, float(moments.variance.mean().sqrt()))
+        transform = cls(len(std))
+        transform.mean.copy_(moments.mean)
         transform.scale.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
         return transform
 
@@ -122,17 +129,21 @@ class PrincipalProjection(InputTransform):
     @classmethod
     def fit(cls, u: Tensor, k: int) -> "PrincipalProjection":
         """The top ``k`` principal directions of centred rows ``u`` and the mean variance of the
-        others (PPCA's maximum-likelihood residual variance), from a float64 covariance.
+        others (PPCA's maximum-likelihood residual variance), from a float64 covariance."""
+        return cls.from_covariance((u.T.double() @ u.double()) / len(u), k)
+
+    @classmethod
+    def from_covariance(cls, covariance: Tensor, k: int) -> "PrincipalProjection":
+        """As :meth:`fit`, from the covariance matrix of the rows the projection will see.
 
         Signs are fixed (each direction's largest entry positive) so the result is reproducible.
         """
-        covariance = (u.T.double() @ u.double()) / len(u)
-        values, vectors = torch.linalg.eigh(covariance)
+        values, vectors = torch.linalg.eigh(covariance.double())
         order = torch.argsort(values, descending=True)
         values, vectors = values[order].clamp_min(0), vectors[:, order]
         top = vectors[:, :k]
         top = top * torch.sign(top.gather(0, top.abs().argmax(0, keepdim=True)))
-        transform = cls(u.shape[1], k)
+        transform = cls(covariance.shape[0], k)
         transform.directions.copy_(top)
         transform.log_residual_variance.fill_(math.log(max(float(values[k:].mean()), 1e-6)))
         return transform

@@ -537,7 +537,7 @@ def test_a_ragged_csv_is_one_sentence_without_stray_brackets(workspace, capsys):
 
 def test_nan_message_names_the_first_row(workspace, capsys):
     f = workspace["folder"]
-    nan_h5 = _write_h5(f / "nan2.h5", np.array([[0.0, 1.0], [1.0, 1.0], [np.inf, 2.0]]), ["a", "b", "c"])
+    nan_h5 = _write_h5(f / "nan3.h5", np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [np.inf, 2.0, 0.0]]), ["a", "b", "c"])
     code, _, err = run_cli(["predict", workspace["model"], nan_h5, "-o", f / "x.csv"], capsys)
     assert code == 2 and "row 2" in err and "'c'" in err
 

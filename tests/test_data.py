@@ -8,6 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+
+from flowgmm_cli.stores import ArrayStore
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
@@ -147,9 +149,9 @@ def test_labeled_noise_has_the_given_per_feature_std():
 def test_labeled_noise_option_is_in_standardised_units():
     """``labeled_noise`` is a std in standardised units; the source adds it in feature units."""
     x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([0.1, 1.0, 20.0])
-    transform, options = prepare(x, 10, 30, TrainOptions(labeled_noise=0.3, hidden=8, coupling_layers=1))
+    transform, options = prepare(ArrayStore(x), 10, 30, TrainOptions(labeled_noise=0.3, hidden=8, coupling_layers=1))
     model = build_model(transform, 2, options)
-    source = build_source(x[:10], torch.tensor([0, 1] * 5), x[10:], model, options)
+    source = build_source(ArrayStore(x[10:]), x[:10], torch.tensor([0, 1] * 5), model, options)
     scale = transform.layers[0].scale
     torch.testing.assert_close(source.labeled_noise, 0.3 * scale)
     torch.testing.assert_close(scale, x.double().std(0, unbiased=False).float())

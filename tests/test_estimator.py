@@ -327,6 +327,12 @@ def test_options_reach_the_model_source_objective_and_schedule(small_moons, monk
 # ------------------------------------------------------------------------------------ validation rows
 
 
+def _unlabeled_rows(source) -> np.ndarray:
+    """Every unlabeled row a data source draws from, in store order."""
+    store = source.unlabeled
+    return torch.cat([store.read(*bounds) for bounds in store.chunk_bounds()]).numpy()
+
+
 @pytest.fixture(scope="module")
 def forty_labels(moons):
     """300 rows of two moons, the first 40 labeled (unequal classes), the rest -1."""
@@ -344,9 +350,9 @@ def test_val_fraction_holds_out_each_classes_share_from_training(forty_labels, m
     assert len(_rows(X)) == len(X), "the test needs distinct rows"
     held_out, trained_on = _rows(x_val.numpy()), _rows(source.x_labeled.numpy())
     assert not held_out & trained_on, "a validation row is among the labeled training rows"
-    assert not held_out & _rows(source.x_unlabeled.numpy()), "a validation row is among the unlabeled training rows"
+    assert not held_out & _rows(_unlabeled_rows(source)), "a validation row is among the unlabeled training rows"
     assert held_out | trained_on == _rows(X[labels != -1])
-    assert _rows(source.x_unlabeled.numpy()) == _rows(X[labels == -1])
+    assert _rows(_unlabeled_rows(source)) == _rows(X[labels == -1])
     # Per class: ceil(25 %) of its labeled rows held out, the rest kept, with the right labels.
     for code in (0, 1):
         n_class = int((labels == code).sum())

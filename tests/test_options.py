@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from flowgmm_cli.stores import ArrayStore
+
 from flowgmm_cli import FlowGMMClassifier
 from flowgmm_cli import training as training_module
 from flowgmm_cli.errors import InputError, OptionError
@@ -202,7 +204,7 @@ def _rows(n: int = 60, dim: int = 3, seed: int = 0) -> torch.Tensor:
 
 def test_hidden_layers_zero_builds_couplings_with_one_linear_map():
     x = _rows()
-    transform, options = prepare(x, 10, 50, TrainOptions(hidden_layers=0, coupling_layers=2, hidden=8))
+    transform, options = prepare(ArrayStore(x), 10, 50, TrainOptions(hidden_layers=0, coupling_layers=2, hidden=8))
     assert options.hidden_layers == 0
     model = build_model(transform, 2, options)
     couplings = [layer for layer in model.flow.layers if isinstance(layer, AffineCoupling)]
@@ -210,30 +212,30 @@ def test_hidden_layers_zero_builds_couplings_with_one_linear_map():
     for coupling in couplings:
         assert [type(m) for m in coupling.net] == [torch.nn.Linear]
         assert coupling.net[0].weight.shape == (2 * (3 - 1), 1)
-    transform, options = prepare(x, 10, 50, TrainOptions(coupling_layers=2, hidden=8))
+    transform, options = prepare(ArrayStore(x), 10, 50, TrainOptions(coupling_layers=2, hidden=8))
     auto = build_model(transform, 2, options)
     assert [type(m).__name__ for m in auto.flow.layers[0].net] == ["NarrowInputLinear", "ReLU", "Linear"]
 
 
 def test_projection_dim_zero_turns_projection_off():
     x = _rows(n=120, dim=80)
-    transform, options = prepare(x, 10, 110, TrainOptions(projection_dim=0))
+    transform, options = prepare(ArrayStore(x), 10, 110, TrainOptions(projection_dim=0))
     assert options.projection_dim == 0
     assert [type(t) for t in transform.layers] == [Standardize]
     assert build_model(transform, 2, dataclasses.replace(options, hidden=8, coupling_layers=1)).latent_dim == 80
-    transform_auto, auto = prepare(x, 10, 110, TrainOptions())
+    transform_auto, auto = prepare(ArrayStore(x), 10, 110, TrainOptions())
     assert auto.projection_dim == 32 and transform_auto.out_dim == 32
 
 
 def test_zero_weights_and_noise_and_means_scale_are_used_as_zero():
     x = _rows()
-    transform, options = prepare(x, 10, 50, TrainOptions(unlabeled_weight=0.0, labeled_noise=0.0, means_scale=0.0, hidden=8, coupling_layers=1))
+    transform, options = prepare(ArrayStore(x), 10, 50, TrainOptions(unlabeled_weight=0.0, labeled_noise=0.0, means_scale=0.0, hidden=8, coupling_layers=1))
     assert (options.unlabeled_weight, options.labeled_noise, options.means_scale) == (0.0, 0.0, 0.0)
     model = build_model(transform, 3, options)
     assert torch.equal(model.prior.means, torch.zeros(3, 3))
     assert model.prior.spec()["separation"] is None
     assert [weight for _, weight in build_objective(model, options).terms] == [1.0, 0.0]
-    assert build_source(x[:10], torch.tensor([0, 1, 2] * 3 + [0]), x[10:], model, options).labeled_noise is None
+    assert build_source(ArrayStore(x[10:]), x[:10], torch.tensor([0, 1, 2] * 3 + [0]), model, options).labeled_noise is None
 
 
 class _ClipSpy:
@@ -251,11 +253,11 @@ def test_grad_clip_zero_turns_clipping_off(monkeypatch, grad_clip, expected_call
     x = _rows(n=40)
     y = torch.tensor([0, 1] * 5)
     options = TrainOptions(grad_clip=grad_clip, epochs=2, batch_size=15, labeled_batch_size=5, hidden=8, coupling_layers=1)
-    transform, options = prepare(x, 10, 30, options)
+    transform, options = prepare(ArrayStore(x), 10, 30, options)
     model = build_model(transform, 2, options)
     schedule = build_schedule(options)
     assert schedule.grad_clip == grad_clip
     spy = _ClipSpy()
     monkeypatch.setattr(training_module.torch.nn.utils, "clip_grad_norm_", spy)
-    train(model, build_source(x[:10], y, x[10:], model, options), build_objective(model, options), schedule)
+    train(model, build_source(ArrayStore(x[10:]), x[:10], y, model, options), build_objective(model, options), schedule)
     assert spy.calls == expected_calls  # 2 epochs × 2 steps

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from flowgmm_cli.errors import InputError, TrainingDiverged
+from flowgmm_cli.stores import ArrayStore
 from flowgmm_cli.factory import build_model, build_objective, build_schedule, build_source, prepare
 from flowgmm_cli.layers import AffineCoupling
 from flowgmm_cli.model import FlowGMM
@@ -56,10 +57,10 @@ def _build(problem, options: TrainOptions = OPTIONS, init_seed: int = 0, x_unlab
     unlabeled rows the source serves (the transform stays the same).
     """
     x_l, y_l, x_u, _, _ = problem
-    transform, resolved = prepare(torch.cat([x_l, x_u]), len(x_l), len(x_u), options)
+    transform, resolved = prepare(ArrayStore(torch.cat([x_l, x_u])), len(x_l), len(x_u), options)
     torch.manual_seed(init_seed)  # the networks' initial weights
     model = build_model(transform, 2, resolved)
-    source = build_source(x_l, y_l, x_u if x_unlabeled is None else x_unlabeled, model, resolved)
+    source = build_source(ArrayStore(x_u if x_unlabeled is None else x_unlabeled), x_l, y_l, model, resolved)
     return model, source, build_objective(model, resolved), build_schedule(resolved)
 
 
@@ -141,7 +142,7 @@ def test_labeled_only_training_runs(problem):
     x_l, y_l, _, _, _ = problem
     options = _options(epochs=3, labeled_batch_size=5)
     model, _, objective, schedule = _build(problem, options)
-    source = build_source(x_l, y_l, torch.empty(0, 2), model, options)
+    source = build_source(ArrayStore(torch.empty(0, 2)), x_l, y_l, model, options)
     before = _flow_vector(model)
     recorder = Recorder()
     history = train(model, source, objective, schedule, callback=recorder)
@@ -237,7 +238,7 @@ def test_nan_in_the_data_raises_training_diverged_in_epoch_1(problem, tmp_path):
     x_u[5, 0] = float("nan")
     checkpoint = tmp_path / "run.ckpt"
     model, _, objective, schedule = _build(problem)
-    source = build_source(problem[0], problem[1], x_u, model, OPTIONS)
+    source = build_source(ArrayStore(x_u), problem[0], problem[1], model, OPTIONS)
     with pytest.raises(TrainingDiverged, match=r"epoch 1\b"):
         train(model, source, objective, schedule, checkpoint=checkpoint)
     assert not checkpoint.exists()
@@ -394,7 +395,7 @@ def test_labeled_noise_is_added_to_labeled_batches_in_standardised_units(problem
     model, _, _, _ = _build(problem)
     scale = next(m for m in model.transform.modules() if isinstance(m, Standardize)).scale
     for noise in (0.0, 0.3):
-        source = build_source(point.expand(N_LABELED, 2), y_l, x_u, model, _options(labeled_noise=noise))
+        source = build_source(ArrayStore(x_u), point.expand(N_LABELED, 2), y_l, model, _options(labeled_noise=noise))
         offsets = torch.cat([batch.x_labeled - point for _ in range(60) for batch in source.epoch()])
         if noise == 0:
             assert torch.equal(offsets, torch.zeros_like(offsets))

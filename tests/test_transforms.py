@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from flowgmm_cli.stores import ArrayStore
 from scipy.linalg import null_space
 from scipy.stats import multivariate_normal
 from torch.autograd.functional import jacobian
@@ -252,7 +254,7 @@ def _wide_rows(n: int = 60, dim: int = 10, seed: int = 1) -> torch.Tensor:
 )
 def test_prepare_builds_the_transform_the_options_describe(dim, options, scaling, k):
     x = _wide_rows(100, dim)
-    transform, resolved = prepare(x, 10, 90, options)
+    transform, resolved = prepare(ArrayStore(x), 10, 90, options)
     assert resolved.scaling is scaling and resolved.projection_dim == k
     kinds = [type(t) for t in transform.layers]
     assert kinds == ([Standardize, PrincipalProjection] if k else [Standardize])
@@ -262,7 +264,7 @@ def test_prepare_builds_the_transform_the_options_describe(dim, options, scaling
         assert torch.equal(scale, scale[:1].expand(dim))
     else:
         torch.testing.assert_close(scale, x.double().std(0, unbiased=False).float())
-    assert torch.equal(fit_input_transform(x, resolved).layers[0].scale, scale)
+    assert torch.equal(fit_input_transform(ArrayStore(x), resolved).layers[0].scale, scale)
 
 
 def test_estimator_projects_wide_features_by_default_and_saves_it(tmp_path):
