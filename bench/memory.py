@@ -1,0 +1,137 @@
+"""Training beyond memory and across processes: peak memory against rows, samples/s against processes.
+
+    python bench/memory.py memory --rows 200000 1000000 4000000      # streaming training, peak RSS, seconds per epoch
+    python bench/memory.py throughput --rows 400000                   # 1 process x 1 thread, 1 x 2, 2 processes x 1
+
+``memory`` writes a synthetic feature file per size (64 features, a mixture of 4 Gaussians, 10
+labels per class; the largest is about 1 GiB of float32), trains one epoch on it with
+``flowgmm train --stream`` in a fresh process, and reports that process's peak resident memory and
+its seconds (start-up, the statistics pass over the file and the epoch). ``throughput`` trains on one such file in the same process layouts side by
+side and reports samples/s (labeled + unlabeled rows per second of training steps, the first
+steps' warm-up dropped) and the ratio to one process with one thread. One JSON line per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+DIM, CLASSES = 64, 4
+TRAIN = ["--epochs", "1", "--hidden", "128", "--coupling-layers", "8", "--batch-size", "256", "--labeled-noise", "0", "-q"]
+
+
+def make_file(path: Path, rows: int, seed: int = 0) -> None:
+    """A feature file of ``rows`` rows written chunk by chunk (memory stays small whatever ``rows``)."""
+    from flowgmm_cli.features import FeatureWriter
+
+    if path.exists():
+        return
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 2, (CLASSES, DIM)).astype(np.float32)
+    with FeatureWriter(path, DIM, {"extractor": "synthetic"}, with_labels=True) as writer:
+        for start in range(0, rows, 1 << 16):
+            n = min(1 << 16, rows - start)
+            y = rng.integers(0, CLASSES, n)
+            labels = np.where(np.arange(start, start + n) < 10 * CLASSES, np.array(list("abcd"))[np.arange(start, start + n) % CLASSES], "")
+            y = np.where(labels != "", np.arange(start, start + n) % CLASSES, y)
+            writer.append(np.arange(start, start + n).astype(str), centres[y] + rng.normal(size=(n, DIM)).astype(np.float32), labels)
+
+
+def run_measured(command: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak resident memory (bytes) of a child process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command)
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(command)}")
+    return time.perf_counter() - started, usage.ru_maxrss * 1024
+
+
+def memory(folder: Path, sizes: list[int]) -> None:
+    for rows in sizes:
+        path = folder / f"synthetic-{rows}.h5"
+        make_file(path, rows)
+        command = [sys.executable, "-m", "flowgmm_cli", "train", str(path), "-o", str(folder / "m.flowgmm"), "--stream", "--threads", "1", *TRAIN]
+        seconds, peak = run_measured(command)
+        print(json.dumps({"case": "memory", "rows": rows, "file_gib": round(path.stat().st_size / 2**30, 3), "peak_rss_mib": round(peak / 2**20, 1),
+                          "seconds": round(seconds, 1)}), flush=True)  # fmt: skip
+
+
+def _steps_per_second(rank: int, world: int, threads: int, path: str, steps: int, out: str) -> None:
+    """Train on ``path`` for ``steps`` steps in this process (rank of world) and write samples/s to ``out``."""
+    import torch
+    import torch.distributed as dist
+
+    from flowgmm_cli.estimator import FlowGMMClassifier
+    from flowgmm_cli.stores import FeatureStream, stream_labeled_rows
+
+    torch.set_num_threads(threads)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{out}.rendezvous", rank=rank, world_size=world)
+    stream = FeatureStream(path)
+    labeled, names, _ = stream_labeled_rows(stream, None)
+    stamps: list[float] = []
+
+    class Clock:
+        def on_step(self, step: int, total: int) -> None:
+            stamps.append(time.perf_counter())
+            if len(stamps) > steps:
+                raise StopIteration
+
+        def on_epoch_end(self, report) -> None:
+            pass
+
+    clf = FlowGMMClassifier(epochs=1, hidden=128, coupling_layers=8, batch_size=256, labeled_noise=0.0, device="cpu")
+    try:
+        clf.fit_rows(stream, labeled, names, callback=Clock())
+    except StopIteration:
+        pass
+    if rank == 0:
+        warm = 10
+        rows_per_step = (256 + min(64, len(labeled))) * world
+        Path(out).write_text(json.dumps(rows_per_step * (len(stamps) - 1 - warm) / (stamps[-1] - stamps[warm])))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def throughput(folder: Path, rows: int, steps: int) -> None:
+    import torch.multiprocessing as mp
+
+    path = folder / f"synthetic-{rows}.h5"
+    make_file(path, rows)
+    results = {}
+    for name, world, threads in (("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2), ("2 processes x 1 thread", 2, 1)):
+        out = folder / f"rate-{world}-{threads}.json"
+        mp.spawn(_steps_per_second, args=(world, threads, str(path), steps, str(out)), nprocs=world, join=True)
+        results[name] = json.loads(out.read_text())
+    base = results["1 process x 1 thread"]
+    for name, rate in results.items():
+        print(json.dumps({"case": "throughput", "layout": name, "samples_per_s": round(rate, 1), "ratio_to_1x1": round(rate / base, 3)}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["memory", "throughput"])
+    parser.add_argument("--rows", type=int, nargs="+", default=[200_000, 1_000_000, 4_000_000])
+    parser.add_argument("--steps", type=int, default=200, help="throughput: timed steps per layout")
+    parser.add_argument("--folder", type=Path, default=Path("bench-data"))
+    args = parser.parse_args()
+    args.folder.mkdir(exist_ok=True)
+    if args.what == "memory":
+        memory(args.folder, args.rows)
+    else:
+        throughput(args.folder, args.rows[0], args.steps)
+
+
+if __name__ == "__main__":
+    main()
