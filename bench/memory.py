@@ -7,8 +7,8 @@
 labels per class; the largest is about 1 GiB of float32), trains one epoch on it with
 ``flowgmm train --stream`` in a fresh process, and reports that process's peak resident memory and
 its seconds (start-up, the statistics pass over the file and the epoch). ``throughput`` trains on one such file in the same process layouts side by
-side and reports samples/s (labeled + unlabeled rows per second of training steps, the first
-steps' warm-up dropped) and the ratio to one process with one thread. One JSON line per run.
+side, one epoch each, and reports samples/s (labeled + unlabeled rows per second of training
+steps, the first ten steps dropped as warm-up) and the ratio to one process with one thread. One JSON line per run.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def memory(folder: Path, sizes: list[int]) -> None:
                           "seconds": round(seconds, 1)}), flush=True)  # fmt: skip
 
 
-def _steps_per_second(rank: int, world: int, threads: int, path: str, steps: int, out: str) -> None:
-    """Train on ``path`` for ``steps`` steps in this process (rank of world) and write samples/s to ``out``."""
+def _steps_per_second(rank: int, world: int, threads: int, path: str, out: str) -> None:
+    """Train one epoch on ``path`` in this process (rank of world); rank 0 writes samples/s to ``out``."""
     import torch
     import torch.distributed as dist
 
@@ -85,17 +85,12 @@ def _steps_per_second(rank: int, world: int, threads: int, path: str, steps: int
     class Clock:
         def on_step(self, step: int, total: int) -> None:
             stamps.append(time.perf_counter())
-            if len(stamps) > steps:
-                raise StopIteration
 
         def on_epoch_end(self, report) -> None:
             pass
 
     clf = FlowGMMClassifier(epochs=1, hidden=128, coupling_layers=8, batch_size=256, labeled_noise=0.0, device="cpu")
-    try:
-        clf.fit_rows(stream, labeled, names, callback=Clock())
-    except StopIteration:
-        pass
+    clf.fit_rows(stream, labeled, names, callback=Clock())
     if rank == 0:
         warm = 10
         rows_per_step = (256 + min(64, len(labeled))) * world
@@ -104,7 +99,7 @@ def _steps_per_second(rank: int, world: int, threads: int, path: str, steps: int
         dist.destroy_process_group()
 
 
-def throughput(folder: Path, rows: int, steps: int) -> None:
+def throughput(folder: Path, rows: int) -> None:
     import torch.multiprocessing as mp
 
     path = folder / f"synthetic-{rows}.h5"
@@ -112,7 +107,7 @@ def throughput(folder: Path, rows: int, steps: int) -> None:
     results = {}
     for name, world, threads in (("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2), ("2 processes x 1 thread", 2, 1)):
         out = folder / f"rate-{world}-{threads}.json"
-        mp.spawn(_steps_per_second, args=(world, threads, str(path), steps, str(out)), nprocs=world, join=True)
+        mp.spawn(_steps_per_second, args=(world, threads, str(path), str(out)), nprocs=world, join=True)
         results[name] = json.loads(out.read_text())
     base = results["1 process x 1 thread"]
     for name, rate in results.items():
@@ -123,14 +118,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["memory", "throughput"])
     parser.add_argument("--rows", type=int, nargs="+", default=[200_000, 1_000_000, 4_000_000])
-    parser.add_argument("--steps", type=int, default=200, help="throughput: timed steps per layout")
     parser.add_argument("--folder", type=Path, default=Path("bench-data"))
     args = parser.parse_args()
     args.folder.mkdir(exist_ok=True)
     if args.what == "memory":
         memory(args.folder, args.rows)
     else:
-        throughput(args.folder, args.rows[0], args.steps)
+        throughput(args.folder, args.rows[0])
 
 
 if __name__ == "__main__":
