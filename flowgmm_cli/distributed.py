@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from .errors import InputError
 
-__all__ = ["World", "world", "setup", "all_reduce_sum", "all_gather_objects", "broadcast_object", "barrier", "launch"]
+__all__ = ["World", "world", "setup", "all_reduce_sum", "all_gather_objects", "launch"]
 
 
 @dataclass(frozen=True)
@@ -82,21 +82,6 @@ def all_gather_objects(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
-
-
-def broadcast_object(value: Any) -> Any:
-    """Rank 0's ``value`` on every process."""
-    if not _active():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def barrier() -> None:
-    """Wait until every process is here."""
-    if _active():
-        dist.barrier()
 
 
 def launch(nproc: int, argv: list[str]) -> int:

@@ -1,8 +1,8 @@
 """Class targets in the library API: class values per row, ``-1`` for an unlabeled row (as in
 ``sklearn.semi_supervised``), encoded once into class codes; the one check of "two classes".
 
-Files spell "unlabeled" as an empty label; :func:`targets_from_names` is where that spelling
-becomes ``-1``.
+Files spell "unlabeled" as an empty label; their readers (``features.align_labels``,
+``stores.stream_labeled_rows``) hand on the labeled rows only.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sklearn.utils.multiclass import check_classification_targets
 
 from .errors import InputError
 
-__all__ = ["UNLABELED", "unlabeled_mask", "encode_targets", "require_classes", "targets_from_names"]
+__all__ = ["UNLABELED", "unlabeled_mask", "encode_targets", "require_classes"]
 
 #: The label of an unlabeled row in the library API.
 UNLABELED = -1
@@ -64,15 +64,3 @@ def encode_targets(y: Any) -> tuple[np.ndarray, np.ndarray]:
     codes = np.full(len(y), UNLABELED, dtype=np.int64)
     codes[~unlabeled] = np.searchsorted(classes, y[~unlabeled])
     return classes, codes
-
-
-def targets_from_names(names: np.ndarray) -> np.ndarray:
-    """Class names from a file (``""`` = unlabeled) as library targets (``-1`` = unlabeled).
-
-    Example:
-        >>> targets_from_names(np.array(["cat", "", "dog"], dtype=object)).tolist()
-        ['cat', -1, 'dog']
-    """
-    y = np.asarray(names, dtype=object).copy()
-    y[y == ""] = UNLABELED
-    return y

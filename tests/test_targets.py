@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flowgmm_cli.errors import InputError
-from flowgmm_cli.targets import UNLABELED, encode_targets, require_classes, targets_from_names, unlabeled_mask
+from flowgmm_cli.targets import UNLABELED, encode_targets, require_classes, unlabeled_mask
 
 
 def test_unlabeled_is_minus_one():
@@ -74,13 +74,3 @@ def test_require_classes_message():
     )
     with pytest.raises(InputError, match="^Calibration needs labeled rows of at least 2 classes, but the calibration labels has no labeled rows;"):
         require_classes([], "the calibration labels", task="Calibration")
-
-
-def test_targets_from_names_marks_empty_names_unlabeled():
-    names = np.array(["cat", "", "dog", "cat", ""], dtype=object)
-    y = targets_from_names(names)
-    assert y.tolist() == ["cat", -1, "dog", "cat", -1]
-    assert type(y[1]) is int
-    assert names.tolist() == ["cat", "", "dog", "cat", ""], "the input is not modified"
-    classes, codes = encode_targets(y)
-    assert classes.tolist() == ["cat", "dog"] and codes.tolist() == [0, -1, 1, 0, -1]
