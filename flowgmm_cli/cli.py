@@ -21,15 +21,15 @@ import typer
 from . import cli_analysis, cli_benchmark  # noqa: F401  (they register their commands on app)
 from ._version import __version__
 from .atomic import check_output_path
-from .cli_common import QUIET_HELP, THREADS_HELP, Device, Quiet, Threads, app, load_model_for, use_threads
+from .cli_common import QUIET_HELP, THREADS_HELP, Device, Quiet, Threads, app, labeled_names, load_model_for, use_threads
 from .cli_options import flag, with_train_options
 from .devices import resolve_device
 from .errors import InputError, OptionError, TrainingDiverged
-from .features import align_labels, check_dim, read_features, read_labels, report_missing_ids
+from .features import align_labels, check_dim, read_features, read_labels
 from .modelfile import read_header
 from .options import Panel, TrainOptions
 from .progress import RowProgress, stderr_console
-from .stores import ArrayStore, FeatureStream, stream_labeled_rows
+from .stores import ArrayStore, FeatureStream
 from .targets import require_classes
 
 
@@ -213,7 +213,7 @@ def train(
     if stream is None:
         stream = _needs_streaming(streamed, console)
     if stream:
-        rows, labeled, names = _labeled_rows_streamed(streamed, labels, allow_missing)
+        labeled, names = labeled_names(streamed, labels, allow_missing)
     else:
         feature_file = read_features(features)
         if labels is None and feature_file.labels is None:
@@ -307,18 +307,6 @@ def _available_memory() -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _labeled_rows_streamed(stream: FeatureStream, labels: Optional[Path], allow_missing: bool) -> tuple[FeatureStream, np.ndarray, np.ndarray]:
-    """The labeled rows of a streamed feature file and their class names, read without loading it."""
-    if labels is None and not stream.has_labels:
-        raise InputError(f"Feature file '{stream.path}' has no /labels; pass --labels LABELS.csv (columns id,label).")
-    table = read_labels(labels) if labels else None
-    mapping = None if table is None else dict(zip(table["id"].astype(str), table["label"].astype(str)))
-    labeled, names, missing = stream_labeled_rows(stream, mapping)
-    if missing:
-        report_missing_ids(len(missing), missing[0], str(labels), stream.path, allow_missing)
-    return stream, labeled, names
 
 
 # -------------------------------------------------------------------------------- predict

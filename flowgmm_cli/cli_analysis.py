@@ -11,11 +11,12 @@ import typer
 from rich.console import Console
 
 from .atomic import check_output_path
-from .cli_common import Device, Quiet, app, labeled_rows, load_model_for, row_classes
+from .cli_common import Device, Quiet, app, labeled_classes, load_model_for, row_classes
 from .errors import InputError
 from .features import FeatureFile, check_dim, read_features
 from .metrics import classification_report, ood_report
 from .progress import stderr_console
+from .stores import FeatureStream, blocks
 from .targets import require_classes
 
 __all__ = ["evaluate", "calibrate", "visualize"]
@@ -35,17 +36,18 @@ def evaluate(
 ) -> None:
     """Accuracy, NLL, ECE (15 bins), Brier score, per-class precision/recall/F1 and the confusion matrix
     on the labeled rows of FEATURES; with --ood, how well log p(x) tells FEATURES from another file."""
-    feature_file = read_features(features)
-    estimator = load_model_for(model, feature_file, device)
-    ood_file = read_features(ood) if ood is not None else None
-    if ood_file is not None:
-        check_dim(ood_file, estimator.n_features_in_, f"model '{model}'")
+    stream = FeatureStream(features)
+    estimator = load_model_for(model, stream, device)
+    ood_stream = FeatureStream(ood) if ood is not None else None
+    if ood_stream is not None:
+        check_dim(ood_stream, estimator.n_features_in_, f"model '{model}'")
     classes = [str(c) for c in estimator.classes_]
-    X, y = labeled_rows(feature_file, labels, classes, model)
-    report = classification_report(estimator.predict_log_proba(X), y, classes)
-    if ood_file is not None:
-        scores = ood_report(estimator.score_samples(feature_file.features), estimator.score_samples(ood_file.features))
-        report["ood"] = {"file": str(ood), **scores}
+    rows, y = labeled_classes(stream, labels, classes, model)
+    log_proba = np.concatenate([estimator.predict_log_proba(x.numpy()) for _, x in blocks(stream, rows)])
+    report = classification_report(log_proba, y, classes)
+    if ood_stream is not None:
+        log_px = [np.concatenate([estimator.score_samples(x.numpy()) for _, x in blocks(s)]) for s in (stream, ood_stream)]
+        report["ood"] = {"file": str(ood), **ood_report(*log_px)}
     typer.echo(json.dumps(report) if as_json else _format_report(report, classes))
 
 
@@ -90,10 +92,11 @@ def calibrate(
     from . import calibration
 
     target = check_output_path(output if output is not None else model)
-    feature_file = read_features(features)
-    estimator = load_model_for(model, feature_file, device)
+    stream = FeatureStream(features)
+    estimator = load_model_for(model, stream, device)
     classes = [str(c) for c in estimator.classes_]
-    X, y = labeled_rows(feature_file, labels, classes, model)
+    rows, y = labeled_classes(stream, labels, classes, model)
+    X = np.concatenate([x.numpy() for _, x in blocks(stream, rows)])  # labeled rows only: validation labels are few
     source = f"labels file '{labels}'" if labels else f"the /labels of '{features}'"
     require_classes([classes[k] for k in np.unique(y)], source, task="Calibration")
     temperature_before = estimator.temperature_

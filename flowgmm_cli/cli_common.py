@@ -10,13 +10,14 @@ import torch
 import typer
 
 from .errors import InputError
+from .features import FeatureFile, align_labels, check_dim, read_labels, report_missing_ids
+from .stores import FeatureStream, stream_labeled_rows
 from .targets import UNLABELED
-from .features import FeatureFile, align_labels, check_dim, read_labels
 
 if TYPE_CHECKING:
     from .estimator import FlowGMMClassifier
 
-__all__ = ["QUIET_HELP", "THREADS_HELP", "Device", "Quiet", "Threads", "use_threads", "app", "labeled_rows", "load_model_for", "row_classes"]
+__all__ = ["QUIET_HELP", "THREADS_HELP", "Device", "Quiet", "Threads", "use_threads", "app", "labeled_classes", "labeled_names", "load_model_for", "row_classes"]
 
 app = typer.Typer(
     name="flowgmm",
@@ -71,15 +72,33 @@ def row_classes(feature_file: FeatureFile, labels: Optional[Path], classes: list
     return np.array([index.get(name, UNLABELED) for name in names], dtype=np.int64)
 
 
-def labeled_rows(
-    feature_file: FeatureFile, labels: Optional[Path], classes: list[str], model_path: Path
-) -> tuple[np.ndarray, np.ndarray]:
-    """The features of the labeled rows and their class indices in ``classes`` (see :func:`row_classes`).
+def labeled_names(stream: FeatureStream, labels: Optional[Path], allow_missing: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The labeled rows of a feature file (ascending row numbers) and their class names, read id
+    chunk by id chunk without loading the features.
 
-    A file with no labeled row is an ``InputError``.
+    Labels come from ``labels`` (CSV id,label) or else the file's /labels; ids of ``labels`` that the
+    file lacks are an error unless ``allow_missing`` (``None``: the command has no --allow-missing).
     """
-    y = row_classes(feature_file, labels, classes, model_path)
-    keep = y != UNLABELED
-    if not keep.any():
-        raise InputError(f"No labeled rows in '{feature_file.path}'; pass --labels.")
-    return feature_file.features[keep], y[keep]
+    if labels is None and not stream.has_labels:
+        raise InputError(f"Feature file '{stream.path}' has no /labels; pass --labels LABELS.csv (columns id,label).")
+    table = read_labels(labels) if labels else None
+    mapping = None if table is None else dict(zip(table["id"].astype(str), table["label"].astype(str)))
+    rows, names, missing = stream_labeled_rows(stream, mapping)
+    if missing:
+        report_missing_ids(len(missing), missing[0], str(labels), stream.path, allow_missing)
+    return rows, names
+
+
+def labeled_classes(stream: FeatureStream, labels: Optional[Path], classes: list[str], model_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The labeled rows of a feature file (ascending) and their class indices in ``classes``.
+
+    A label the model does not know, or a file with no labeled row, is an ``InputError``.
+    """
+    rows, names = labeled_names(stream, labels)
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise InputError(f"Label '{unknown[0]}' is not a class of model '{model_path}' (classes: {', '.join(classes)}).")
+    if not len(rows):
+        raise InputError(f"No labeled rows in '{stream.path}'; pass --labels.")
+    index = {name: k for k, name in enumerate(classes)}
+    return rows, np.array([index[name] for name in names], dtype=np.int64)

@@ -102,7 +102,7 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     return table[["id", "label"]]
 
 
-def align_labels(feature_file: FeatureFile, labels: pd.DataFrame | None, labels_path: str = "", allow_missing: bool = False) -> np.ndarray:
+def align_labels(feature_file: FeatureFile, labels: pd.DataFrame | None, labels_path: str = "", allow_missing: bool | None = None) -> np.ndarray:
     """One label per feature row ('' = unlabeled), from ``labels`` or else the file's own ``/labels``."""
     if labels is None:
         if feature_file.labels is None:
@@ -119,9 +119,12 @@ def align_labels(feature_file: FeatureFile, labels: pd.DataFrame | None, labels_
     return aligned
 
 
-def report_missing_ids(count: int, first: str, labels_path: str, features_path: str | os.PathLike, allow_missing: bool) -> None:
-    """Ids of a labels file absent from the features: an error, or with ``allow_missing`` a warning."""
+def report_missing_ids(count: int, first: str, labels_path: str, features_path: str | os.PathLike, allow_missing: bool | None) -> None:
+    """Ids of a labels file absent from the features: an error, or with ``allow_missing`` a warning
+    (``None``: the command has no --allow-missing to suggest)."""
     message = f"{count} ids in labels file '{labels_path}' are not in feature file '{features_path}', first '{first}'"
+    if allow_missing is None:
+        raise InputError(message + "; fix the ids.")
     if not allow_missing:
         raise OptionError("allow_missing", message + "; fix the ids or pass {option} to ignore them.")
     print(f"Warning: {message}; ignoring them.", file=sys.stderr)

@@ -11,12 +11,9 @@ import pandas as pd
 
 from .atomic import atomic_path
 from .estimator import FlowGMMClassifier, split_joint
-from .stores import FeatureStream
+from .stores import FeatureStream, blocks
 
 __all__ = ["prediction_table", "write_table", "write_predictions"]
-
-#: Rows predicted and written at a time by :func:`write_predictions`.
-BLOCK_ROWS = 65536
 
 
 def prediction_table(estimator: FlowGMMClassifier, ids: Any, X: np.ndarray) -> pd.DataFrame:
@@ -57,8 +54,7 @@ def write_predictions(estimator: FlowGMMClassifier, stream: FeatureStream, path:
 
 
 def _write_blocks(estimator: FlowGMMClassifier, stream: FeatureStream, handle: Any) -> int:
-    for start in range(0, stream.n_rows, BLOCK_ROWS):
-        stop = min(start + BLOCK_ROWS, stream.n_rows)
-        frame = prediction_table(estimator, stream.ids(start, stop), stream.read(start, stop).numpy())
-        frame.to_csv(handle, index=False, header=start == 0, float_format="%.6g")
+    for rows, x in blocks(stream):
+        frame = prediction_table(estimator, stream.ids(int(rows[0]), int(rows[-1]) + 1), x.numpy())
+        frame.to_csv(handle, index=False, header=rows[0] == 0, float_format="%.6g")
     return stream.n_rows

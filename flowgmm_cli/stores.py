@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import h5py
@@ -21,7 +22,10 @@ from .errors import InputError, reading
 from .features import _plain, _strings
 from .moments import Moments
 
-__all__ = ["RowStore", "ArrayStore", "FeatureStream", "SubsetStore", "moments_of", "stream_labeled_rows"]
+__all__ = ["RowStore", "ArrayStore", "FeatureStream", "SubsetStore", "blocks", "moments_of", "stream_labeled_rows"]
+
+#: Rows read at a time by :func:`blocks`: 64k rows of 384 float32 features are 96 MiB.
+BLOCK_ROWS = 65536
 
 
 class RowStore(Protocol):
@@ -184,6 +188,25 @@ class FeatureStream:
                 "fix or drop those rows and embed again."
             )
         return torch.from_numpy(np.ascontiguousarray(values))
+
+
+def blocks(store: RowStore, rows: np.ndarray | None = None, block_rows: int | None = None) -> Iterator[tuple[np.ndarray, Tensor]]:
+    """``(row numbers, features)`` of ``store`` in order, reading ``block_rows`` (default
+    :data:`BLOCK_ROWS`) consecutive rows at a time; with ``rows`` (ascending row numbers), only those
+    rows of each block are kept.
+
+    Reading whole spans rather than scattered rows keeps HDF5 reads sequential, and memory is
+    bounded by one block whatever the file's size.
+    """
+    step = block_rows or BLOCK_ROWS
+    for start in range(0, store.n_rows, step):
+        stop = min(start + step, store.n_rows)
+        if rows is None:
+            yield np.arange(start, stop), store.read(start, stop)
+            continue
+        wanted = rows[np.searchsorted(rows, start) : np.searchsorted(rows, stop)]
+        if len(wanted):
+            yield wanted, store.read(start, stop)[torch.from_numpy(wanted - start)]
 
 
 def moments_of(store: RowStore, full: bool) -> Moments:

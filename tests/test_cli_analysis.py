@@ -253,3 +253,12 @@ def test_every_bad_input_gets_exit_2_one_sentence_and_no_output(w, capsys):
     assert not failures, "\n".join(failures)
     assert (w["folder"] / "bad.flowgmm").read_bytes() == model_bytes
     assert (w["folder"] / "a_file").read_text() == "not a folder"
+
+
+def test_ids_missing_from_the_file_name_no_flag_the_command_lacks(w, capsys):
+    """evaluate, calibrate and visualize have no --allow-missing, so the message must not offer it."""
+    f = w["folder"]
+    (f / "stranger.csv").write_text("id,label\nval-0,down\nnobody,up\n")
+    for command in (["evaluate", w["model"], w["val"]], ["calibrate", w["model"], w["val"], "-o", f / "c.flowgmm"], ["visualize", w["model"], w["val"], "-o", f / "v"]):
+        code, _, err = run_cli([*command, "--labels", f / "stranger.csv"], capsys)
+        assert code == 2 and "first 'nobody'; fix the ids." in err and "--allow-missing" not in err, err

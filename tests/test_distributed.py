@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from flowgmm_cli.estimator import FlowGMMClassifier
 from flowgmm_cli.factory import build_model, build_objective, build_schedule, build_source, prepare
 from flowgmm_cli.features import FeatureWriter
 from flowgmm_cli.options import TrainOptions
-from flowgmm_cli.stores import ArrayStore, FeatureStream, SubsetStore, stream_labeled_rows
+from flowgmm_cli.stores import ArrayStore, FeatureStream, SubsetStore, blocks, stream_labeled_rows
 from flowgmm_cli.training import train
 from flowgmm_testutils import run_cli
 
@@ -91,6 +92,48 @@ def test_streamed_labels_come_from_the_ids_chunk_by_chunk(tmp_path):
     rows, names, _ = stream_labeled_rows(stream, None)  # the file's own /labels
     assert rows.tolist() == [3, 7] and names.tolist() == list(np.array(["a", "b"])[y[[3, 7]]])
     np.testing.assert_array_equal(stream.read_rows(np.array([7, 3, 7])).numpy(), X[[7, 3, 7]])
+
+
+def test_blocks_read_spans_and_keep_only_the_rows_asked_for(tmp_path):
+    X, y = _blobs(50)
+    _feature_file(tmp_path / "f.h5", X, y, np.array([3]))
+    stream = FeatureStream(tmp_path / "f.h5")
+    every = list(blocks(stream, block_rows=7))
+    assert [len(rows) for rows, _ in every] == [7] * 7 + [1]
+    np.testing.assert_array_equal(np.concatenate([x.numpy() for _, x in every]), X)
+    wanted = np.array([0, 6, 7, 20, 49])
+    chosen = list(blocks(stream, wanted, block_rows=7))
+    assert [rows.tolist() for rows, _ in chosen] == [[0, 6], [7], [20], [49]]  # blocks without a wanted row are skipped
+    np.testing.assert_array_equal(np.concatenate([x.numpy() for _, x in chosen]), X[wanted])
+
+
+def test_evaluate_and_calibrate_read_in_blocks_and_give_what_one_block_gives(tmp_path, capsys, monkeypatch):
+    """A file bigger than a block: labeled rows spread over several blocks, some blocks without any."""
+    X, y = _blobs(300)
+    _feature_file(tmp_path / "f.h5", X, y, np.r_[0:40, 250:300])
+    assert run_cli(["train", tmp_path / "f.h5", "--epochs", "2", "--hidden", "16", "--coupling-layers", "2", "-q", "-o", tmp_path / "m.flowgmm"], capsys)[0] == 0
+    evaluate = ["evaluate", tmp_path / "m.flowgmm", tmp_path / "f.h5", "--ood", tmp_path / "f.h5", "--json"]
+    calibrate = ["calibrate", tmp_path / "m.flowgmm", tmp_path / "f.h5", "-o", tmp_path / "c.flowgmm", "--json"]
+    whole = [run_cli(command, capsys) for command in (evaluate, calibrate)]
+    monkeypatch.setattr("flowgmm_cli.stores.BLOCK_ROWS", 64)
+    in_blocks = [run_cli(command, capsys) for command in (evaluate, calibrate)]
+    for (code, out, err), (code_blocks, out_blocks, _) in zip(whole, in_blocks, strict=True):
+        assert code == code_blocks == 0, err
+        blocked, single = _flat(json.loads(out_blocks)), _flat(json.loads(out))
+        numbers = [key for key, value in single.items() if isinstance(value, float)]
+        assert {k: blocked[k] for k in numbers} == pytest.approx({k: single[k] for k in numbers}, rel=1e-12)
+        assert {k: v for k, v in blocked.items() if k not in numbers} == {k: v for k, v in single.items() if k not in numbers}
+    assert json.loads(whole[0][1])["n"] == 90 and json.loads(whole[0][1])["ood"]["n_out"] == 300
+
+
+def _flat(report: dict, prefix: str = "") -> dict:
+    """A nested JSON report as one level, ``a.b`` keys; lists become numbered keys."""
+    items = report.items() if isinstance(report, dict) else enumerate(report)
+    flat = {}
+    for key, value in items:
+        name = f"{prefix}{key}"
+        flat.update(_flat(value, name + ".") if isinstance(value, dict | list) else {name: value})
+    return flat
 
 
 def test_a_file_that_changes_while_training_is_refused(tmp_path):
