@@ -1,14 +1,14 @@
 """Training beyond memory and across processes: peak memory against rows, samples/s against processes.
 
     python bench/memory.py memory --rows 200000 1000000 4000000      # streaming training, peak RSS, seconds per epoch
-    python bench/memory.py throughput --rows 400000                   # 1 process x 1 thread, 1 x 2, 2 processes x 1
+    python bench/memory.py throughput --rows 100000 --repeats 5      # 1 process x 1 thread, 1 x 2, 2 processes x 1
 
 ``memory`` writes a synthetic feature file per size (64 features, a mixture of 4 Gaussians, 10
 labels per class; the largest is about 1 GiB of float32), trains one epoch on it with
 ``flowgmm train --stream`` in a fresh process, and reports that process's peak resident memory and
-its seconds (start-up, the statistics pass over the file and the epoch). ``throughput`` trains on one such file in the same process layouts side by
-side, one epoch each, and reports samples/s (labeled + unlabeled rows per second of training
-steps, the first ten steps dropped as warm-up) and the ratio to one process with one thread. One JSON line per run.
+its seconds (start-up, the statistics pass over the file and the epoch). ``throughput`` trains on one such file in the three process layouts, one epoch each,
+alternated for several rounds, and reports the median samples/s (labeled + unlabeled rows per second of training
+steps, the first ten steps dropped as warm-up) and the median of the rounds' ratios to one process with one thread. One JSON line per layout.
 """
 
 from __future__ import annotations
@@ -66,8 +66,12 @@ def memory(folder: Path, sizes: list[int]) -> None:
                           "seconds": round(seconds, 1)}), flush=True)  # fmt: skip
 
 
-def _steps_per_second(rank: int, world: int, threads: int, path: str, out: str) -> None:
-    """Train one epoch on ``path`` in this process (rank of world); rank 0 writes samples/s to ``out``."""
+def _steps_per_second(rank: int, world: int, threads: int, path: str, out: str, rendezvous: str) -> None:
+    """Train one epoch on ``path`` in this process (rank of world); rank 0 writes samples/s to ``out``.
+
+    ``rendezvous`` names a file that does not exist yet: gloo's file store waits forever on a file
+    left over from a killed run.
+    """
     import torch
     import torch.distributed as dist
 
@@ -77,7 +81,7 @@ def _steps_per_second(rank: int, world: int, threads: int, path: str, out: str) 
     torch.set_num_threads(threads)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{out}.rendezvous", rank=rank, world_size=world)
+        dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     stream = FeatureStream(path)
     labeled, names, _ = stream_labeled_rows(stream, None)
     stamps: list[float] = []
@@ -99,19 +103,29 @@ def _steps_per_second(rank: int, world: int, threads: int, path: str, out: str) 
         dist.destroy_process_group()
 
 
-def throughput(folder: Path, rows: int) -> None:
+def throughput(folder: Path, rows: int, repeats: int) -> None:
+    """Samples/s of each layout, the layouts alternated in ``repeats`` rounds (the machine's speed
+    drifts by 20-30% between minutes): the median per layout, and each round's ratio to 1 x 1."""
+    import statistics
+    import tempfile
+
     import torch.multiprocessing as mp
 
     path = folder / f"synthetic-{rows}.h5"
     make_file(path, rows)
-    results = {}
-    for name, world, threads in (("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2), ("2 processes x 1 thread", 2, 1)):
-        out = folder / f"rate-{world}-{threads}.json"
-        mp.spawn(_steps_per_second, args=(world, threads, str(path), str(out)), nprocs=world, join=True)
-        results[name] = json.loads(out.read_text())
-    base = results["1 process x 1 thread"]
-    for name, rate in results.items():
-        print(json.dumps({"case": "throughput", "layout": name, "samples_per_s": round(rate, 1), "ratio_to_1x1": round(rate / base, 3)}), flush=True)
+    layouts = {"1 process x 1 thread": (1, 1), "1 process x 2 threads": (1, 2), "2 processes x 1 thread": (2, 1)}
+    rates: dict[str, list[float]] = {name: [] for name in layouts}
+    for _ in range(repeats):
+        for name, (world, threads) in layouts.items():
+            out = folder / f"rate-{world}-{threads}.json"
+            with tempfile.TemporaryDirectory() as scratch:
+                mp.spawn(_steps_per_second, args=(world, threads, str(path), str(out), f"{scratch}/rendezvous"), nprocs=world, join=True)
+            rates[name].append(json.loads(out.read_text()))
+    base = rates["1 process x 1 thread"]
+    for name, values in rates.items():
+        ratios = [value / reference for value, reference in zip(values, base)]
+        print(json.dumps({"case": "throughput", "layout": name, "rows": rows, "samples_per_s": round(statistics.median(values), 1),
+                          "ratio_to_1x1": round(statistics.median(ratios), 3), "rounds": [round(r, 3) for r in ratios]}), flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -119,12 +133,13 @@ def main() -> None:
     parser.add_argument("what", choices=["memory", "throughput"])
     parser.add_argument("--rows", type=int, nargs="+", default=[200_000, 1_000_000, 4_000_000])
     parser.add_argument("--folder", type=Path, default=Path("bench-data"))
+    parser.add_argument("--repeats", type=int, default=3, help="throughput: rounds of the three layouts, alternated")
     args = parser.parse_args()
     args.folder.mkdir(exist_ok=True)
     if args.what == "memory":
         memory(args.folder, args.rows)
     else:
-        throughput(args.folder, args.rows[0])
+        throughput(args.folder, args.rows[0], args.repeats)
 
 
 if __name__ == "__main__":
