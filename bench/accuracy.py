@@ -56,8 +56,8 @@ def accuracy_table(case: str, seeds: int, methods: list[str], standardize: bool 
     for method in methods:
         splits = [_split(case, seed) for seed in range(seeds)]
         runs = [score_run(METHODS[method], standardize_split(split) if standardize else split, seed) for seed, split in enumerate(splits)]
-        median, mad = median_mad([accuracy for accuracy, _ in runs])
-        row = {"case": case, "method": method, "median": round(median, 2), "mad": round(mad, 2), "runs": [round(a, 1) for a, _ in runs], "seconds_per_fit": float(np.median([s for _, s in runs]))}
+        median, mad = median_mad([accuracy for accuracy, _, _ in runs])
+        row = {"case": case, "method": method, "median": round(median, 2), "mad": round(mad, 2), "runs": [round(a, 1) for a, _, _ in runs], "seconds_per_fit": float(np.median([s for _, s, _ in runs]))}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

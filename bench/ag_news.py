@@ -8,6 +8,7 @@ the rest of the pool is unlabeled. FlowGMM runs through the command line (``flow
 
     python bench/ag_news.py prepare DIR            # texts.csv, embed, pool/test files in DIR
     python bench/ag_news.py run DIR --seeds 4      # the accuracy table
+    python bench/ag_news.py run DIR --nproc 2      # FlowGMM trained by two processes (flowgmm train --nproc 2)
     python bench/ag_news.py ood DIR                # train on three classes, AUROC of log p(x) for the fourth
 """
 
@@ -56,8 +57,9 @@ def prepare(folder: Path) -> None:
         pd.DataFrame({"id": features.ids[rows_], "label": features.labels[rows_]}).to_csv(folder / f"{name}_labels.csv", index=False)
 
 
-def run(folder: Path, seeds: int, threads: int) -> dict:
-    """Per seed: FlowGMM through ``flowgmm train`` / ``evaluate``, the baselines on the same labeled rows."""
+def run(folder: Path, seeds: int, threads: int, nproc: int = 1) -> dict:
+    """Per seed: FlowGMM through ``flowgmm train`` (in ``nproc`` processes) / ``evaluate``, the
+    baselines on the same labeled rows."""
     from flowgmm_cli.baselines import MLP, LogisticRegressionBaseline
     from flowgmm_cli.splits import pick_labeled
 
@@ -80,7 +82,7 @@ def run(folder: Path, seeds: int, threads: int) -> dict:
         model = folder / f"model_seed{seed}.flowgmm"
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "flowgmm_cli", "train", str(folder / "pool.h5"), "--labels", str(labels_csv),
-                        "-o", str(model), "--seed", str(seed), "-q"], check=True, env=env)  # fmt: skip
+                        "-o", str(model), "--seed", str(seed), "--nproc", str(nproc), "-q"], check=True, env=env)  # fmt: skip
         report = subprocess.run([sys.executable, "-m", "flowgmm_cli", "evaluate", str(model), str(folder / "test.h5"),
                                  "--labels", str(folder / "test_labels.csv"), "--json"], check=True, env=env,
                                 capture_output=True, text=True)  # fmt: skip
@@ -134,13 +136,14 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--nproc", type=int, default=1, help="run: processes that train FlowGMM")
     args = parser.parse_args()
     if not SHARED.exists():
         raise SystemExit(f"{SHARED} is not here; this benchmark needs the AG News test split of shared/data.")
     if args.step == "prepare":
         prepare(args.folder)
     elif args.step == "run":
-        print(json.dumps(run(args.folder, args.seeds, args.threads), indent=2))
+        print(json.dumps(run(args.folder, args.seeds, args.threads, args.nproc), indent=2))
     else:
         print(json.dumps(ood(args.folder, args.threads), indent=2))
 

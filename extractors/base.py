@@ -66,7 +66,9 @@ class Extractor(Protocol):
     name: str
     description: str
     dim: int | None
-    """Feature dimension, or ``None`` when it depends on the input (tabular, pixels)."""
+    """Feature dimension, or ``None`` when it depends on the input (tabular, pixels). The file's
+    attributes should include ``units`` (one of ``flowgmm_cli.features.UNITS``): ``per-column`` for
+    columns each in its own unit, ``shared`` for one unit; ``train`` scales the features by it."""
     distributed: bool
     """Optional (default ``False``): whether ``embed`` splits its work over ``request.world_size``
     processes (through ``extractors.streaming.stream_to_file``); others run in one process only."""

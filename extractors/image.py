@@ -171,7 +171,7 @@ class ImageExtractor:
             batch = batch.to(device, dtype=dtype, memory_format=torch.channels_last)
             return model(batch).float().cpu().numpy()
 
-        attrs = {"extractor": self.name, "model": model_name, "pooling": "avg", "source_sha256": listing.sha256}
+        attrs = {"extractor": self.name, "model": model_name, "pooling": "avg", "source_sha256": listing.sha256, "units": "shared"}
         key = resume_key(listing.sha256, model=model_name, weights=self.weights, on_error=options.get("on_error"))
         chunk_size = options.get("chunk_size") or 1024
         state = stream_to_file(

@@ -75,7 +75,7 @@ class PixelsExtractor:
             raise InputError("--image-size and --grayscale apply to image files; arrays are stored as they are.")
         images = to_nchw(images, f"'{path}'")
         digest = file_sha256(path)
-        attrs = {"extractor": self.name, "model": "", "pooling": "", "source_sha256": digest, "shape": list(images.shape[1:])}
+        attrs = {"extractor": self.name, "model": "", "pooling": "", "source_sha256": digest, "shape": list(images.shape[1:]), "units": "shared"}
         chunk_size = options.get("chunk_size") or 1024
 
         def chunks(start: int, owns):
@@ -97,7 +97,7 @@ class PixelsExtractor:
         mode, size = _first_image_format(listing, options.get("grayscale"), options.get("image_size"))
         channels = 1 if mode == "L" else 3
         shape = (channels, size[1], size[0])
-        attrs = {"extractor": self.name, "model": "", "pooling": "", "source_sha256": listing.sha256, "shape": list(shape)}
+        attrs = {"extractor": self.name, "model": "", "pooling": "", "source_sha256": listing.sha256, "shape": list(shape), "units": "shared"}
         key = resume_key(listing.sha256, mode=mode, size=size, on_error=options.get("on_error"))
         chunk_size = options.get("chunk_size") or 1024
         state = stream_to_file(

@@ -35,7 +35,7 @@ class TabularExtractor:
         feature_columns = [c for c in first.frame.columns if c not in (request.id_column, request.label_column)]
         if not feature_columns:
             raise InputError(f"CSV '{source.label}' has no feature columns besides the id and label columns.")
-        attrs = {"extractor": self.name, "model": "", "pooling": "", "columns": feature_columns}
+        attrs = {"extractor": self.name, "model": "", "pooling": "", "columns": feature_columns, "units": "per-column"}
         with FeatureWriter(request.output, len(feature_columns), attrs, with_labels=bool(request.label_column)) as writer:
             for chunk in itertools.chain([first], chunks):
                 writer.append(chunk.ids, _numeric(chunk.frame[feature_columns], chunk.ids, source.label), chunk.labels)

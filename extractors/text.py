@@ -181,7 +181,7 @@ class TextExtractor:
             batch_size=options.get("batch_size") or DEFAULT_BATCH_SIZE, device=options.get("device") or "cpu",
             half=bool(options.get("half")),
         )  # fmt: skip
-        attrs = {"extractor": self.name, "model": named or MINILM_ID, "pooling": pooling, "max_length": encoder.max_length}
+        attrs = {"extractor": self.name, "model": named or MINILM_ID, "pooling": pooling, "max_length": encoder.max_length, "units": "shared"}
         key = None
         if source.seekable:
             attrs["source_sha256"] = source.sha256()

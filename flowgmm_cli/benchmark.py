@@ -57,17 +57,24 @@ class FlowGMMMethod:
 
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
+    units: str | None = None
+    """The feature file's ``units`` attribute, for the default scaling."""
 
     def fit_predict(self, X_labeled: np.ndarray, y_labeled: np.ndarray, X_unlabeled: np.ndarray, X_test: np.ndarray, seed: int) -> np.ndarray:
+        return self.fit_predict_proba(X_labeled, y_labeled, X_unlabeled, X_test, seed).argmax(axis=1)
+
+    def fit_predict_proba(self, X_labeled: np.ndarray, y_labeled: np.ndarray, X_unlabeled: np.ndarray, X_test: np.ndarray, seed: int) -> np.ndarray:
+        """Class probabilities of the test rows, columns in the order of ``np.unique(y_labeled)``."""
         from .estimator import FlowGMMClassifier
 
         X = np.concatenate([X_labeled, X_unlabeled])
         y = np.concatenate([y_labeled, np.full(len(X_unlabeled), UNLABELED, dtype=y_labeled.dtype)])
-        return FlowGMMClassifier(random_state=seed, device=self.device, **self.options).fit(X, y).predict(X_test)
+        return FlowGMMClassifier(random_state=seed, device=self.device, **self.options).fit(X, y, units=self.units).predict_proba(X_test)
 
 
-def default_methods(device: str = "cpu") -> dict[str, Method]:
-    """Every method of :data:`TITLES` with its benchmark settings; torch ones run on ``device``."""
+def default_methods(device: str = "cpu", units: str | None = None) -> dict[str, Method]:
+    """Every method of :data:`TITLES` with its benchmark settings; torch ones run on ``device``,
+    FlowGMM told the features' ``units``."""
     from .baselines import KNN, MLP, LabelSpreadingBaseline, LogisticRegressionBaseline, PiModel
 
     return {
@@ -77,7 +84,7 @@ def default_methods(device: str = "cpu") -> dict[str, Method]:
         "label-spreading-knn": LabelSpreadingBaseline("knn"),
         "label-spreading-rbf": LabelSpreadingBaseline("rbf"),
         "pi-model": PiModel(device=device),
-        "flowgmm": FlowGMMMethod(device=device),
+        "flowgmm": FlowGMMMethod(device=device, units=units),
     }
 
 
@@ -106,6 +113,8 @@ class BenchmarkData:
     X_test: np.ndarray
     y_test: np.ndarray
     classes: list[str]
+    units: str | None = None
+    """The pool file's ``units`` attribute (see :data:`flowgmm_cli.features.UNITS`)."""
 
 
 def load_benchmark_data(features: Path, labels: Path | None, test: Path, test_labels: Path | None) -> BenchmarkData:
@@ -133,7 +142,8 @@ def load_benchmark_data(features: Path, labels: Path | None, test: Path, test_la
         raise InputError(f"Test label '{unknown[0]}' is not among the pool's labeled classes ({', '.join(classes)}); label some pool rows of it.")
     code = {name: k for k, name in enumerate(classes)}
     y = np.array([code.get(name, UNLABELED) for name in names], dtype=np.int64)
-    return BenchmarkData(pool.features, y, test_file.features, np.array([code[name] for name in test_names], dtype=np.int64), classes)
+    return BenchmarkData(pool.features, y, test_file.features, np.array([code[name] for name in test_names], dtype=np.int64), classes,
+                         str(pool.attrs.get("units") or "") or None)  # fmt: skip
 
 
 @dataclass
@@ -171,12 +181,25 @@ def standardize_split(split: Split) -> Split:
     return replace(split, X_labeled=scale(split.X_labeled), X_unlabeled=scale(split.X_unlabeled), X_test=scale(split.X_test))
 
 
-def score_run(method: Method, split: Split, seed: int) -> tuple[float, float]:
-    """Fit ``method`` on ``split`` and predict its test rows: (accuracy in percent, wall seconds)."""
+def score_run(method: Method, split: Split, seed: int) -> tuple[float, float, float | None]:
+    """Fit ``method`` on ``split`` and predict its test rows: (accuracy in percent, wall seconds,
+    expected calibration error for a method with ``fit_predict_proba``, else ``None``)."""
+    from .metrics import expected_calibration_error
+
     start = time.perf_counter()
-    predicted = method.fit_predict(split.X_labeled, split.y_labeled, split.X_unlabeled, split.X_test, seed)
+    proba = None
+    if hasattr(method, "fit_predict_proba"):
+        proba = method.fit_predict_proba(split.X_labeled, split.y_labeled, split.X_unlabeled, split.X_test, seed)
+        predicted = np.unique(split.y_labeled)[proba.argmax(axis=1)]
+    else:
+        predicted = method.fit_predict(split.X_labeled, split.y_labeled, split.X_unlabeled, split.X_test, seed)
     seconds = time.perf_counter() - start
-    return 100.0 * float(np.mean(np.asarray(predicted) == split.y_test)), seconds
+    ece = None
+    if proba is not None:
+        full = np.zeros((len(proba), int(max(split.y_test.max(), split.y_labeled.max())) + 1))
+        full[:, np.unique(split.y_labeled)] = proba
+        ece = expected_calibration_error(full, split.y_test)
+    return 100.0 * float(np.mean(np.asarray(predicted) == split.y_test)), seconds, ece
 
 
 def median_mad(values: list[float]) -> tuple[float, float]:
@@ -205,8 +228,10 @@ def run_benchmark(
     seeds: int,
     on_run: RunCallback | None = None,
     standardize: bool = False,
+    first_seed: int = 0,
 ) -> dict[str, Any]:
-    """Every method on the splits of seeds ``0..seeds-1``; the report ``flowgmm benchmark --json`` prints.
+    """Every method on the splits of seeds ``first_seed`` to ``first_seed + seeds - 1``; the report
+    ``flowgmm benchmark --json`` prints.
 
     With ``standardize`` every method gets :func:`standardize_split`'s features; without, the
     features as they are (FlowGMM standardises inside its model either way). ``on_run``
@@ -214,14 +239,17 @@ def run_benchmark(
     """
     accuracies: dict[str, list[float]] = {name: [] for name in methods}
     seconds: dict[str, list[float]] = {name: [] for name in methods}
-    for seed in range(seeds):
+    eces: dict[str, list[float]] = {name: [] for name in methods}
+    for seed in range(first_seed, first_seed + seeds):
         split = draw_split(data, n_labeled, seed)
         split = standardize_split(split) if standardize else split
         for name, method in methods.items():
             if on_run is not None:
                 on_run.start(name, seed)
-            accuracy, elapsed = score_run(method, split, seed)
+            accuracy, elapsed, ece = score_run(method, split, seed)
             accuracies[name].append(round(accuracy, 4))
+            if ece is not None:
+                eces[name].append(round(ece, 4))
             seconds[name].append(elapsed)
             if on_run is not None:
                 on_run.done(name, seed, accuracy, elapsed)
@@ -229,6 +257,8 @@ def run_benchmark(
     for name in methods:
         median, mad = median_mad(accuracies[name])
         results.append({"method": name, "median": round(median, 4), "mad": round(mad, 4), "runs": accuracies[name], "seconds": round(float(np.median(seconds[name])), 3)})
+        if eces[name]:
+            results[-1]["ece"] = round(float(np.median(eces[name])), 4)
     return {"results": results, "n_labeled": n_labeled, "n_unlabeled": len(data.y) - n_labeled, "n_test": len(data.y_test), "seeds": seeds}
 
 

@@ -236,7 +236,7 @@ def train(
     if resume and not checkpoint.exists():
         raise InputError(f"--resume found no checkpoint '{checkpoint}'; train without --resume.")
     fingerprint = _fingerprint(streamed, labeled, names, options, X_val, y_val)
-    store = streamed if stream else ArrayStore(torch.from_numpy(rows), chunks=4 * here.size if here.distributed else 1)
+    store = streamed if stream else ArrayStore(torch.from_numpy(rows), chunks=4 * here.size if here.distributed else 1, units=streamed.units)
     with TrainingProgress(console) as progress:
         estimator.fit_rows(store, labeled, names.astype(object), X_val=X_val, y_val=y_val, checkpoint=checkpoint, resume=resume,
                            fingerprint=fingerprint, callback=progress)  # fmt: skip

@@ -23,7 +23,8 @@ def benchmark_command(
     test: Path = typer.Option(..., help="Feature file (HDF5) of the test rows."),
     test_labels: Optional[Path] = typer.Option(None, help="CSV id,label of every test row (else the test file's /labels)."),
     n_labeled: int = typer.Option(..., min=1, help="Labeled rows per seed, drawn stratified from the pool's labeled rows; the rest of the pool is unlabeled."),
-    seeds: int = typer.Option(4, min=1, help="Seeds 0..N-1: one labeled draw and one fit of every method each."),
+    seeds: int = typer.Option(4, min=1, help="Seeds 0..N-1 (from --first-seed): one labeled draw and one fit of every method each."),
+    first_seed: int = typer.Option(0, min=0, help="The first seed: draws of other seeds than a reported table's, for choosing settings."),
     methods: str = typer.Option("all", help=f"'all' or a comma-separated subset of: {', '.join(benchmark.TITLES)}."),
     standardize: bool = typer.Option(
         False, help="Give the baselines features scaled with the pool's mean and std, as FlowGMM scales them inside its model; "
@@ -40,9 +41,9 @@ def benchmark_command(
     """FlowGMM against kNN, logistic regression, an MLP, label spreading and a Π-model on the same splits (the paper's Table 1)."""
     names = benchmark.select_methods(methods)
     data = benchmark.load_benchmark_data(features, labels, test, test_labels)
-    available = benchmark.default_methods(str(resolve_device(device)))
+    available = benchmark.default_methods(str(resolve_device(device)), data.units)
     chosen = {name: available[name] for name in names}
     console = stderr_console(quiet)
     with benchmark.limited_threads(threads), RunProgress(console, len(chosen) * seeds) as progress:
-        report = benchmark.run_benchmark(data, chosen, n_labeled, seeds, on_run=progress, standardize=standardize)
+        report = benchmark.run_benchmark(data, chosen, n_labeled, seeds, on_run=progress, standardize=standardize, first_seed=first_seed)
     typer.echo(json.dumps(report) if as_json else benchmark.format_table(report, len(data.classes)))

@@ -86,19 +86,26 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         resume: bool = False,
         fingerprint: str = "",
         callback: TrainingCallback | None = None,
+        units: str | None = None,
     ) -> "FlowGMMClassifier":
         """Fit on all rows of ``X``; ``y`` holds a class per row or ``-1`` for an unlabeled row.
 
         ``X_val``/``y_val`` (or ``val_fraction``) choose the best epoch. ``checkpoint`` saves the
-        training state after each epoch; ``resume=True`` continues from it.
+        training state after each epoch; ``resume=True`` continues from it. ``units`` says what the
+        columns are measured in, for the default ``scaling``: ``"per-column"`` (a table; the default
+        for a pandas DataFrame) or ``"shared"`` (embeddings, pixels); ``None`` decides by the number
+        of features (:func:`flowgmm_cli.defaults.default_scaling`).
         """
+        if units is None and hasattr(X, "columns"):
+            units = "per-column"  # a DataFrame is a table
         if isinstance(y, (list, tuple)) and any(isinstance(v, str) for v in y):
             y = np.array(list(y), dtype=object)  # keep -1 an integer beside string classes
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2, y_numeric=False)
+        X = X if X.flags.writeable else X.copy()  # a DataFrame's values can be a read-only view
         labeled = np.flatnonzero(~unlabeled_mask(np.asarray(y, dtype=object) if np.asarray(y).dtype.kind in "OUS" else y))
         chunks = 1 if not world().distributed else 4 * world().size  # several chunks to share out
         return self.fit_rows(
-            ArrayStore(torch.from_numpy(X), chunks=chunks), labeled, np.asarray(y)[labeled], X_val=X_val, y_val=y_val,
+            ArrayStore(torch.from_numpy(X), chunks=chunks, units=units), labeled, np.asarray(y)[labeled], X_val=X_val, y_val=y_val,
             checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, callback=callback,
         )  # fmt: skip
 

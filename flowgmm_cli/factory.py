@@ -39,7 +39,7 @@ def fit_input_transform(rows: RowStore, options: TrainOptions) -> TransformChain
 def prepare(rows: RowStore, n_labeled: int, n_unlabeled: int, options: TrainOptions) -> tuple[TransformChain, TrainOptions]:
     """The input transform fitted on every row of ``rows`` and the options with every
     data-dependent default chosen."""
-    options = resolve_input(options, rows.dim, rows.n_rows)
+    options = resolve_input(options, rows.dim, rows.n_rows, rows.units)
     transform = fit_input_transform(rows, options)
     with torch.no_grad():
         seen = transform(rows.read_rows(noise_sample_rows(rows.n_rows, options.random_state)))[0].numpy()

@@ -19,7 +19,12 @@ from ._version import __version__
 from .atomic import atomic_path, check_output_path
 from .errors import InputError, OptionError, reading
 
-__all__ = ["FeatureFile", "FeatureWriter", "read_features", "read_labels", "align_labels", "check_dim", "report_missing_ids"]
+__all__ = ["UNITS", "FeatureFile", "FeatureWriter", "read_features", "read_labels", "align_labels", "check_dim", "report_missing_ids"]
+
+#: Values of a feature file's ``units`` attribute, written by the extractor that knows its columns:
+#: ``per-column`` when each column has its own unit (a table's columns), ``shared`` when all are in
+#: one unit (embeddings, pixels). It chooses the default input scaling (:mod:`flowgmm_cli.defaults`).
+UNITS = ("per-column", "shared")
 
 _STRING = h5py.string_dtype("utf-8")
 _CHUNK_ROWS = 4096

@@ -31,6 +31,8 @@ BLOCK_ROWS = 65536
 class RowStore(Protocol):
     n_rows: int
     dim: int
+    units: str | None
+    """What the columns are measured in, as the extractor wrote it (:data:`~flowgmm_cli.features.UNITS`), or ``None``."""
 
     def chunk_bounds(self) -> list[tuple[int, int]]:
         """``(start, stop)`` of each chunk, in order; reading whole chunks is the efficient access."""
@@ -54,8 +56,8 @@ class ArrayStore:
         ([(0, 3), (3, 5)], [8.0, 0.0])
     """
 
-    def __init__(self, x: Tensor, chunks: int = 1) -> None:
-        self.x = x
+    def __init__(self, x: Tensor, chunks: int = 1, units: str | None = None) -> None:
+        self.x, self.units = x, units
         self.n_rows, self.dim = x.shape[0], x.shape[1]
         self._chunk_rows = max(1, math.ceil(self.n_rows / max(chunks, 1)))
 
@@ -73,7 +75,7 @@ class SubsetStore:
     """The rows of ``store`` where ``keep`` is true (for example the unlabeled ones), chunk by chunk."""
 
     def __init__(self, store: RowStore, keep: np.ndarray) -> None:
-        self.store, self.keep = store, np.asarray(keep, dtype=bool)
+        self.store, self.keep, self.units = store, np.asarray(keep, dtype=bool), store.units
         self.n_rows, self.dim = int(self.keep.sum()), store.dim
 
     def chunk_bounds(self) -> list[tuple[int, int]]:
@@ -113,6 +115,7 @@ class FeatureStream:
             self.chunk_rows = int(dataset.chunks[0]) if dataset.chunks else min(self.n_rows, 4096)
             self.has_labels = "labels" in handle
             self.attrs = {key: _plain(value) for key, value in handle.attrs.items()}
+            self.units = str(self.attrs.get("units") or "") or None
             for name in ("ids", "labels"):
                 if name in handle and len(handle[name]) != self.n_rows:
                     raise InputError(f"'{self.path}' has {self.n_rows} feature rows but {len(handle[name])} {name}; the file is damaged, embed it again.")

@@ -173,7 +173,7 @@ def test_cli_json_with_every_method(case, capsys, monkeypatch):
     same split and far better than chance on three well separated classes."""
     fast = {**benchmark.default_methods(), "mlp": MLP(steps=50), "pi-model": PiModel(steps=50),
             "flowgmm": benchmark.FlowGMMMethod(options={"epochs": 100, "hidden": 32, "coupling_layers": 4, "lr": 0.01})}  # fmt: skip
-    monkeypatch.setattr(benchmark, "default_methods", lambda device="cpu": fast)
+    monkeypatch.setattr(benchmark, "default_methods", lambda device="cpu", units=None: fast)
     code, out, err = run_cli(args(case, "--n-labeled", 6, "--seeds", 1, "--json", "--quiet", "--threads", 1), capsys)
     assert code == 0, err
     assert err == ""
@@ -182,7 +182,9 @@ def test_cli_json_with_every_method(case, capsys, monkeypatch):
     assert (report["n_labeled"], report["n_unlabeled"], report["n_test"], report["seeds"]) == (6, 84, 30, 1)
     assert [r["method"] for r in report["results"]] == list(benchmark.TITLES)
     for row in report["results"]:
-        assert set(row) == {"method", "median", "mad", "runs", "seconds"} and len(row["runs"]) == 1
+        probabilities = row["method"] == "flowgmm"  # the one method with fit_predict_proba: its ECE is reported
+        assert set(row) == {"method", "median", "mad", "runs", "seconds"} | ({"ece"} if probabilities else set()) and len(row["runs"]) == 1
+        assert not probabilities or 0 <= row["ece"] <= 1
         assert row["median"] == row["runs"][0] and row["mad"] == 0.0 and row["seconds"] >= 0
         assert row["median"] > 60, row  # three classes 4 std apart; chance is 33%
         assert row["runs"][0] * 30 / 100 == pytest.approx(round(row["runs"][0] * 30 / 100)), "a whole number of the 30 test rows"
@@ -213,3 +215,14 @@ def test_cli_missing_test_labels_exit_2(case, capsys):
     assert code == 2 and "have no label, first id 't0'; pass --test-labels with a label for every test row." in err
     code, _, err = run_cli([*base, "--test-labels", case["folder"] / "partial_labels.csv"], capsys)
     assert code == 2 and "28 test rows" in err and "first id 't2'" in err
+
+
+def test_first_seed_gives_the_later_draws_alone(case, capsys):
+    """--first-seed 1 --seeds 1 is the second run of --seeds 2: validation draws need seeds of their own."""
+    runs = {}
+    for extra in (["--seeds", 2], ["--seeds", 1, "--first-seed", 1]):
+        code, out, err = run_cli(args(case, "--n-labeled", 9, "--methods", "knn,logistic-regression", "--json", "-q", *extra), capsys)
+        assert code == 0, err
+        runs[len(runs)] = {row["method"]: row["runs"] for row in json.loads(out)["results"]}
+    assert {name: r[1:] for name, r in runs[0].items()} == runs[1]
+    assert runs[0]["knn"] != runs[0]["knn"][::-1] or runs[0]["logistic-regression"] != runs[0]["logistic-regression"][::-1], "the two draws differ"

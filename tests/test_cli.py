@@ -547,3 +547,24 @@ def test_non_numeric_message_names_the_column(workspace, capsys):
     (f / "mixed.csv").write_text("id,a,colour\nx0,1,red\n")
     code, _, err = run_cli(["embed", "--model", "tabular", f / "mixed.csv", "-o", f / "mixed.h5"], capsys)
     assert code == 2 and "'colour'" in err and "'red'" in err
+
+
+def test_a_table_is_scaled_per_column_and_a_dataframe_too(tmp_path, capsys):
+    """16 columns would get one shared scale by their number; the tabular extractor's units say per column."""
+    X, y = _blobs(120, 3)
+    X = np.hstack([X * 1000.0, np.random.default_rng(0).normal(size=(120, 13))]).astype(np.float32)  # mixed units, 16 columns
+    pd.DataFrame({"id": [f"r{i}" for i in range(120)], **{f"c{k}": X[:, k] for k in range(16)}}).to_csv(tmp_path / "t.csv", index=False)
+    features = _embed(tmp_path / "t.csv", tmp_path / "t.h5")
+    with h5py.File(features) as handle:
+        assert handle.attrs["units"] == "per-column"
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"id": [f"r{i}" for i in range(0, 120, 6)], "label": y[::6].astype(str)}).to_csv(labels, index=False)
+    for stream in ("--stream", "--no-stream"):
+        code, _, err = run_cli(["train", features, "--labels", labels, "-o", tmp_path / "m.flowgmm", "--epochs", "1", "--hidden", "8", "--coupling-layers", "1", stream, "-q"], capsys)
+        assert code == 0, err
+        assert FlowGMMClassifier.load(tmp_path / "m.flowgmm").options_.scaling.value == "feature"
+    partial = np.where(np.arange(120) % 6 == 0, y, -1)
+    tiny = {"epochs": 1, "hidden": 8, "coupling_layers": 1}
+    assert FlowGMMClassifier(**tiny).fit(pd.DataFrame(X), partial).options_.scaling.value == "feature"
+    assert FlowGMMClassifier(**tiny).fit(X, partial).options_.scaling.value == "shared"
+    assert FlowGMMClassifier(**tiny).fit(X, partial, units="per-column").options_.scaling.value == "feature"

@@ -80,9 +80,16 @@ def test_projection_rule(dim, n_rows, k):
 
 
 @pytest.mark.parametrize("dim, scaling", [(1, "feature"), (8, "feature"), (9, "shared"), (384, "shared")])
-def test_scaling_rule(dim, scaling):
+def test_scaling_rule_without_units_counts_features(dim, scaling):
     assert default_scaling(dim) == scaling
     assert resolve_input(TrainOptions(), dim, 1000).scaling is Scaling(scaling)
+
+
+@pytest.mark.parametrize("dim", [2, 8, 16, 384])
+def test_scaling_follows_the_columns_units_whatever_their_number(dim):
+    assert resolve_input(TrainOptions(), dim, 1000, units="per-column").scaling is Scaling.feature
+    assert resolve_input(TrainOptions(), dim, 1000, units="shared").scaling is Scaling.shared
+    assert resolve_input(TrainOptions(scaling="shared"), dim, 1000, units="per-column").scaling is Scaling.shared  # a choice beats the rule
 
 
 def test_labeled_noise_on_a_hand_computed_example():

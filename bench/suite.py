@@ -1,0 +1,183 @@
+"""The validation suite: `flowgmm benchmark` on every case the team has, FlowGMM against the best baselines.
+
+    python bench/suite.py prepare                      # every case's files under /work/flowgmm-data
+    python bench/suite.py run --seeds 4 --json         # the test table: one JSON line per case
+    python bench/suite.py run --split validation       # the same on validation rows (for choosing defaults)
+
+Cases, with the label counts of BENCHMARKS.md and 10 per class for the two tables:
+
+| case | rows | labels |
+| --- | --- | --- |
+| two-moons | 1,000 pool / 1,000 test points, 2-D | 10 |
+| digits | scikit-learn, 1,297 pool / 500 test, 64 pixels | 50 |
+| ag-news | MiniLM features of the AG News test split, 5,600 pool / 2,000 test, 384-D | 200 |
+| mnist | pixels as vectors, first 10,000 training images / the 10,000 test images, 784-D | 100 |
+| letter | UCI letter, 16 integer columns, 26 classes, 15,000 pool / 5,000 test | 260 |
+| htru2 | UCI HTRU2 pulsars, 8 heavy-tailed columns in mixed units, 9% positives, 13,898 pool / 4,000 test | 20 |
+
+The tables are split once (stratified, seed 0) and embedded with `flowgmm embed --model tabular`, as
+a user would. ``--split test`` scores on the test files with the labeled draws of seeds 0..N-1;
+``--split validation`` never reads the test files: it holds out a stratified fifth of each pool
+(seed 1000) as the rows to score and draws the labels from the rest with seeds 1000.. . Defaults
+are chosen on validation, and reported on test.
+
+Each output line has ``case``, ``flowgmm``, ``best_labeled_only`` (kNN, logistic regression, MLP),
+``best_semi_supervised`` (label spreading kNN and RBF, Π-model), the two margins, FlowGMM's
+median test ``ece`` and its median ``seconds`` per fit, and every method's median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+LABELED_ONLY = ("knn", "logistic-regression", "mlp")
+SEMI_SUPERVISED = ("label-spreading-knn", "label-spreading-rbf", "pi-model")
+#: case → (folder under --data, pool file, test file, labels drawn)
+CASES = {
+    "two-moons": ("two-moons", "features.h5", "test.h5", 10),
+    "digits": ("digits", "features.h5", "test.h5", 50),
+    "ag-news": ("ag_news", "pool.h5", "test.h5", 200),
+    "mnist": ("mnist", "features.h5", "test.h5", 100),
+    "letter": ("letter", "pool.h5", "test.h5", 260),
+    "htru2": ("htru2", "pool.h5", "test.h5", 20),
+}
+#: table → (CSV under shared/data/tabular, label column, test rows)
+TABLES = {"letter": ("letter.csv", "class", 5000), "htru2": ("htru2.csv", "Anomaly", 4000)}
+VALIDATION_SEED = 1000
+
+
+def _flowgmm(*args: object, capture: bool = False) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "flowgmm_cli", *map(str, args)], check=True, env=env, capture_output=capture, text=True)
+    return done.stdout
+
+
+def prepare_table(name: str, data: Path) -> None:
+    """Split one UCI table (stratified, seed 0) into pool and test CSVs and embed each with the tabular extractor."""
+    csv, label, test_rows = TABLES[name]
+    folder = data / name
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pd.read_csv(SHARED / "tabular" / csv)
+    table = table.drop(columns=[table.columns[0]])  # the file's own row numbers
+    table.insert(0, "id", [f"{name}{i}" for i in range(len(table))])
+    table = table.rename(columns={label: "label"})
+    pool, test = train_test_split(table, test_size=test_rows, stratify=table["label"], random_state=0)
+    for part, rows in (("pool", pool), ("test", test)):
+        rows.to_csv(folder / f"{part}.csv", index=False)
+        if not (folder / f"{part}.h5").exists():
+            _flowgmm("embed", "--model", "tabular", folder / f"{part}.csv", "--label-column", "label", "-o", folder / f"{part}.h5", "-q")
+
+
+def prepare(data: Path) -> None:
+    if not SHARED.exists():
+        raise SystemExit(f"{SHARED} is not here; the suite needs shared/data (MNIST, AG News, the UCI tables).")
+    for case in ("two-moons", "digits", "mnist"):
+        if not (data / CASES[case][0] / "features.h5").exists():
+            subprocess.run([sys.executable, str(ROOT / "bench" / "make_features.py"), case, "--out", str(data)], check=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    if not (data / "ag_news" / "pool.h5").exists():
+        subprocess.run([sys.executable, str(ROOT / "bench" / "ag_news.py"), "prepare", str(data / "ag_news")], check=True)
+    for name in TABLES:
+        prepare_table(name, data)
+
+
+def _labels_of(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    from flowgmm_cli.features import read_features
+
+    features = read_features(path)
+    labels_csv = path.with_name("labels.csv" if path.name == "features.h5" else f"{path.stem}_labels.csv")
+    if features.labels is not None:
+        return features.ids, features.labels
+    table = pd.read_csv(labels_csv, dtype=str).set_index("id")
+    return features.ids, table.loc[features.ids, "label"].to_numpy()
+
+
+def validation_files(pool: Path, scratch: Path) -> tuple[Path, Path, Path, Path]:
+    """A stratified fifth of ``pool`` (seed 1000) as the scored rows, the rest as the pool; written to ``scratch``."""
+    from flowgmm_cli.features import FeatureWriter, read_features
+
+    features = read_features(pool)
+    ids, names = _labels_of(pool)
+    rest, held = train_test_split(np.arange(len(ids)), test_size=0.2, stratify=names, random_state=VALIDATION_SEED)
+    paths = []
+    for part, rows in (("pool", np.sort(rest)), ("validation", np.sort(held))):
+        with FeatureWriter(scratch / f"{part}.h5", features.dim, dict(features.attrs)) as writer:
+            writer.append(ids[rows], features.features[rows])
+        pd.DataFrame({"id": ids[rows], "label": names[rows]}).to_csv(scratch / f"{part}_labels.csv", index=False)
+        paths += [scratch / f"{part}.h5", scratch / f"{part}_labels.csv"]
+    return paths[0], paths[1], paths[2], paths[3]
+
+
+def run_case(case: str, data: Path, seeds: int, split: str, methods: str) -> dict:
+    folder, pool_name, test_name, n_labeled = CASES[case]
+    pool, test = data / folder / pool_name, data / folder / test_name
+    if split == "validation":
+        scratch = data / folder / "validation"
+        scratch.mkdir(exist_ok=True)
+        pool, pool_labels, test, test_labels = validation_files(pool, scratch)
+    else:
+        pool_labels, test_labels = _labels_csv(pool), _labels_csv(test)
+    args = ["benchmark", pool, "--test", test, "--n-labeled", n_labeled, "--seeds", seeds, "--methods", methods, "--json", "-q"]
+    args += ["--labels", pool_labels] if pool_labels else []
+    args += ["--test-labels", test_labels] if test_labels else []
+    if split == "validation":
+        args += ["--first-seed", VALIDATION_SEED]
+    report = json.loads(_flowgmm(*args, capture=True))
+    medians = {row["method"]: row["median"] for row in report["results"]}
+    flowgmm = next(row for row in report["results"] if row["method"] == "flowgmm")
+    line = {"case": case, "split": split, "flowgmm": flowgmm["median"], "ece": flowgmm.get("ece"), "seconds": flowgmm["seconds"]}
+    for group, names in (("best_labeled_only", LABELED_ONLY), ("best_semi_supervised", SEMI_SUPERVISED)):
+        present = [medians[name] for name in names if name in medians]
+        if present:
+            line[group] = max(present)
+            line[f"margin_{group.removeprefix('best_')}"] = round(flowgmm["median"] - max(present), 2)
+    line["medians"] = medians
+    line["runs"] = flowgmm["runs"]
+    return line
+
+
+def _labels_csv(features: Path) -> Path | None:
+    """The labels CSV written beside a feature file without /labels, or ``None``."""
+    candidate = features.with_name("labels.csv" if features.name == "features.h5" else f"{features.stem}_labels.csv")
+    return candidate if candidate.exists() else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["prepare", "run"])
+    parser.add_argument("--data", type=Path, default=Path("/work/flowgmm-data"))
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--split", choices=["test", "validation"], default="test")
+    parser.add_argument("--methods", default="all", help="as flowgmm benchmark --methods")
+    parser.add_argument("--json", action="store_true", help="one JSON line per case (else a table at the end)")
+    args = parser.parse_args()
+    if args.step == "prepare":
+        prepare(args.data)
+        return
+    lines = []
+    for case in args.cases:
+        lines.append(run_case(case, args.data, args.seeds, args.split, args.methods))
+        if args.json:
+            print(json.dumps(lines[-1]), flush=True)
+    if not args.json:
+        print(f"{'case':<11}{'FlowGMM':>9}{'labeled-only':>14}{'margin':>8}{'semi-sup.':>11}{'margin':>8}{'ECE':>7}{'s/fit':>7}")
+        for line in lines:
+            cells = [line.get(key) for key in ("flowgmm", "best_labeled_only", "margin_labeled_only", "best_semi_supervised", "margin_semi_supervised", "ece", "seconds")]
+            text = ["-" if value is None else f"{value:.1f}" if i < 5 else f"{value:.3f}" if i == 5 else f"{value:.0f}" for i, value in enumerate(cells)]
+            print(f"{line['case']:<11}" + "".join(f"{t:>{w}}" for t, w in zip(text, (9, 14, 8, 11, 8, 7, 7))))
+
+
+if __name__ == "__main__":
+    main()
