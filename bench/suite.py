@@ -3,6 +3,7 @@
     python bench/suite.py prepare                      # every case's files under /work/flowgmm-data
     python bench/suite.py run --seeds 4 --json         # the test table: one JSON line per case
     python bench/suite.py run --split validation       # the same on validation rows (for choosing defaults)
+    python bench/suite.py run --split validation --methods flowgmm --set consistency_weight=1
 
 Cases, with the label counts of BENCHMARKS.md and 10 per class for the two tables:
 
@@ -40,6 +41,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 LABELED_ONLY = ("knn", "logistic-regression", "mlp")
 SEMI_SUPERVISED = ("label-spreading-knn", "label-spreading-rbf", "pi-model")
@@ -119,7 +121,11 @@ def validation_files(pool: Path, scratch: Path) -> tuple[Path, Path, Path, Path]
     return paths[0], paths[1], paths[2], paths[3]
 
 
-def run_case(case: str, data: Path, seeds: int, split: str, methods: str) -> dict:
+def run_case(case: str, data: Path, seeds: int, split: str, methods: str, options: dict) -> dict:
+    """``flowgmm benchmark``'s run (the same functions, in this process, one thread) on one case;
+    ``options`` are FlowGMM options that differ from the defaults (for choosing them on validation)."""
+    from flowgmm_cli import benchmark
+
     folder, pool_name, test_name, n_labeled = CASES[case]
     pool, test = data / folder / pool_name, data / folder / test_name
     if split == "validation":
@@ -128,15 +134,14 @@ def run_case(case: str, data: Path, seeds: int, split: str, methods: str) -> dic
         pool, pool_labels, test, test_labels = validation_files(pool, scratch)
     else:
         pool_labels, test_labels = _labels_csv(pool), _labels_csv(test)
-    args = ["benchmark", pool, "--test", test, "--n-labeled", n_labeled, "--seeds", seeds, "--methods", methods, "--json", "-q"]
-    args += ["--labels", pool_labels] if pool_labels else []
-    args += ["--test-labels", test_labels] if test_labels else []
-    if split == "validation":
-        args += ["--first-seed", VALIDATION_SEED]
-    report = json.loads(_flowgmm(*args, capture=True))
+    loaded = benchmark.load_benchmark_data(pool, pool_labels, test, test_labels)
+    chosen = {name: method for name, method in benchmark.default_methods("cpu", loaded.units).items() if name in benchmark.select_methods(methods)}
+    chosen["flowgmm"] = benchmark.FlowGMMMethod(options=options, units=loaded.units)
+    with benchmark.limited_threads(1):
+        report = benchmark.run_benchmark(loaded, chosen, n_labeled, seeds, first_seed=VALIDATION_SEED if split == "validation" else 0)
     medians = {row["method"]: row["median"] for row in report["results"]}
     flowgmm = next(row for row in report["results"] if row["method"] == "flowgmm")
-    line = {"case": case, "split": split, "flowgmm": flowgmm["median"], "ece": flowgmm.get("ece"), "seconds": flowgmm["seconds"]}
+    line = {"case": case, "split": split, "options": options, "flowgmm": flowgmm["median"], "ece": flowgmm.get("ece"), "seconds": flowgmm["seconds"]}
     for group, names in (("best_labeled_only", LABELED_ONLY), ("best_semi_supervised", SEMI_SUPERVISED)):
         present = [medians[name] for name in names if name in medians]
         if present:
@@ -145,6 +150,15 @@ def run_case(case: str, data: Path, seeds: int, split: str, methods: str) -> dic
     line["medians"] = medians
     line["runs"] = flowgmm["runs"]
     return line
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``name=value`` with the value read as JSON where it parses (numbers, true/false), else a string."""
+    name, _, value = text.partition("=")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
 
 
 def _labels_csv(features: Path) -> Path | None:
@@ -162,13 +176,14 @@ def main() -> None:
     parser.add_argument("--split", choices=["test", "validation"], default="test")
     parser.add_argument("--methods", default="all", help="as flowgmm benchmark --methods")
     parser.add_argument("--json", action="store_true", help="one JSON line per case (else a table at the end)")
+    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="a FlowGMM option, e.g. consistency_weight=1 (repeatable)")
     args = parser.parse_args()
     if args.step == "prepare":
         prepare(args.data)
         return
     lines = []
     for case in args.cases:
-        lines.append(run_case(case, args.data, args.seeds, args.split, args.methods))
+        lines.append(run_case(case, args.data, args.seeds, args.split, args.methods, dict(_option(text) for text in args.set)))
         if args.json:
             print(json.dumps(lines[-1]), flush=True)
     if not args.json:

@@ -30,11 +30,13 @@ BUFFER_CHUNKS = 16
 
 @dataclass
 class Batch:
-    """One step's rows: labeled features and class codes, unlabeled features (possibly none)."""
+    """One step's rows: labeled features and class codes, unlabeled features (possibly none), and
+    with view noise two perturbed views of the unlabeled rows (for the consistency term)."""
 
     x_labeled: Tensor
     y_labeled: Tensor
     x_unlabeled: Tensor
+    x_views: tuple[Tensor, Tensor] | None = None
 
 
 class DataSource(Protocol):
@@ -70,6 +72,9 @@ class ShuffledSource:
         seed: seed of the shuffles and the noise; the chunk permutation depends on seed and epoch only.
         labeled_noise: per-feature standard deviation of Gaussian noise added to each labeled
             batch (an augmentation), or ``None``.
+        view_noise: per-feature standard deviation of the Gaussian noise of two views of each
+            unlabeled batch (:attr:`Batch.x_views`), or ``None`` for no views. Drawn from a
+            generator of its own, so turning views on changes no other draw.
         rank, world_size: this process's share of the unlabeled rows.
         buffer_chunks: chunks shuffled together.
         device: where batches go.
@@ -88,11 +93,12 @@ class ShuffledSource:
         world_size: int = 1,
         buffer_chunks: int = BUFFER_CHUNKS,
         device: torch.device | str | None = None,
+        view_noise: Tensor | None = None,
     ) -> None:
         if len(x_labeled) == 0:
             raise ValueError("training needs at least one labeled row")
         self.unlabeled, self.x_labeled, self.y_labeled = unlabeled, x_labeled, y_labeled
-        self.labeled_noise = labeled_noise
+        self.labeled_noise, self.view_noise = labeled_noise, view_noise
         self.rank, self.world_size, self.buffer_chunks = rank, world_size, buffer_chunks
         self.device = torch.device(device) if device is not None else x_labeled.device
         self.unlabeled_batch = min(batch_size, unlabeled.n_rows)
@@ -103,8 +109,19 @@ class ShuffledSource:
             self.steps_per_epoch = math.ceil(len(x_labeled) / self.labeled_batch)
         self.seed, self.epochs_done = seed, 0
         self.generator = torch.Generator().manual_seed(seed + 1_000_003 * rank)
+        self.view_generator = torch.Generator().manual_seed(seed + 1_000_003 * rank + 7)
 
     def epoch(self) -> Iterator[Batch]:
+        for batch in self._batches():
+            if self.view_noise is not None and len(batch.x_unlabeled):
+                batch.x_views = (self._view(batch.x_unlabeled), self._view(batch.x_unlabeled))
+            yield batch
+
+    def _view(self, x: Tensor) -> Tensor:
+        noise = torch.randn(x.shape, generator=self.view_generator).to(x.device)
+        return x + noise * self.view_noise.to(x.device)
+
+    def _batches(self) -> Iterator[Batch]:
         self.epochs_done += 1
         labeled = self._labeled_batches()
         empty = self.x_labeled.new_zeros((0, self.x_labeled.shape[1]))
@@ -173,10 +190,12 @@ class ShuffledSource:
             yield x.to(self.device), self.y_labeled[rows].to(self.device)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state(), "epochs_done": torch.tensor([self.epochs_done])}
+        return {"generator": self.generator.get_state(), "view_generator": self.view_generator.get_state(), "epochs_done": torch.tensor([self.epochs_done])}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.generator.set_state(state["generator"])
+        if "view_generator" in state:
+            self.view_generator.set_state(state["view_generator"])
         self.epochs_done = int(state["epochs_done"][0]) if "epochs_done" in state else 0
 
 

@@ -180,6 +180,8 @@ def resolve(options: TrainOptions, *, n_labeled: int, n_unlabeled: int, seen: np
     def given(value, default):
         return default() if value is None else value
 
+    labeled_noise = given(options.labeled_noise, lambda: default_labeled_noise(seen, options.random_state))
+
     return replace(
         options,
         coupling_layers=given(options.coupling_layers, lambda: default_coupling_layers(flow_dim)),
@@ -187,7 +189,8 @@ def resolve(options: TrainOptions, *, n_labeled: int, n_unlabeled: int, seen: np
         hidden_layers=given(options.hidden_layers, lambda: DEFAULT_HIDDEN_LAYERS),
         variance=given(options.variance, lambda: DEFAULT_VARIANCE),
         unlabeled_weight=given(options.unlabeled_weight, lambda: default_unlabeled_weight(flow_dim)),
-        labeled_noise=given(options.labeled_noise, lambda: default_labeled_noise(seen, options.random_state)),
+        labeled_noise=labeled_noise,
+        perturbation=given(options.perturbation, lambda: labeled_noise),
         epochs=given(options.epochs, lambda: default_epochs(epoch_rows, epoch_batch)),
         batch_size=batch_size,
         labeled_batch_size=labeled_batch_size,

@@ -14,7 +14,7 @@ from .defaults import default_means_separation, noise_sample_rows, resolve, reso
 from .distributed import World
 from .layers import RealNVP
 from .model import FlowGMM
-from .objective import LabeledNLL, Objective, UnlabeledNLL
+from .objective import ConsistencyNLL, LabeledNLL, Objective, UnlabeledNLL
 from .options import Scaling, TrainOptions
 from .prior import GaussianMixturePrior
 from .stores import RowStore, moments_of
@@ -66,19 +66,22 @@ def build_source(
 ) -> ShuffledSource:
     """Batches of the rows, this process's share of the unlabeled ones; the labeled noise, given
     in standardised units, becomes feature units through the model's standardisation scale."""
-    noise = None
-    if options.labeled_noise:
-        standardize = next(t for t in model.transform.layers if isinstance(t, Standardize))
-        noise = options.labeled_noise * standardize.scale
+    scale = next(t for t in model.transform.layers if isinstance(t, Standardize)).scale
+    noise = options.labeled_noise * scale if options.labeled_noise else None
+    views = options.perturbation * scale if options.consistency_weight > 0 else None
     return ShuffledSource(
         unlabeled, x_labeled, y_labeled, options.batch_size, options.labeled_batch_size, options.random_state, noise,
-        rank=world.rank, world_size=world.size,
+        rank=world.rank, world_size=world.size, view_noise=views,
     )  # fmt: skip
 
 
 def build_objective(model: FlowGMM, options: TrainOptions) -> Objective:
-    """Equation 4: labeled NLL plus ``unlabeled_weight`` × unlabeled NLL, per feature dimension."""
-    return Objective([(LabeledNLL(), 1.0), (UnlabeledNLL(), options.unlabeled_weight)], dim=model.in_dim)
+    """Equation 4: labeled NLL plus ``unlabeled_weight`` × unlabeled NLL, per feature dimension;
+    with ``consistency_weight``, plus the consistency term of equation 7."""
+    terms: list = [(LabeledNLL(), 1.0), (UnlabeledNLL(), options.unlabeled_weight)]
+    if options.consistency_weight > 0:
+        terms.append((ConsistencyNLL(), options.consistency_weight))
+    return Objective(terms, dim=model.in_dim)
 
 
 def build_schedule(options: TrainOptions) -> Schedule:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .data import Batch
 
-__all__ = ["StepOutputs", "ObjectiveTerm", "LabeledNLL", "UnlabeledNLL", "Objective"]
+__all__ = ["StepOutputs", "ObjectiveTerm", "LabeledNLL", "UnlabeledNLL", "ConsistencyNLL", "Objective"]
 
 
 @dataclass
@@ -29,6 +29,10 @@ class StepOutputs:
     joint_unlabeled: Tensor
     batch: Batch
     model: nn.Module = field(repr=False)
+    joint_view: Tensor | None = None
+    """``log p(x′, y=k)`` of the first view of each unlabeled row (with gradient), when the batch has views."""
+    view_target: Tensor | None = None
+    """The class predicted on the second view, ``argmax_k p(y=k | x″)``, computed without gradient."""
 
 
 class ObjectiveTerm(Protocol):
@@ -60,6 +64,33 @@ class UnlabeledNLL:
         return -torch.logsumexp(outputs.joint_unlabeled, dim=1).mean()
 
 
+class ConsistencyNLL:
+    """FlowGMM-cons (paper, equation 7): ``−mean log p(x′ | y″)`` over the unlabeled rows, where
+    ``x′`` and ``x″`` are two perturbed views of a row and ``y″`` the class predicted on ``x″``
+    without gradient; it pulls both views of a row into one component.
+
+    Its weight rises linearly from 0 over the first ``ramp`` share of the steps: early predictions
+    are poor, and a consistency term at full weight then locks them in.
+    """
+
+    name = "consistency_nll"
+
+    def __init__(self, ramp: float = 0.5) -> None:
+        self.ramp = ramp
+
+    def __call__(self, outputs: StepOutputs) -> Tensor:
+        if outputs.joint_view is None or len(outputs.joint_view) == 0:
+            return outputs.joint_unlabeled.new_zeros(())
+        target = outputs.view_target.unsqueeze(1)
+        log_weights = _module(outputs.model).prior.log_weights
+        return -(outputs.joint_view.gather(1, target).squeeze(1) - log_weights[outputs.view_target]).mean()
+
+
+def _module(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
 @dataclass
 class Objective:
     """``Σ weight × term``, divided by the feature dimension ``dim`` (losses in nats per dimension).
@@ -77,11 +108,24 @@ class Objective:
     def names(self) -> list[str]:
         return [term.name for term, _ in self.terms]
 
-    def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
-        """One forward pass over the batch; returns ``(loss, per-term values per dimension)``."""
-        joint = model(torch.cat([batch.x_labeled, batch.x_unlabeled]))
-        n = len(batch.x_labeled)
-        outputs = StepOutputs(joint[:n], joint[n:], batch, model)
+    def __call__(self, model: nn.Module, batch: Batch, progress: float = 1.0) -> tuple[Tensor, Tensor]:
+        """One forward pass (with gradient) over the batch, the first view of its unlabeled rows
+        included; returns ``(loss, per-term values per dimension)``. ``progress`` is the share of
+        training done, for terms whose weight ramps up (a ``ramp`` attribute)."""
+        views = batch.x_views
+        joint = model(torch.cat([batch.x_labeled, batch.x_unlabeled, *(views[:1] if views else ())]))
+        n, m = len(batch.x_labeled), len(batch.x_unlabeled)
+        target = None
+        if views is not None:
+            with torch.no_grad():  # outside the wrapper: a second forward must not touch DDP's bookkeeping
+                target = _module(model)(views[1]).argmax(dim=1)
+        outputs = StepOutputs(joint[:n], joint[n : n + m], batch, model, joint[n + m :] if views else None, target)
         values = torch.stack([term(outputs) for term, _ in self.terms]) / self.dim
-        weights = torch.tensor([weight for _, weight in self.terms], dtype=values.dtype, device=values.device)
+        weights = torch.tensor([weight * _ramp(term, progress) for term, weight in self.terms], dtype=values.dtype, device=values.device)
         return (weights * values).sum(), values.detach()
+
+
+def _ramp(term: ObjectiveTerm, progress: float) -> float:
+    """A term's weight factor: ``min(1, progress / term.ramp)``, or 1 for a term without a ramp."""
+    ramp = getattr(term, "ramp", 0.0)
+    return 1.0 if ramp <= 0 else min(1.0, progress / ramp)

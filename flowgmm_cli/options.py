@@ -81,11 +81,13 @@ class TrainOptions:
     variance: float | None = _option(None, Panel.model, "Variance of each mixture component.", auto="1.72", above=0.0)
     learn_means: bool = _option(False, Panel.model, "Train the class means with the flow.")
     learn_weights: bool = _option(False, Panel.model, "Train the mixture weights (class imbalance).")
-    scaling: Scaling | None = _option(None, Panel.model, "Divide the centred inputs by each feature's std, or by one scale for all (pixels, embeddings).", auto="shared above 8 features, else feature")
+    scaling: Scaling | None = _option(None, Panel.model, "Divide the centred inputs by each feature's std, or by one scale for all (pixels, embeddings).", auto="the file's units: tables per feature, embeddings and pixels shared; unknown: shared above 8 features")
     projection_dim: int | None = _option(None, Panel.model, "Flow on this many principal directions, the rest as Gaussian noise (0: all features).", auto="32 above 64 features, else 0", min=0)
     # loss
     unlabeled_weight: float | None = _option(None, Panel.loss, "Weight of the unlabeled NLL in the loss.", auto="1 up to 8 features, else 0.3", min=0.0)
     labeled_noise: float | None = _option(None, Panel.loss, "Std of Gaussian noise on standardised labeled inputs.", auto="1.2 x median neighbour distance / sqrt(dim)", min=0.0)
+    consistency_weight: float = _option(0.0, Panel.loss, "Weight of the consistency term (FlowGMM-cons, paper eq. 7): -log p(x'|y'') for two noisy views of each unlabeled row, ramped up over the first half of training; 0: off.", min=0.0)
+    perturbation: float | None = _option(None, Panel.loss, "Std of the Gaussian noise that makes the two views, on standardised inputs.", auto="the labeled noise", min=0.0)
     # optimisation
     epochs: int | None = _option(None, Panel.optimisation, "Passes over the unlabeled rows.", auto="about 3,000 steps", min=1)
     batch_size: int | None = _option(None, Panel.optimisation, "Unlabeled rows per step.", auto="256", min=1)

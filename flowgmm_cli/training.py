@@ -119,7 +119,7 @@ def train(
             if here.distributed and forward is model:
                 forward = _data_parallel(model, batch)
             step = (epoch - 1) * source.steps_per_epoch + step_in_epoch
-            loss, values = objective(forward, batch)
+            loss, values = objective(forward, batch, step / total_steps)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"Training diverged in epoch {epoch}: the loss became {loss.item()}; no model was written. "
@@ -171,7 +171,7 @@ def _data_parallel(model: FlowGMM, first: Batch) -> torch.nn.Module:
         with torch.no_grad():
             model(torch.cat([first.x_labeled, first.x_unlabeled]))
     device_ids = [model.prior.means.device.index] if model.prior.means.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
 
 
 def _cosine(base_lr: float, step: int, total_steps: int) -> float:

@@ -13,7 +13,7 @@ from flowgmm_cli.stores import ArrayStore
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from flowgmm_cli.data import InMemorySource
+from flowgmm_cli.data import InMemorySource, ShuffledSource
 from flowgmm_cli.errors import OptionError
 from flowgmm_cli.factory import build_model, build_source, prepare
 from flowgmm_cli.options import TrainOptions
@@ -193,3 +193,17 @@ def test_hold_out_keeps_a_row_of_every_class_or_names_the_option():
     assert caught.value.option == "val_fraction"
     assert "Class 'c' has no labeled row left" in str(caught.value)
     assert caught.value.render("--val-fraction").endswith("lower --val-fraction or label more rows of it.")
+
+
+def test_views_are_two_noisy_copies_that_change_no_other_draw():
+    x_l, y_l, x_u = torch.randn(6, 3), torch.tensor([0, 1] * 3), torch.randn(40, 3)
+    noise = torch.tensor([0.1, 1.0, 10.0])
+    plain = list(ShuffledSource(ArrayStore(x_u), x_l, y_l, 8, 3, seed=2, labeled_noise=noise).epoch())
+    viewed = list(ShuffledSource(ArrayStore(x_u), x_l, y_l, 8, 3, seed=2, labeled_noise=noise, view_noise=noise).epoch())
+    assert all(a.x_views is None for a in plain)
+    for a, b in zip(plain, viewed, strict=True):
+        assert torch.equal(a.x_labeled, b.x_labeled) and torch.equal(a.x_unlabeled, b.x_unlabeled)
+        first, second = b.x_views
+        assert not torch.equal(first, second)
+    offsets = torch.cat([torch.cat(b.x_views) - torch.cat([b.x_unlabeled] * 2) for b in viewed])
+    assert torch.allclose(offsets.std(dim=0), noise, rtol=0.2)  # 80 draws per feature: the std within 20%

@@ -169,8 +169,16 @@ def test_resolve_input_projection(dim, n_rows, given, expected):
 
 EXPLICIT = TrainOptions(
     coupling_layers=3, hidden=5, hidden_layers=0, means_scale=0.0, variance=0.5, scaling="feature", projection_dim=0,
-    unlabeled_weight=0.0, labeled_noise=0.0, epochs=7, batch_size=9, labeled_batch_size=4, permutation="random",
+    unlabeled_weight=0.0, labeled_noise=0.0, perturbation=0.0, epochs=7, batch_size=9, labeled_batch_size=4, permutation="random",
 )  # fmt: skip
+
+
+def test_the_views_perturbation_defaults_to_the_labeled_noise():
+    seen = np.random.default_rng(0).normal(size=(300, 4))
+    auto = resolve(TrainOptions(), n_labeled=20, n_unlabeled=280, seen=seen)
+    assert auto.perturbation == auto.labeled_noise > 0
+    assert resolve(TrainOptions(labeled_noise=0.3), n_labeled=20, n_unlabeled=280, seen=seen).perturbation == 0.3
+    assert resolve(TrainOptions(labeled_noise=0.3, perturbation=0.1), n_labeled=20, n_unlabeled=280, seen=seen).perturbation == 0.1
 
 
 @pytest.mark.parametrize("dim", [3, 100])

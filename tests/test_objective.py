@@ -10,7 +10,7 @@ import torch
 from flowgmm_cli.data import Batch
 from flowgmm_cli.layers import RealNVP
 from flowgmm_cli.model import FlowGMM
-from flowgmm_cli.objective import LabeledNLL, Objective, StepOutputs, UnlabeledNLL
+from flowgmm_cli.objective import ConsistencyNLL, LabeledNLL, Objective, StepOutputs, UnlabeledNLL
 from flowgmm_cli.prior import GaussianMixturePrior
 from flowgmm_cli.transforms import Standardize, TransformChain
 from flowgmm_testutils import perturb_
@@ -119,3 +119,55 @@ def test_objective_on_a_real_model_is_the_equation_of_the_paper(float64):
     unlabeled = -model.log_prob(batch.x_unlabeled).mean()
     torch.testing.assert_close(values, torch.stack([labeled, unlabeled]).detach() / 3, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(loss, (labeled + 0.3 * unlabeled) / 3, rtol=1e-12, atol=1e-12)
+
+
+class TablePrior(torch.nn.Module):
+    """A stand-in prior with unequal class weights, so ``log p(x | y)`` differs from ``log p(x, y)``."""
+
+    log_weights = torch.log(torch.tensor([0.25, 0.75], dtype=torch.float64))
+
+
+def test_consistency_is_minus_log_p_of_the_first_view_given_the_class_of_the_second():
+    """Equation 7 by hand on the table: view 1 is row 0, 1 or 3; view 2 decides the class."""
+    model = TableModel()
+    model.prior = TablePrior()
+    batch = _batch([0], [0], [2, 2, 2])
+    first, second = _batch([], [], [0, 1, 3]).x_unlabeled, _batch([], [], [1, 4, 3]).x_unlabeled  # second's argmax: 1, 1, 0
+    batch.x_views = (first, second)
+    objective = Objective([(ConsistencyNLL(ramp=0.0), 1.0)], dim=1)
+    loss, values = objective(model, batch)
+    log_weights = TablePrior.log_weights.tolist()
+    expected = -((TABLE[0][1] - log_weights[1]) + (TABLE[1][1] - log_weights[1]) + (TABLE[3][0] - log_weights[0])) / 3
+    assert loss.item() == pytest.approx(expected) and values.tolist() == pytest.approx([expected])
+    loss.backward()
+    assert model.table.grad[2].abs().sum() == 0, "the unlabeled rows themselves are not in the term"
+    assert model.table.grad[4].abs().sum() == 0 and model.table.grad[1, 0] == 0, "the second view gets no gradient"
+
+
+def test_consistency_of_identical_views_is_minus_the_best_class_conditional_log_density():
+    model = TableModel()
+    model.prior = TablePrior()
+    batch = _batch([0], [0], [0, 4])
+    batch.x_views = (batch.x_unlabeled, batch.x_unlabeled)
+    loss, _ = Objective([(ConsistencyNLL(ramp=0.0), 1.0)], dim=1)(model, batch)
+    log_weights = TablePrior.log_weights
+    best = [max(TABLE[row][k] - float(log_weights[k]) if TABLE[row][k] == max(TABLE[row]) else -math.inf for k in range(2)) for row in (0, 4)]
+    assert loss.item() == pytest.approx(-sum(best) / 2)
+
+
+@pytest.mark.parametrize(("progress", "factor"), [(0.0, 0.0), (0.25, 0.5), (0.5, 1.0), (0.9, 1.0)])
+def test_the_consistency_weight_ramps_up_over_the_first_half(progress, factor):
+    model = TableModel()
+    model.prior = TablePrior()
+    batch = _batch([0], [0], [0, 4])
+    batch.x_views = (batch.x_unlabeled, batch.x_unlabeled)
+    objective = Objective([(LabeledNLL(), 1.0), (ConsistencyNLL(), 2.0)], dim=1)
+    loss, values = objective(model, batch, progress)
+    assert loss.item() == pytest.approx(values[0].item() + 2.0 * factor * values[1].item())
+
+
+def test_without_views_the_consistency_term_is_zero():
+    model = TableModel()
+    model.prior = TablePrior()
+    loss, values = Objective([(ConsistencyNLL(), 1.0)], dim=1)(model, _batch([0], [0], [2]))
+    assert loss.item() == 0.0 and values.tolist() == [0.0]

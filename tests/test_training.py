@@ -169,13 +169,13 @@ def test_same_seed_gives_bit_identical_weights(problem):
     assert not state_equal(other.state_dict(), runs[0][0])
 
 
-@pytest.mark.parametrize("with_validation", [False, True], ids=["no-validation", "validation"])
-def test_interrupted_run_resumes_to_the_uninterrupted_result(problem, tmp_path, with_validation):
+@pytest.mark.parametrize(("with_validation", "consistency"), [(False, 0.0), (True, 0.0), (False, 1.0)], ids=["no-validation", "validation", "consistency"])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(problem, tmp_path, with_validation, consistency):
     x_val, y_val = problem[4]
     # Flipped validation labels make an early epoch the best one, so the resumed run must also
     # restore the best weights that the interrupted run kept.
     validation = (x_val, 1 - y_val) if with_validation else None
-    options = _options(epochs=5)
+    options = _options(epochs=5, consistency_weight=consistency)  # consistency: the views' own generator is restored too
     reference_recorder = Recorder()
     _, reference, reference_history = _train(problem, options, validation=validation, callback=reference_recorder)
 
