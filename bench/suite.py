@@ -136,19 +136,21 @@ def run_case(case: str, data: Path, seeds: int, split: str, methods: str, option
         pool_labels, test_labels = _labels_csv(pool), _labels_csv(test)
     loaded = benchmark.load_benchmark_data(pool, pool_labels, test, test_labels)
     chosen = {name: method for name, method in benchmark.default_methods("cpu", loaded.units).items() if name in benchmark.select_methods(methods)}
-    chosen["flowgmm"] = benchmark.FlowGMMMethod(options=options, units=loaded.units)
+    if "flowgmm" in chosen:
+        chosen["flowgmm"] = benchmark.FlowGMMMethod(options=options, units=loaded.units)
     with benchmark.limited_threads(1):
         report = benchmark.run_benchmark(loaded, chosen, n_labeled, seeds, first_seed=VALIDATION_SEED if split == "validation" else 0)
     medians = {row["method"]: row["median"] for row in report["results"]}
-    flowgmm = next(row for row in report["results"] if row["method"] == "flowgmm")
-    line = {"case": case, "split": split, "options": options, "flowgmm": flowgmm["median"], "ece": flowgmm.get("ece"), "seconds": flowgmm["seconds"]}
+    flowgmm = next((row for row in report["results"] if row["method"] == "flowgmm"), {})
+    line = {"case": case, "split": split, "options": options, "flowgmm": flowgmm.get("median"), "ece": flowgmm.get("ece"), "seconds": flowgmm.get("seconds")}
     for group, names in (("best_labeled_only", LABELED_ONLY), ("best_semi_supervised", SEMI_SUPERVISED)):
         present = [medians[name] for name in names if name in medians]
         if present:
             line[group] = max(present)
-            line[f"margin_{group.removeprefix('best_')}"] = round(flowgmm["median"] - max(present), 2)
+            if flowgmm:
+                line[f"margin_{group.removeprefix('best_')}"] = round(flowgmm["median"] - max(present), 2)
     line["medians"] = medians
-    line["runs"] = flowgmm["runs"]
+    line["runs"] = flowgmm.get("runs")
     return line
 
 
