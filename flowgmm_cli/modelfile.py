@@ -25,6 +25,8 @@ __all__ = ["FORMAT_VERSION", "save_model", "load_model", "read_header"]
 
 FORMAT_VERSION = 2
 _HEADER_KEY = "flowgmm"
+#: The first byte of a pickle (protocol 2 and later).
+_PICKLE_PROTO = b"\x80"
 
 
 def save_model(model: FlowGMM, path: str | os.PathLike, header: dict[str, Any]) -> None:
@@ -41,8 +43,18 @@ def save_model(model: FlowGMM, path: str | os.PathLike, header: dict[str, Any]) 
     }
     full_header = {**own, **{key: value for key, value in header.items() if key not in own}}
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    text = json.dumps(full_header)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={_HEADER_KEY: json.dumps(full_header)})
+        save_file(tensors, str(tmp), metadata={_HEADER_KEY: text})
+        if _first_byte(tmp) == _PICKLE_PROTO:
+            # The file starts with its header's length; a low byte of 0x80 would make it look like a
+            # pickle to anything that sniffs the first byte. Eight spaces (JSON whitespace) change it.
+            save_file(tensors, str(tmp), metadata={_HEADER_KEY: text + " " * 8})
+
+
+def _first_byte(path: str | os.PathLike) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(1)
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:

@@ -503,3 +503,20 @@ def test_version_1_file_is_read_and_gives_the_same_density(tmp_path, projection_
     assert {k: v for k, v in header2.items() if k != "temperature"} == {k: v for k, v in header.items() if k != "temperature"}
     assert header2["temperature"] == pytest.approx(header["temperature"], rel=1e-6)  # from the float32 tensor
     assert torch.equal(reloaded(x), loaded(x))
+
+
+def test_a_model_file_never_starts_like_a_pickle(tmp_path):
+    """The first byte is the low byte of the header's length; 0x80 (pickle's first opcode) must not occur.
+
+    Headers of 300 consecutive lengths cover every low byte (after safetensors' 8-byte alignment),
+    0x80 among them.
+    """
+    model = _model()
+    starts = set()
+    for extra in range(0, 300 * 8, 8):
+        save_model(model, tmp_path / "m.flowgmm", {"note": "x" * extra})
+        first = (tmp_path / "m.flowgmm").read_bytes()[:1]
+        starts.add(first)
+        assert first != b"\x80", extra
+        assert read_header(tmp_path / "m.flowgmm")["note"] == "x" * extra
+    assert len(starts) >= 31, "the lengths tried reach the low byte 0x80 without the padding"
