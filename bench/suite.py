@@ -59,10 +59,8 @@ TABLES = {"letter": ("letter.csv", "class", 5000), "htru2": ("htru2.csv", "Anoma
 VALIDATION_SEED = 1000
 
 
-def _flowgmm(*args: object, capture: bool = False) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "flowgmm_cli", *map(str, args)], check=True, env=env, capture_output=capture, text=True)
-    return done.stdout
+def _flowgmm(*args: object) -> None:
+    subprocess.run([sys.executable, "-m", "flowgmm_cli", *map(str, args)], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def prepare_table(name: str, data: Path) -> None:
@@ -94,15 +92,11 @@ def prepare(data: Path) -> None:
         prepare_table(name, data)
 
 
-def _labels_of(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    from flowgmm_cli.features import read_features
-
-    features = read_features(path)
-    labels_csv = path.with_name("labels.csv" if path.name == "features.h5" else f"{path.stem}_labels.csv")
+def _labels_of(features, path: Path) -> np.ndarray:
+    """Each row's label: the file's /labels, or else the labels CSV beside ``path``."""
     if features.labels is not None:
-        return features.ids, features.labels
-    table = pd.read_csv(labels_csv, dtype=str).set_index("id")
-    return features.ids, table.loc[features.ids, "label"].to_numpy()
+        return features.labels
+    return pd.read_csv(_labels_csv(path), dtype=str).set_index("id").loc[features.ids, "label"].to_numpy()
 
 
 def validation_files(pool: Path, scratch: Path) -> tuple[Path, Path, Path, Path]:
@@ -110,7 +104,7 @@ def validation_files(pool: Path, scratch: Path) -> tuple[Path, Path, Path, Path]
     from flowgmm_cli.features import FeatureWriter, read_features
 
     features = read_features(pool)
-    ids, names = _labels_of(pool)
+    ids, names = features.ids, _labels_of(features, pool)
     rest, held = train_test_split(np.arange(len(ids)), test_size=0.2, stratify=names, random_state=VALIDATION_SEED)
     paths = []
     for part, rows in (("pool", np.sort(rest)), ("validation", np.sort(held))):

@@ -64,7 +64,11 @@ def row_classes(feature_file: FeatureFile, labels: Optional[Path], classes: list
     Labels come from ``labels`` (CSV id,label) or else the file's own /labels; a label the model
     does not know is an ``InputError``.
     """
-    names = align_labels(feature_file, read_labels(labels) if labels else None, str(labels))
+    return _class_codes(align_labels(feature_file, read_labels(labels) if labels else None, str(labels)), classes, model_path)
+
+
+def _class_codes(names: np.ndarray, classes: list[str], model_path: Path) -> np.ndarray:
+    """Each name's index in ``classes`` ('' → ``UNLABELED``); a name the model does not know is an ``InputError``."""
     unknown = sorted(set(names[names != ""]) - set(classes))
     if unknown:
         raise InputError(f"Label '{unknown[0]}' is not a class of model '{model_path}' (classes: {', '.join(classes)}).")
@@ -95,10 +99,7 @@ def labeled_classes(stream: FeatureStream, labels: Optional[Path], classes: list
     A label the model does not know, or a file with no labeled row, is an ``InputError``.
     """
     rows, names = labeled_names(stream, labels)
-    unknown = sorted(set(names) - set(classes))
-    if unknown:
-        raise InputError(f"Label '{unknown[0]}' is not a class of model '{model_path}' (classes: {', '.join(classes)}).")
+    codes = _class_codes(names, classes, model_path)
     if not len(rows):
         raise InputError(f"No labeled rows in '{stream.path}'; pass --labels.")
-    index = {name: k for k, name in enumerate(classes)}
-    return rows, np.array([index[name] for name in names], dtype=np.int64)
+    return rows, codes
