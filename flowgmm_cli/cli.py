@@ -254,6 +254,10 @@ def train(
     if last.get("val_accuracy") is not None:
         best = max(estimator.history_, key=lambda h: (h["val_accuracy"], -h["val_nll"]))
         summary += f", best epoch {best['epoch']} (val acc {best['val_accuracy']:.3f})"
+    if X_val is not None or options.val_fraction:
+        summary += f", temperature {estimator.temperature_:.3g} from the validation rows"
+    elif estimator.options_.calibration_folds:
+        summary += f", temperature {estimator.temperature_:.3g} from {estimator.options_.calibration_folds} calibration fits"
     console.print(summary)
 
 

@@ -84,10 +84,12 @@ def calibrate(
     device: str = Device,
     quiet: bool = Quiet,
 ) -> None:
-    """Fit one variance scale for all mixture components by minimising the validation NLL (paper, section 6.1).
+    """Refit the temperature of the class probabilities by minimising the NLL of validation rows (paper, section 6.1).
 
-    The scale (temperature) is stored in the model, which 'predict' and 'evaluate' then use; NLL
-    and ECE (15 bins) on the validation rows are printed before and after.
+    'train' already calibrates on folds of its labels; rows it never saw calibrate better. The
+    temperature is stored in the model, which 'predict' and 'evaluate' then use for class
+    probabilities (log p(x) keeps the trained density); NLL and ECE (15 bins) on the validation
+    rows are printed before and after.
     """
     from . import calibration
 

@@ -12,7 +12,7 @@ continue at the same place.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,7 +22,25 @@ from torch import Tensor
 
 from .stores import ArrayStore, RowStore
 
-__all__ = ["Batch", "DataSource", "ShuffledSource", "InMemorySource"]
+__all__ = ["Batch", "DataSource", "Noise", "FeatureNoise", "ShuffledSource", "InMemorySource"]
+
+#: How rows move under standard normal draws: ``noise(x, draws)`` returns the perturbed rows.
+Noise = Callable[[Tensor, Tensor], Tensor]
+
+
+class FeatureNoise:
+    """Gaussian noise with a standard deviation per feature: ``x + std · draws``.
+
+    Example:
+        >>> FeatureNoise(torch.tensor([1.0, 0.1]))(torch.zeros(1, 2), torch.ones(1, 2))
+        tensor([[1.0000, 0.1000]])
+    """
+
+    def __init__(self, std: Tensor) -> None:
+        self.std = std
+
+    def __call__(self, x: Tensor, draws: Tensor) -> Tensor:
+        return x + draws * self.std.to(x.device)
 
 #: Chunks whose rows are shuffled together.
 BUFFER_CHUNKS = 16
@@ -70,11 +88,12 @@ class ShuffledSource:
         x_labeled, y_labeled: labeled features (in memory: there are few) and their class codes.
         batch_size, labeled_batch_size: rows of each kind per step and process.
         seed: seed of the shuffles and the noise; the chunk permutation depends on seed and epoch only.
-        labeled_noise: per-feature standard deviation of Gaussian noise added to each labeled
-            batch (an augmentation), or ``None``.
-        view_noise: per-feature standard deviation of the Gaussian noise of two views of each
-            unlabeled batch (:attr:`Batch.x_views`), or ``None`` for no views. Drawn from a
-            generator of its own, so turning views on changes no other draw.
+        labeled_noise: how rows move under standard normal draws (``noise(x, draws)``, e.g.
+            :class:`FeatureNoise` or :class:`~flowgmm_cli.transforms.InputNoise`), applied to each
+            labeled batch (an augmentation), or ``None``.
+        view_noise: the same for the two views of each unlabeled batch (:attr:`Batch.x_views`),
+            or ``None`` for no views. Drawn from a generator of its own, so turning views on
+            changes no other draw.
         rank, world_size: this process's share of the unlabeled rows.
         buffer_chunks: chunks shuffled together.
         device: where batches go.
@@ -88,12 +107,12 @@ class ShuffledSource:
         batch_size: int,
         labeled_batch_size: int,
         seed: int = 0,
-        labeled_noise: Tensor | None = None,
+        labeled_noise: Noise | None = None,
         rank: int = 0,
         world_size: int = 1,
         buffer_chunks: int = BUFFER_CHUNKS,
         device: torch.device | str | None = None,
-        view_noise: Tensor | None = None,
+        view_noise: Noise | None = None,
     ) -> None:
         if len(x_labeled) == 0:
             raise ValueError("training needs at least one labeled row")
@@ -118,8 +137,7 @@ class ShuffledSource:
             yield batch
 
     def _view(self, x: Tensor) -> Tensor:
-        noise = torch.randn(x.shape, generator=self.view_generator).to(x.device)
-        return x + noise * self.view_noise.to(x.device)
+        return self.view_noise(x, torch.randn(x.shape, generator=self.view_generator).to(x.device))
 
     def _batches(self) -> Iterator[Batch]:
         self.epochs_done += 1
@@ -185,8 +203,7 @@ class ShuffledSource:
             cursor += self.labeled_batch
             x = self.x_labeled[rows]
             if self.labeled_noise is not None:
-                noise = torch.randn(x.shape, generator=self.generator).to(x.device)
-                x = x + noise * self.labeled_noise
+                x = self.labeled_noise(x, torch.randn(x.shape, generator=self.generator).to(x.device))
             yield x.to(self.device), self.y_labeled[rows].to(self.device)
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -216,6 +233,6 @@ class InMemorySource(ShuffledSource):
         batch_size: int,
         labeled_batch_size: int,
         seed: int = 0,
-        labeled_noise: Tensor | None = None,
+        labeled_noise: Noise | None = None,
     ) -> None:
         super().__init__(ArrayStore(x_unlabeled), x_labeled, y_labeled, batch_size, labeled_batch_size, seed, labeled_noise)

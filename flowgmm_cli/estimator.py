@@ -11,6 +11,7 @@ import inspect
 import math
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,30 +24,31 @@ from .calibration import fit_temperature, tempered_log_proba
 from .devices import resolve_device
 from .distributed import setup, world
 from .errors import InputError
+from .defaults import calibration_epochs
 from .factory import build_model, build_objective, build_schedule, build_source, prepare
 from .modelfile import load_model, save_model
 from .options import TrainOptions, option_fields
-from .splits import hold_out
+from .model import FlowGMM
+from .splits import hold_out, stratified_folds
 from .stores import ArrayStore, RowStore, SubsetStore
+from .transforms import TransformChain
 from .targets import encode_targets, require_classes, unlabeled_mask
 from .training import TrainingCallback, train
 
-__all__ = ["FlowGMMClassifier", "split_joint"]
+__all__ = ["FlowGMMClassifier", "log_evidence"]
 
 #: Rows per inference block.
 _PREDICT_CHUNK = 8192
 
 
-def split_joint(joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(log p(x), log p(y | x))`` from ``log p(x, y=k)``: the evidence and Bayes' rule.
+def log_evidence(joint: np.ndarray) -> np.ndarray:
+    """``log p(x) = log Σ_k p(x, y=k)`` per row from ``log p(x, y=k)``.
 
     Example:
-        >>> log_px, log_proba = split_joint(np.log([[0.1, 0.3]]))
-        >>> np.exp(log_px).round(3).tolist(), np.exp(log_proba).round(3).tolist()
-        ([0.4], [[0.25, 0.75]])
+        >>> np.exp(log_evidence(np.log([[0.1, 0.3]]))).round(3).tolist()
+        [0.4]
     """
-    log_px = np.logaddexp.reduce(joint, axis=1)
-    return log_px, joint - log_px[:, None]
+    return np.logaddexp.reduce(joint, axis=1)
 
 
 class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
@@ -92,12 +94,11 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
         ``X_val``/``y_val`` (or ``val_fraction``) choose the best epoch. ``checkpoint`` saves the
         training state after each epoch; ``resume=True`` continues from it. ``units`` says what the
-        columns are measured in, for the default ``scaling``: ``"per-column"`` (a table; the default
-        for a pandas DataFrame) or ``"shared"`` (embeddings, pixels); ``None`` decides by the number
-        of features (:func:`flowgmm_cli.defaults.default_scaling`).
+        columns are measured in, for the defaults that follow it (:func:`flowgmm_cli.defaults.resolve_input`):
+        ``"per-column"`` (a table) or ``"shared"`` (embeddings, pixels); ``None`` (unknown) decides
+        the scaling by the number of features. The container does not decide: the same numbers in
+        an array or a DataFrame give the same model.
         """
-        if units is None and hasattr(X, "columns"):
-            units = "per-column"  # a DataFrame is a table
         if isinstance(y, (list, tuple)) and any(isinstance(v, str) for v in y):
             y = np.array(list(y), dtype=object)  # keep -1 an integer beside string classes
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2, y_numeric=False)
@@ -140,26 +141,80 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         elif options.val_fraction > 0:
             train_labeled, held_out = hold_out(codes, options.val_fraction, options.random_state, self.classes_)
             validation_rows = (rows.read_rows(labeled[held_out]).numpy(), codes[held_out])
-        unlabeled = np.ones(rows.n_rows, dtype=bool)
-        unlabeled[labeled] = False
-        self.n_labeled_, self.n_unlabeled_ = len(train_labeled), int(unlabeled.sum())
+        self.n_labeled_, self.n_unlabeled_ = len(train_labeled), rows.n_rows - len(labeled)
 
-        here, device = setup(resolve_device(options.device))
-        torch.manual_seed(options.random_state)
-        transform, self.options_ = prepare(rows, self.n_labeled_, self.n_unlabeled_, options)
-        model = build_model(transform, len(self.classes_), self.options_).to(device)
-        x_labeled = rows.read_rows(labeled[train_labeled]).to(device)
-        y_codes = torch.from_numpy(codes[train_labeled]).to(device)
-        source = build_source(SubsetStore(rows, unlabeled), x_labeled, y_codes, model, self.options_, here)
+        _, device = setup(resolve_device(options.device))
+        class_counts = np.bincount(codes[train_labeled], minlength=len(self.classes_))
+        transform, self.options_ = prepare(rows, self.n_labeled_, self.n_unlabeled_, options, class_counts)
+        if validation_rows is not None:
+            self.options_ = replace(self.options_, calibration_folds=0)  # the validation rows calibrate
+        unlabeled = np.ones(rows.n_rows, dtype=bool)
+        unlabeled[labeled] = False  # held-out validation rows are in neither set
         validation = None
         if validation_rows is not None:
             validation = (torch.from_numpy(np.ascontiguousarray(validation_rows[0])).to(device), torch.from_numpy(validation_rows[1]).to(device))
-        self.history_ = train(
-            model, source, build_objective(model, self.options_), build_schedule(self.options_), validation,
+        self.model_, self.history_ = self._train_one(
+            rows, transform, labeled[train_labeled], codes[train_labeled], unlabeled, self.options_, validation,
             checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, callback=callback,
         )  # fmt: skip
-        self.model_ = model
+        if validation_rows is not None:
+            log_temperature = fit_temperature(map_rows(self.model_, validation_rows[0], _joint, len(self.classes_)), validation_rows[1])
+        elif self.options_.calibration_folds:
+            log_temperature = self._cross_fitted_log_temperature(rows, transform, labeled, codes, callback)
+        else:
+            log_temperature = 0.0
+        with torch.no_grad():
+            self.model_.prior.log_temperature.fill_(log_temperature)
         return self
+
+    def _train_one(
+        self, rows: RowStore, transform: TransformChain, labeled: np.ndarray, codes: np.ndarray, unlabeled: np.ndarray,
+        options: TrainOptions, validation: tuple[torch.Tensor, torch.Tensor] | None = None, **run: Any,
+    ) -> tuple[FlowGMM, list[dict[str, Any]]]:  # fmt: skip
+        """One model trained on ``rows``: the rows ``labeled`` with classes ``codes``, the rows where
+        ``unlabeled`` is true without; ``run`` goes to :func:`~flowgmm_cli.training.train`."""
+        here, device = setup(resolve_device(options.device))
+        torch.manual_seed(options.random_state)
+        model = build_model(copy.deepcopy(transform), len(self.classes_), options).to(device)
+        x_labeled = rows.read_rows(labeled).to(device)
+        y_codes = torch.from_numpy(np.asarray(codes, dtype=np.int64)).to(device)
+        source = build_source(SubsetStore(rows, unlabeled), x_labeled, y_codes, model, options, here)
+        history = train(model, source, build_objective(model, options), build_schedule(options), validation, **run)
+        return model, history
+
+    def _cross_fitted_log_temperature(
+        self, rows: RowStore, transform: TransformChain, labeled: np.ndarray, codes: np.ndarray, callback: TrainingCallback | None
+    ) -> float:
+        """``log T`` fitted on out-of-fold class probabilities of the labeled rows.
+
+        Each of ``calibration_folds`` short fits (:data:`~flowgmm_cli.defaults.CALIBRATION_STEP_SHARE`
+        of the steps, same seed and options) hides one stratified fold of the labels, those rows
+        unlabeled, and scores them; ``T`` is then the temperature that calibrates those scores.
+        The held-out rows measure how sure a model trained this way is when it is wrong, which the
+        rows a model was trained on cannot show. ``T`` is at least 1: a few held-out rows that are
+        all right would shrink it toward 0, a density far narrower than the one trained, while the
+        class probabilities would barely change.
+        """
+        options = self.options_
+        folds = stratified_folds(codes, options.calibration_folds, options.random_state)
+        short = replace(options, epochs=calibration_epochs(options.epochs))
+        log_joint = np.zeros((len(labeled), len(self.classes_)))
+        for fold in range(options.calibration_folds):
+            held = folds == fold
+            if not held.any():
+                continue
+            announce = getattr(callback, "on_phase", None)  # optional: older callbacks lack it
+            if announce is not None:
+                announce(f"calibration fit {fold + 1}/{options.calibration_folds}")
+            fold_options = replace(short, labeled_batch_size=min(short.labeled_batch_size, int((~held).sum())))
+            unlabeled = np.ones(rows.n_rows, dtype=bool)
+            unlabeled[labeled[~held]] = False  # the fold's rows join the unlabeled ones
+            model, _ = self._train_one(rows, transform, labeled[~held], codes[~held], unlabeled, fold_options, callback=callback)
+            log_joint[held] = map_rows(model, rows.read_rows(labeled[held]).numpy(), _joint, len(self.classes_))
+        scored = folds >= 0
+        if len(np.unique(codes[scored])) < 2:
+            return 0.0  # one class scored: its NLL falls without bound as T shrinks
+        return max(0.0, fit_temperature(log_joint[scored], codes[scored]))
 
     def _encode(self, y: Any) -> np.ndarray:
         """Class codes of labels ``y``, every one a class seen in training."""
@@ -173,19 +228,22 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     def joint_log_prob(self, X: Any) -> np.ndarray:
         """``log p(x, y=k)`` per row and class: the one pass that probabilities and ``log p(x)`` share."""
         check_is_fitted(self, "model_")
-        return self._map_rows(validate_data(self, X, dtype=np.float32, reset=False), lambda m, x: m(x), len(self.classes_))
+        return map_rows(self.model_, validate_data(self, X, dtype=np.float32, reset=False), _joint, len(self.classes_))
 
     def predict_log_proba(self, X: Any, temperature: float | None = None) -> np.ndarray:
         """``log p(y=k | x)`` per row and class, columns in the order of ``classes_``.
 
-        At the model's own variance scale (see :meth:`calibrate`), or at ``temperature`` without
-        changing the model (``temperature=1`` gives the probabilities as trained).
+        At the model's calibration temperature (:attr:`temperature_`, see :meth:`calibrate`), or at
+        ``temperature`` without changing the model (``temperature=1`` gives the probabilities as trained).
         """
-        if temperature is None:
-            return split_joint(self.joint_log_prob(X))[1]
-        if not temperature > 0:
+        if temperature is not None and not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        return tempered_log_proba(self._scaled_distances(X), self._log_weights(), math.log(temperature))
+        return self.log_proba_from_joint(self.joint_log_prob(X), temperature)
+
+    def log_proba_from_joint(self, joint: np.ndarray, temperature: float | None = None) -> np.ndarray:
+        """``log p(y | x)`` from :meth:`joint_log_prob`'s output at the model's temperature (or
+        ``temperature``), so one pass through the flow gives both ``log p(x)`` and the probabilities."""
+        return tempered_log_proba(joint, math.log(self.temperature_ if temperature is None else temperature))
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """``p(y=k | x)`` per row and class, columns in the order of ``classes_``."""
@@ -193,12 +251,12 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
-        joint = self.joint_log_prob(X)
-        return self.classes_[np.argmax(joint, axis=1)]
+        log_proba = self.predict_log_proba(X)
+        return self.classes_[np.argmax(log_proba, axis=1)]
 
     def score_samples(self, X: Any) -> np.ndarray:
-        """``log p(x)`` per row under the fitted density, calibrated variance included (low values flag unusual inputs)."""
-        return split_joint(self.joint_log_prob(X))[0]
+        """``log p(x)`` per row under the trained density (low values flag unusual inputs); calibration does not change it."""
+        return log_evidence(self.joint_log_prob(X))
 
     def sample(self, n_samples: int = 1, random_state: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n_samples`` rows from the fitted model; returns ``(X, y)`` like GaussianMixture."""
@@ -214,9 +272,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
     @property
     def temperature_(self) -> float:
-        """The variance scale ``T`` set by :meth:`calibrate` (1 as trained): components are ``N(μ_k, σ²T I)``."""
+        """The temperature ``T`` of the class probabilities, ``softmax_k(log p(x, y=k) / T)``, set by
+        ``fit``'s calibration or :meth:`calibrate`; 1 is the model as trained."""
         check_is_fitted(self, "model_")
-        return float(self.model_.prior.log_temperature.exp())
+        return math.exp(float(self.model_.prior.log_temperature))  # exp in float64: log(T) round-trips
 
     @property
     def latent_dim_(self) -> int:
@@ -227,7 +286,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     def encode(self, X: Any) -> np.ndarray:
         """Latent codes ``z = f(x)`` of the rows of ``X``."""
         check_is_fitted(self, "model_")
-        return self._map_rows(validate_data(self, X, dtype=np.float32, reset=False), lambda m, x: m.encode(x), self.latent_dim_)
+        return map_rows(self.model_, validate_data(self, X, dtype=np.float32, reset=False), lambda m, x: m.encode(x), self.latent_dim_)
 
     def decode(self, Z: Any) -> np.ndarray:
         """Feature-space rows ``x = f⁻¹(z)`` of latent codes ``Z`` (the inverse of :meth:`encode`)."""
@@ -235,7 +294,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         Z = check_array(Z, dtype=np.float32, ensure_min_samples=0)
         if Z.shape[1] != self.latent_dim_:
             raise ValueError(f"latent codes have {Z.shape[1]} columns but the model's latent space has {self.latent_dim_}")
-        return self._map_rows(Z, lambda m, z: m.decode(z), self.n_features_in_)
+        return map_rows(self.model_, Z, lambda m, z: m.decode(z), self.n_features_in_)
 
     def sample_latent(self, n_samples: int = 1, random_state: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n_samples`` latent codes from the mixture (classes drawn from its weights); returns ``(Z, y)``.
@@ -248,17 +307,17 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         return Z.cpu().numpy().astype(np.float64), self.classes_[codes.cpu().numpy()]
 
     def calibrate(self, X: Any, y: Any) -> "FlowGMMClassifier":
-        """Fit the variance scale ``T`` of all components on labeled validation rows (paper, section 6.1).
+        """Fit the temperature ``T`` of the class probabilities on labeled validation rows (paper, section 6.1).
 
-        ``T`` minimises the NLL of ``y`` under ``p(y | x)``, which is temperature scaling of the class
-        log-densities. As in the paper, ``T`` is the variance of the model (components
-        ``N(μ_k, σ²T I)``), so from then on class probabilities, ``log p(x)`` (:meth:`score_samples`,
-        ``predict``'s ``log_px``, ``evaluate --ood``) and samples all use it: one density whose class
-        posterior is the calibrated one. The price of ``T > 1`` is a wider density: ``log p(x)``
-        values shift, samples spread, and out-of-distribution scores separate less (digits trained
-        without class 9, test 9s as outliers, three seeds: AUROC 0.83-0.90 at ``T = 1``, 0.59-0.77 at
-        ``T`` ≈ 5.5); keep the uncalibrated model for those. The fit starts from the trained variance,
-        so calibrating again gives the same ``T``.
+        ``T`` minimises the NLL of ``y`` under ``p(y | x) = softmax_k(log p(x, y=k) / T)``:
+        temperature scaling of the class log-joints, which with equal mixture weights is the
+        paper's variance scale (components ``N(μ_k, σ²T I)``) and never changes the most probable
+        class (:mod:`flowgmm_cli.calibration`). ``log p(x)`` (:meth:`score_samples`, ``predict``'s
+        ``log_px``, ``evaluate --ood``) and samples keep the trained variance: a density widened by
+        ``T`` separates out-of-distribution rows less (digits trained without class 9, test 9s as
+        outliers, three seeds: AUROC 0.83-0.90 at the trained variance, 0.59-0.77 at ``T`` ≈ 5.5).
+        The fit starts from the trained variance, so calibrating again gives the same ``T``.
+        ``fit`` already calibrates (``calibration_folds``); this is for a validation file.
 
         Example:
             >>> from sklearn.datasets import make_blobs
@@ -270,37 +329,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         codes = self._encode(y)
         require_classes(self.classes_[np.unique(codes)].tolist(), "the calibration labels", task="Calibration")
-        log_temperature = fit_temperature(self._scaled_distances(X), self._log_weights(), codes)
+        log_temperature = fit_temperature(self.joint_log_prob(X), codes)
         with torch.no_grad():
             self.model_.prior.log_temperature.fill_(log_temperature)
         return self
-
-    def _log_weights(self) -> np.ndarray:
-        return self.model_.prior.log_weights.detach().double().cpu().numpy()
-
-    def _scaled_distances(self, X: Any) -> np.ndarray:
-        """``‖f(x) − μ_k‖² / (2σ²)`` per row and class at the trained variance σ² (``T = 1``)."""
-        check_is_fitted(self, "model_")
-        squared = self._map_rows(
-            validate_data(self, X, dtype=np.float32, reset=False), lambda m, x: m.prior.squared_distances(m.encode(x)), len(self.classes_)
-        )
-        return squared / (2 * math.exp(float(self.model_.prior.log_variance)))
-
-    def _map_rows(self, X: np.ndarray, function: Callable[[Any, torch.Tensor], torch.Tensor], width: int) -> np.ndarray:
-        """``function(model, rows)`` on ``X`` in blocks, in float64 and without gradients, as numpy.
-
-        A float64 copy of the model keeps each row's result independent of the rows beside it in a
-        block up to float64 rounding (float32 matrix products round differently for different batch
-        shapes, by about 1e-7 relative).
-        """
-        model = copy.deepcopy(self.model_).double().eval()
-        device = next(model.parameters()).device
-        parts = []
-        with torch.inference_mode():
-            for start in range(0, len(X), _PREDICT_CHUNK):
-                block = torch.from_numpy(np.ascontiguousarray(X[start : start + _PREDICT_CHUNK])).to(device, torch.float64)
-                parts.append(function(model, block).cpu().numpy())
-        return np.concatenate(parts) if parts else np.empty((0, width))
 
     # --------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike, **header: Any) -> None:
@@ -333,6 +365,28 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         estimator.history_ = header.get("history", [])
         estimator.header_ = header
         return estimator
+
+
+def map_rows(model: FlowGMM, X: np.ndarray, function: Callable[[Any, torch.Tensor], torch.Tensor], width: int) -> np.ndarray:
+    """``function(model, rows)`` on ``X`` in blocks, in float64 and without gradients, as numpy.
+
+    A float64 copy of the model keeps each row's result independent of the rows beside it in a
+    block up to float64 rounding (float32 matrix products round differently for different batch
+    shapes, by about 1e-7 relative).
+    """
+    model = copy.deepcopy(model).double().eval()
+    device = next(model.parameters()).device
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(X), _PREDICT_CHUNK):
+            block = torch.from_numpy(np.ascontiguousarray(X[start : start + _PREDICT_CHUNK])).to(device, torch.float64)
+            parts.append(function(model, block).cpu().numpy())
+    return np.concatenate(parts) if parts else np.empty((0, width))
+
+
+def _joint(model: FlowGMM, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x, y=k)``, for :func:`map_rows`."""
+    return model(x)
 
 
 _PARAM_NAMES = {spec.name for spec in option_fields()}

@@ -6,6 +6,7 @@ calls these in order and the training loop runs what they return.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -14,36 +15,51 @@ from .defaults import default_means_separation, noise_sample_rows, resolve, reso
 from .distributed import World
 from .layers import RealNVP
 from .model import FlowGMM
-from .objective import ConsistencyNLL, LabeledNLL, Objective, UnlabeledNLL
+from .objective import ConsistencyNLL, LabeledCrossEntropy, LabeledNLL, Objective, UnlabeledNLL
 from .options import Scaling, TrainOptions
 from .prior import GaussianMixturePrior
 from .stores import RowStore, moments_of
 from .training import Schedule
-from .transforms import PrincipalProjection, Standardize, TransformChain
+from .transforms import InputNoise, PrincipalProjection, Standardize, TransformChain, YeoJohnson
 
 __all__ = ["fit_input_transform", "build_model", "build_source", "build_objective", "build_schedule", "prepare"]
 
 
 def fit_input_transform(rows: RowStore, options: TrainOptions) -> TransformChain:
-    """Standardisation (per feature or shared, as ``options.scaling`` says) and, when
-    ``options.projection_dim`` is positive, the principal projection, from one pass over ``rows``."""
-    moments = moments_of(rows, full=bool(options.projection_dim))
-    standardize = Standardize.from_moments(moments, shared_scale=options.scaling == Scaling.shared)
-    parts: list = [standardize]
+    """Standardisation (per feature or shared, as ``options.scaling`` says); with
+    ``options.power_transform`` a Yeo-Johnson map of the standardised columns and a second
+    standardisation; and, when ``options.projection_dim`` is positive, the principal projection.
+    One pass over ``rows`` per standardisation."""
+    shared = options.scaling == Scaling.shared
+    full = bool(options.projection_dim)
+    moments = moments_of(rows, full=full and not options.power_transform)
+    parts: list = [Standardize.from_moments(moments, shared_scale=shared)]
+    if options.power_transform:
+        sample = rows.read_rows(noise_sample_rows(rows.n_rows, options.random_state, POWER_SAMPLE))
+        with torch.no_grad():
+            parts.append(YeoJohnson.fit(parts[0](sample)[0]))
+        moments = moments_of(rows, full=full, transform=TransformChain(list(parts)))
+        parts.append(Standardize.from_moments(moments, shared_scale=shared))
     if options.projection_dim:
-        scale = standardize.scale.double()
+        scale = parts[-1].scale.double()
         parts.append(PrincipalProjection.from_covariance(moments.covariance / torch.outer(scale, scale), options.projection_dim))
     return TransformChain(parts)
 
 
-def prepare(rows: RowStore, n_labeled: int, n_unlabeled: int, options: TrainOptions) -> tuple[TransformChain, TrainOptions]:
+#: Rows the Yeo-Johnson exponents are fitted on (a seeded sample of larger data).
+POWER_SAMPLE = 20_000
+
+
+def prepare(
+    rows: RowStore, n_labeled: int, n_unlabeled: int, options: TrainOptions, class_counts: np.ndarray | None = None
+) -> tuple[TransformChain, TrainOptions]:
     """The input transform fitted on every row of ``rows`` and the options with every
-    data-dependent default chosen."""
+    data-dependent default chosen (``class_counts``: labeled rows per class)."""
     options = resolve_input(options, rows.dim, rows.n_rows, rows.units)
     transform = fit_input_transform(rows, options)
     with torch.no_grad():
         seen = transform(rows.read_rows(noise_sample_rows(rows.n_rows, options.random_state)))[0].numpy()
-    return transform, resolve(options, n_labeled=n_labeled, n_unlabeled=n_unlabeled, seen=seen)
+    return transform, resolve(options, n_labeled=n_labeled, n_unlabeled=n_unlabeled, seen=seen, class_counts=class_counts)
 
 
 def build_model(transform: TransformChain, n_classes: int, options: TrainOptions) -> FlowGMM:
@@ -64,11 +80,10 @@ def build_model(transform: TransformChain, n_classes: int, options: TrainOptions
 def build_source(
     unlabeled: RowStore, x_labeled: Tensor, y_labeled: Tensor, model: FlowGMM, options: TrainOptions, world: World = World()
 ) -> ShuffledSource:
-    """Batches of the rows, this process's share of the unlabeled ones; the labeled noise, given
-    in standardised units, becomes feature units through the model's standardisation scale."""
-    scale = next(t for t in model.transform.layers if isinstance(t, Standardize)).scale
-    noise = options.labeled_noise * scale if options.labeled_noise else None
-    views = options.perturbation * scale if options.consistency_weight > 0 else None
+    """Batches of the rows, this process's share of the unlabeled ones; the labeled noise and the
+    views' perturbation are given in the units the flow sees (:class:`~flowgmm_cli.transforms.InputNoise`)."""
+    noise = InputNoise(model.transform, options.labeled_noise) if options.labeled_noise else None
+    views = InputNoise(model.transform, options.perturbation) if options.consistency_weight > 0 else None
     return ShuffledSource(
         unlabeled, x_labeled, y_labeled, options.batch_size, options.labeled_batch_size, options.random_state, noise,
         rank=world.rank, world_size=world.size, view_noise=views,
@@ -77,8 +92,11 @@ def build_source(
 
 def build_objective(model: FlowGMM, options: TrainOptions) -> Objective:
     """Equation 4: labeled NLL plus ``unlabeled_weight`` × unlabeled NLL, per feature dimension;
-    with ``consistency_weight``, plus the consistency term of equation 7."""
+    with ``consistency_weight``, plus the consistency term of equation 7; with
+    ``classification_weight``, plus the labeled rows' cross-entropy."""
     terms: list = [(LabeledNLL(), 1.0), (UnlabeledNLL(), options.unlabeled_weight)]
+    if options.classification_weight > 0:
+        terms.append((LabeledCrossEntropy(), options.classification_weight))
     if options.consistency_weight > 0:
         terms.append((ConsistencyNLL(), options.consistency_weight))
     return Objective(terms, dim=model.in_dim)

@@ -76,8 +76,8 @@ class FlowGMM(nn.Module):
         return torch.logsumexp(self(x), dim=-1)
 
     def predict_log_proba(self, x: Tensor) -> Tensor:
-        """``log p(y=k | x)`` by Bayes' rule, shape ``(N, K)``."""
-        return torch.log_softmax(self(x), dim=-1)
+        """``log p(y=k | x)`` by Bayes' rule at the prior's calibration temperature, shape ``(N, K)``."""
+        return torch.log_softmax(self(x) * torch.exp(-self.prior.log_temperature), dim=-1)
 
     def encode(self, x: Tensor) -> Tensor:
         """Latent codes ``z = f(T(x))``."""

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .data import Batch
 
-__all__ = ["StepOutputs", "ObjectiveTerm", "LabeledNLL", "UnlabeledNLL", "ConsistencyNLL", "Objective"]
+__all__ = ["StepOutputs", "ObjectiveTerm", "LabeledNLL", "LabeledCrossEntropy", "UnlabeledNLL", "ConsistencyNLL", "Objective"]
 
 
 @dataclass
@@ -51,6 +51,18 @@ class LabeledNLL:
     def __call__(self, outputs: StepOutputs) -> Tensor:
         y = outputs.batch.y_labeled.unsqueeze(1)
         return -outputs.joint_labeled.gather(1, y).mean()
+
+
+class LabeledCrossEntropy:
+    """``−mean log p(y | x)`` over the labeled rows: the classification loss that the paper's own
+    code adds (weight 3) beside equation 4. In nats per row, not per dimension: how sure a class is
+    does not grow with the number of features (``per_dimension = False``)."""
+
+    name = "labeled_ce"
+    per_dimension = False
+
+    def __call__(self, outputs: StepOutputs) -> Tensor:
+        return torch.nn.functional.cross_entropy(outputs.joint_labeled, outputs.batch.y_labeled)
 
 
 class UnlabeledNLL:
@@ -93,7 +105,8 @@ def _module(model: nn.Module) -> nn.Module:
 
 @dataclass
 class Objective:
-    """``Σ weight × term``, divided by the feature dimension ``dim`` (losses in nats per dimension).
+    """``Σ weight × term``, each term divided by the feature dimension ``dim`` (nats per dimension)
+    unless it says ``per_dimension = False``.
 
     Example:
         >>> objective = Objective([(LabeledNLL(), 1.0), (UnlabeledNLL(), 0.3)], dim=2)
@@ -120,7 +133,7 @@ class Objective:
             with torch.no_grad():  # outside the wrapper: a second forward must not touch DDP's bookkeeping
                 target = _module(model)(views[1]).argmax(dim=1)
         outputs = StepOutputs(joint[:n], joint[n : n + m], batch, model, joint[n + m :] if views else None, target)
-        values = torch.stack([term(outputs) for term, _ in self.terms]) / self.dim
+        values = torch.stack([term(outputs) / (self.dim if getattr(term, "per_dimension", True) else 1) for term, _ in self.terms])
         weights = torch.tensor([weight * _ramp(term, progress) for term, weight in self.terms], dtype=values.dtype, device=values.device)
         return (weights * values).sum(), values.detach()
 

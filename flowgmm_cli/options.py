@@ -80,12 +80,14 @@ class TrainOptions:
     means_scale: float | None = _option(None, Panel.model, "Std of the fixed random class means (paper: 1).", auto="closest means 7 std apart", min=0.0)
     variance: float | None = _option(None, Panel.model, "Variance of each mixture component.", auto="1.72", above=0.0)
     learn_means: bool = _option(False, Panel.model, "Train the class means with the flow.")
-    learn_weights: bool = _option(False, Panel.model, "Train the mixture weights (class imbalance).")
+    learn_weights: bool = _option(True, Panel.model, "Train the mixture weights on all rows: the class shares of the data, which a draw of so many labels per class does not show (off: equal weights, as the paper).")
     scaling: Scaling | None = _option(None, Panel.model, "Divide the centred inputs by each feature's std, or by one scale for all (pixels, embeddings).", auto="the file's units: tables per feature, embeddings and pixels shared; unknown: shared above 8 features")
+    power_transform: bool | None = _option(None, Panel.model, "A Yeo-Johnson map of each standardised feature, its exponent fitted by likelihood, for skewed and heavy-tailed columns (its log-derivative is in log p(x)).", auto="on for tables (columns in their own units), off for embeddings and pixels")
     projection_dim: int | None = _option(None, Panel.model, "Flow on this many principal directions, the rest as Gaussian noise (0: all features).", auto="32 above 64 features, else 0", min=0)
     # loss
     unlabeled_weight: float | None = _option(None, Panel.loss, "Weight of the unlabeled NLL in the loss.", auto="1 up to 8 features, else 0.3", min=0.0)
     labeled_noise: float | None = _option(None, Panel.loss, "Std of Gaussian noise on standardised labeled inputs.", auto="1.2 x median neighbour distance / sqrt(dim)", min=0.0)
+    classification_weight: float | None = _option(None, Panel.loss, "Weight of the labeled rows' cross-entropy -log p(y|x), in nats per row, beside the likelihood (the paper's code: 3); 0: off.", auto="3 for tables (columns in their own units), 0 for embeddings and pixels", min=0.0)
     consistency_weight: float = _option(0.0, Panel.loss, "Weight of the consistency term (FlowGMM-cons, paper eq. 7): -log p(x'|y'') for two noisy views of each unlabeled row, ramped up over the first half of training; 0: off.", min=0.0)
     perturbation: float | None = _option(None, Panel.loss, "Std of the Gaussian noise that makes the two views, on standardised inputs.", auto="the labeled noise", min=0.0)
     # optimisation
@@ -95,6 +97,7 @@ class TrainOptions:
     lr: float = _option(1e-3, Panel.optimisation, "AdamW learning rate (cosine schedule to 0).", above=0.0)
     weight_decay: float = _option(1e-4, Panel.optimisation, "AdamW weight decay.", min=0.0)
     grad_clip: float = _option(10.0, Panel.optimisation, "Clip the gradient norm to this (0: no clipping).", min=0.0)
+    calibration_folds: int | None = _option(None, Panel.loss, "Short fits that each hide one fold of the labels; the temperature T of the class probabilities (section 6.1) is fitted on their held-out rows so they are calibrated (0: T = 1, as trained). With validation rows (--val, --val-fraction) T is fitted on them instead.", auto="4; 0 when no class has 2 labeled rows", min=0)
     # data
     val_fraction: float = _option(0.0, Panel.data, "Hold out this share of each class's labeled rows to choose the best epoch.", min=0.0, max=0.9)
     # runtime
@@ -114,6 +117,9 @@ class TrainOptions:
                 _coerce_enum(self, spec, value)
             elif isinstance(value, numbers.Real) and not isinstance(value, bool):
                 _check_bounds(spec, value)
+
+        if self.calibration_folds == 1:
+            raise OptionError("calibration_folds", "{option} must be 0 (no calibration) or at least 2, got 1.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (enumerations as their names), for the model header."""

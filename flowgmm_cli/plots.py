@@ -17,7 +17,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from .atomic import atomic_path
-from .estimator import FlowGMMClassifier, split_joint
+from .estimator import FlowGMMClassifier, log_evidence
 
 __all__ = ["class_colours", "decision_grid", "draw_decision_panel", "plot_decision_boundaries", "save_png"]
 
@@ -39,8 +39,8 @@ def decision_grid(model: FlowGMMClassifier, X: np.ndarray, grid: int = 200) -> d
     return {
         "x0": xx,
         "x1": yy,
-        "region": joint.argmax(axis=1).reshape(xx.shape),
-        "log_px": split_joint(joint)[0].reshape(xx.shape),
+        "region": model.log_proba_from_joint(joint).argmax(axis=1).reshape(xx.shape),
+        "log_px": log_evidence(joint).reshape(xx.shape),
     }
 
 

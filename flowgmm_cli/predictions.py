@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .estimator import FlowGMMClassifier, split_joint
+from .estimator import FlowGMMClassifier, log_evidence
 from .stores import FeatureStream, blocks
 
 __all__ = ["prediction_table", "write_table", "write_predictions"]
@@ -19,7 +19,9 @@ __all__ = ["prediction_table", "write_table", "write_predictions"]
 def prediction_table(estimator: FlowGMMClassifier, ids: Any, X: np.ndarray) -> pd.DataFrame:
     """One row per input row, in input order: the predicted class, its probability, every class's
     probability and ``log p(x)``, from a single pass through the flow."""
-    log_px, log_proba = split_joint(estimator.joint_log_prob(X))
+    joint = estimator.joint_log_prob(X)
+    log_px = log_evidence(joint)
+    log_proba = estimator.log_proba_from_joint(joint)
     proba = np.exp(log_proba)
     classes = [str(c) for c in estimator.classes_]
     columns: dict[str, Any] = {

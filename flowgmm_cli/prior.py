@@ -11,7 +11,8 @@ __all__ = ["GaussianMixturePrior"]
 
 
 class GaussianMixturePrior(nn.Module):
-    """``p(z) = Σ_k π_k N(z | μ_k, σ² τ I)`` with ``τ`` the calibration scale (1 until calibrated).
+    """``p(z) = Σ_k π_k N(z | μ_k, σ² I)``, and class probabilities at a calibration temperature ``T``
+    (1 until calibrated).
 
     The log-density uses ``‖z − μ_k‖²`` directly (no covariance matrix, no Cholesky) and
     ``logsumexp`` over classes. Means are drawn once from ``N(0, means_scale² I)`` (the best
@@ -83,20 +84,16 @@ class GaussianMixturePrior(nn.Module):
     def log_weights(self) -> Tensor:
         return torch.log_softmax(self.weight_logits, dim=0)
 
-    def effective_log_variance(self) -> Tensor:
-        """log(σ² τ): the variance the density uses, calibration included."""
-        return self.log_variance + self.log_temperature
-
     def squared_distances(self, z: Tensor) -> Tensor:
         """``‖z − μ_k‖²`` for every row and class, shape ``(N, K)``."""
         # ‖z − μ‖² = ‖z‖² − 2 z·μ + ‖μ‖²: one matrix product for all classes.
         return (z.pow(2).sum(-1, keepdim=True) - 2 * z @ self.means.T + self.means.pow(2).sum(-1)).clamp_min(0)
 
     def class_log_prob(self, z: Tensor) -> Tensor:
-        """``log π_k + log N(z | μ_k, σ²τ I)`` for every row and class, shape ``(N, K)``."""
-        log_var = self.effective_log_variance()
-        normaliser = 0.5 * self.dim * (math.log(2 * math.pi) + log_var)
-        return self.log_weights - 0.5 * self.squared_distances(z) * torch.exp(-log_var) - normaliser
+        """``log π_k + log N(z | μ_k, σ² I)`` for every row and class, shape ``(N, K)``: the trained
+        density, whatever the calibration temperature."""
+        normaliser = 0.5 * self.dim * (math.log(2 * math.pi) + self.log_variance)
+        return self.log_weights - 0.5 * self.squared_distances(z) * torch.exp(-self.log_variance) - normaliser
 
     def log_prob(self, z: Tensor) -> Tensor:
         """``log p(z)``, shape ``(N,)``."""
@@ -107,7 +104,7 @@ class GaussianMixturePrior(nn.Module):
         """Draw ``n`` latent points and their components (drawn from π unless ``labels`` is given)."""
         if labels is None:
             labels = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
-        std = torch.exp(0.5 * self.effective_log_variance())
+        std = torch.exp(0.5 * self.log_variance)
         noise = torch.randn(len(labels), self.dim, generator=generator, dtype=self.means.dtype)
         return self.means[labels] + std * noise.to(self.means.device), labels
 

@@ -49,12 +49,20 @@ class TrainingProgress(_Bar):
 
     def __init__(self, console: Console) -> None:
         super().__init__(console, "train")
+        self._phase = ""
+
+    def on_phase(self, label: str) -> None:
+        """Another fit starts (a calibration fit): the bar starts over and its status says which."""
+        self._phase = f"{label}: "
+        self._progress.reset(self._task, status=label)
+        if self._plain_lines:
+            self._console.print(label)
 
     def on_step(self, step: int, total_steps: int) -> None:
         self._progress.update(self._task, completed=step, total=total_steps)
 
     def on_epoch_end(self, report: EpochReport) -> None:
-        status = f"epoch {report.epoch}/{report.epochs} loss {report.loss:.3f}"
+        status = f"{self._phase}epoch {report.epoch}/{report.epochs} loss {report.loss:.3f}"
         if report.val_accuracy is not None:
             status += f" val acc {report.val_accuracy:.3f}"
         self._progress.update(self._task, status=status)

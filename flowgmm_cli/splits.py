@@ -1,5 +1,5 @@
 """Seeded stratified draws of labeled rows: a fixed number per class, a total split by class share,
-or a share of each class held out for validation."""
+a share of each class held out for validation, or folds for cross-fitting."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 
 from .errors import OptionError
 
-__all__ = ["pick_labeled", "stratified_counts", "stratified_subset", "hold_out"]
+__all__ = ["pick_labeled", "stratified_counts", "stratified_subset", "hold_out", "stratified_folds"]
 
 
 def pick_labeled(y: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
@@ -91,3 +91,21 @@ def hold_out(codes: np.ndarray, fraction: float, seed: int, classes: np.ndarray)
         val_parts.append(rows[:n_val])
         train_parts.append(rows[n_val:])
     return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))
+
+
+def stratified_folds(codes: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """The fold (0 to ``folds`` − 1) of each labeled row, each class's rows dealt round-robin in a
+    seeded order from a seeded first fold, so folds differ in size by at most one row per class;
+    ``-1`` for the rows of a class with a single labeled row, which no fold may take from training.
+
+    Example:
+        >>> stratified_folds(np.array([0, 0, 0, 0, 1, 1, 2]), 2, seed=0).tolist()
+        [1, 0, 0, 1, 0, 1, -1]
+    """
+    rng = np.random.default_rng(seed)
+    assigned = np.full(len(codes), -1, dtype=np.int64)
+    for code in np.unique(codes):
+        rows = rng.permutation(np.flatnonzero(codes == code))
+        if len(rows) > 1:
+            assigned[rows] = (np.arange(len(rows)) + rng.integers(folds)) % folds
+    return assigned

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import h5py
@@ -212,12 +212,19 @@ def blocks(store: RowStore, rows: np.ndarray | None = None, block_rows: int | No
             yield wanted, store.read(start, stop)[torch.from_numpy(wanted - start)]
 
 
-def moments_of(store: RowStore, full: bool) -> Moments:
-    """Mean and (co)variance of every row of ``store``, one pass over its chunks."""
-    moments = Moments(store.dim, full=full)
+def moments_of(store: RowStore, full: bool, transform: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None) -> Moments:
+    """Mean and (co)variance of every row of ``store`` (mapped by ``transform`` when given, an
+    input transform returning ``(rows, log_term)``), one pass over its chunks."""
+    moments: Moments | None = None
     for start, stop in store.chunk_bounds():
-        moments.update(store.read(start, stop))
-    return moments
+        block = store.read(start, stop)
+        if transform is not None:
+            with torch.no_grad():
+                block = transform(block)[0]
+        if moments is None:
+            moments = Moments(block.shape[1], full=full)
+        moments.update(block)
+    return moments if moments is not None else Moments(store.dim, full=full)
 
 
 def stream_labeled_rows(stream: FeatureStream, labels: dict[str, str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -60,9 +60,15 @@ class EpochReport:
 
 
 class TrainingCallback(Protocol):
+    """What a fit reports as it goes; ``on_phase`` is optional (a fit calls it when present)."""
+
     def on_step(self, step: int, total_steps: int) -> None: ...
 
     def on_epoch_end(self, report: EpochReport) -> None: ...
+
+    def on_phase(self, label: str) -> None:
+        """Another fit of the same ``fit`` starts (``label`` says which, e.g. a calibration fit)."""
+        ...
 
 
 @dataclass

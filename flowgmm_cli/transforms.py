@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .layers import Flow
 from .moments import Moments
 
-__all__ = ["InputTransform", "Standardize", "PrincipalProjection", "TransformChain", "build_transform"]
+__all__ = ["InputTransform", "Standardize", "YeoJohnson", "PrincipalProjection", "TransformChain", "InputNoise", "build_transform"]
 
 
 class InputTransform(nn.Module):
@@ -102,6 +102,112 @@ class Standardize(InputTransform):
 
     def spec(self) -> dict[str, Any]:
         return {"type": "standardize", "dim": self.out_dim}
+
+
+class YeoJohnson(InputTransform):
+    """A monotone power map of each feature (Yeo & Johnson, 2000) that makes skewed, heavy-tailed
+    columns closer to normal; ``λ = 1`` is the identity.
+
+    ``ψ(x) = ((1 + x)^λ − 1) / λ`` for ``x ≥ 0`` and ``−((1 − x)^(2−λ) − 1) / (2 − λ)`` for
+    ``x < 0`` (logarithms at ``λ = 0`` and ``λ = 2``), so ``log ψ′(x) = (λ − 1) sign(x) log(1 + |x|)``
+    and ``log p(x)`` stays a density of the features. Meant for standardised inputs, where ``λ``
+    does not depend on a column's unit or offset.
+
+    Example:
+        >>> x = torch.tensor([[-1.0, 0.0, 3.0]]).T
+        >>> transform = YeoJohnson(1)
+        >>> transform.lambdas.fill_(0.0)
+        tensor([0.])
+        >>> u, log_det = transform(x)
+        >>> u.squeeze(1), log_det
+        (tensor([-1.5000,  0.0000,  1.3863]), tensor([ 0.6931,  0.0000, -1.3863]))
+        >>> transform.inverse(u).squeeze(1)
+        tensor([-1.,  0.,  3.])
+    """
+
+    #: ``λ`` is searched in this range: wide enough for a log-normal-like tail (``λ`` near 0) and
+    #: its mirror image, narrow enough that ``ψ`` stays well conditioned in float32.
+    LAMBDA_BOUNDS = (-2.0, 4.0)
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("lambdas", torch.ones(dim))
+
+    @classmethod
+    def fit(cls, x: Tensor) -> "YeoJohnson":
+        """Each column's ``λ`` by maximum likelihood under a normal model of ``ψ(x)`` (the profile
+        likelihood ``−n/2 · log var ψ(x) + Σ log ψ′(x)``), in float64, by a bounded scalar search.
+        Constant columns keep ``λ = 1``."""
+        from scipy.optimize import minimize_scalar
+
+        rows = x.detach().to("cpu", torch.float64)
+        transform = cls(rows.shape[1])
+        for j in range(rows.shape[1]):
+            column = rows[:, j]
+            if float(column.std()) < 1e-8:
+                continue
+
+            def negative_profile(lam: float, column: Tensor = column) -> float:
+                value, log_slope = _yeo_johnson(column, torch.tensor(lam, dtype=torch.float64))
+                return 0.5 * len(column) * math.log(max(float(value.var(correction=0)), 1e-300)) - float(log_slope.sum())
+
+            result = minimize_scalar(negative_profile, bounds=cls.LAMBDA_BOUNDS, method="bounded", options={"xatol": 1e-6})
+            transform.lambdas[j] = float(result.x)
+        return transform
+
+    @property
+    def in_dim(self) -> int:
+        return self.lambdas.shape[0]
+
+    @property
+    def out_dim(self) -> int:
+        return self.lambdas.shape[0]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        u, log_slope = _yeo_johnson(x, self.lambdas.to(x.dtype))
+        return u, log_slope.sum(-1)
+
+    def inverse(self, u: Tensor) -> Tensor:
+        """``ψ⁻¹``; where ``ψ`` is bounded (``λ < 0`` above, ``λ > 2`` below) values beyond the bound
+        map to the largest finite feature value instead of NaN."""
+        lam = self.lambdas.to(u.dtype)
+        eps = torch.finfo(u.dtype).eps
+        upper, lower = 2.0 - lam, lam  # exponents of the two branches, as in _yeo_johnson
+        positive = torch.where(
+            lower.abs() < _SMALL, torch.expm1(u.clamp_min(0)), torch.expm1(torch.log1p((lam * u.clamp_min(0)).clamp_min(-1 + eps)) / _nonzero(lam))
+        )
+        negative = torch.where(
+            upper.abs() < _SMALL, -torch.expm1(-u.clamp_max(0)), -torch.expm1(torch.log1p((-upper * u.clamp_max(0)).clamp_min(-1 + eps)) / _nonzero(upper))
+        )
+        return torch.where(u >= 0, positive, negative)
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "yeo_johnson", "dim": self.out_dim}
+
+
+#: Below this, ``λ`` (or ``2 − λ``) counts as 0 and the branch is a logarithm.
+_SMALL = 1e-6
+
+
+def _nonzero(value: Tensor) -> Tensor:
+    """``value`` with entries near 0 replaced by 1 (their branch uses the logarithm instead)."""
+    return torch.where(value.abs() < _SMALL, torch.ones_like(value), value)
+
+
+def _yeo_johnson(x: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+    """``ψ_λ(x)`` and ``log ψ′_λ(x)`` elementwise (``lam`` broadcasts over the rows). A branch whose
+    exponent is within :data:`_SMALL` of 0 is its logarithm, and the slope uses that same exponent."""
+    zero = torch.zeros_like(x)
+    log_positive = torch.log1p(torch.where(x >= 0, x, zero))  # where, not clamp: the gradient at 0 is 1 from the right
+    log_negative = torch.log1p(torch.where(x < 0, -x, zero))
+    lower_log, upper_log = lam.abs() < _SMALL, (2.0 - lam).abs() < _SMALL
+    lower = torch.where(lower_log, torch.zeros_like(lam), lam)  # the exponent of the x ≥ 0 branch
+    upper = torch.where(upper_log, torch.zeros_like(lam), 2.0 - lam)  # of the x < 0 branch
+    positive = torch.where(lower_log, log_positive, torch.expm1(lower * log_positive) / _nonzero(lower))
+    negative = torch.where(upper_log, -log_negative, -torch.expm1(upper * log_negative) / _nonzero(upper))
+    value = torch.where(x >= 0, positive, negative)
+    log_slope = (lower - 1.0) * log_positive + (upper - 1.0) * log_negative
+    return value, log_slope
 
 
 class PrincipalProjection(InputTransform):
@@ -194,11 +300,51 @@ class TransformChain(Flow, InputTransform):
         return {"type": "chain", "transforms": [t.spec() for t in self.layers]}
 
 
+class InputNoise:
+    """Gaussian noise of standard deviation ``std`` in the units the flow sees, as feature rows:
+    ``x ↦ g⁻¹(g(x) + std · draws)`` for the chain's invertible part ``g`` (the transforms before a
+    projection). With standardisation alone that is ``x + std · scale · draws``, computed so.
+
+    Example:
+        >>> chain = TransformChain([Standardize.fit(torch.tensor([[0.0, 0.0], [2.0, 20.0]]))])
+        >>> InputNoise(chain, 0.5)(torch.zeros(1, 2), torch.ones(1, 2))
+        tensor([[0.5000, 5.0000]])
+    """
+
+    def __init__(self, transform: TransformChain, std: float) -> None:
+        self.std = std
+        self.parts: list[InputTransform] = []
+        for layer in transform.layers:
+            if isinstance(layer, PrincipalProjection):
+                break
+            self.parts.append(layer)
+        self.feature_std: Tensor | None = None
+        if all(isinstance(part, Standardize) for part in self.parts):
+            scale = torch.ones(transform.in_dim, device=transform.layers[0].scale.device)
+            for part in self.parts:
+                scale = scale * part.scale
+            self.feature_std = std * scale
+
+    def __call__(self, x: Tensor, draws: Tensor) -> Tensor:
+        if self.feature_std is not None:
+            return x + draws * self.feature_std
+        with torch.no_grad():
+            u = x
+            for part in self.parts:
+                u = part(u)[0]
+            u = u + self.std * draws
+            for part in reversed(self.parts):
+                u = part.inverse(u)
+        return u
+
+
 def build_transform(spec: dict[str, Any]) -> InputTransform:
     """Rebuild a transform (with placeholder statistics) from its :meth:`~InputTransform.spec`."""
     kind = spec.get("type")
     if kind == "standardize":
         return Standardize(int(spec["dim"]))
+    if kind == "yeo_johnson":
+        return YeoJohnson(int(spec["dim"]))
     if kind == "projection":
         return PrincipalProjection(int(spec["dim"]), int(spec["k"]))
     if kind == "chain":

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
-from .estimator import FlowGMMClassifier, split_joint
+from .estimator import FlowGMMClassifier, log_evidence
 from .metrics import expected_calibration_error, reliability_bins
 from .plots import class_colours, draw_decision_panel, save_png
 from .predictions import write_table
@@ -94,7 +94,7 @@ class Scene:
 
     @property
     def log_px(self) -> np.ndarray:
-        return split_joint(self.joint)[0]
+        return log_evidence(self.joint)
 
     @cached_property
     def shown(self) -> np.ndarray:
@@ -240,8 +240,7 @@ def samples(scene: Scene) -> Plot:
             "feature_v": feature_points[:, 1],
         }
     )
-    temperature = scene.estimator.temperature_
-    return Plot(figure, table, f"{n} samples from the mixture (variance scale {temperature:.3g}) and their images f^-1(z)")
+    return Plot(figure, table, f"{n} samples from the mixture and their images f^-1(z)")
 
 
 def distance(scene: Scene) -> Plot:
@@ -270,8 +269,8 @@ def distance(scene: Scene) -> Plot:
 
 
 def reliability(scene: Scene) -> Plot:
-    """Reliability diagrams of the labeled rows, accuracy against confidence in 15 bins: at variance
-    scale 1 (as trained) and, beside it, at the model's calibrated scale."""
+    """Reliability diagrams of the labeled rows, accuracy against confidence in 15 bins: at
+    temperature 1 (as trained) and, beside it, at the model's calibrated temperature."""
     rows = scene.labeled
     X, y = scene.X[rows], scene.y[rows]
     temperature = scene.estimator.temperature_
@@ -322,7 +321,7 @@ def interpolation(scene: Scene) -> Plot:
     for (name, i, j), colour in zip(pairs, ("tab:blue", "tab:red")):
         Z = np.outer(1 - alpha, scene.latent[i]) + np.outer(alpha, scene.latent[j])
         joint = scene.estimator.joint_log_prob(scene.estimator.decode(Z))
-        log_px = split_joint(joint)[0]
+        log_px = log_evidence(joint)
         below_chord = (1 - alpha) * log_px[0] + alpha * log_px[-1] - log_px
         dips.append(f"{name} {below_chord.max():.3g}")
         axis.plot(alpha, log_px, color=colour, marker=".", label=f"{name}: {scene.ids[i]} -> {scene.ids[j]}")
@@ -427,7 +426,7 @@ def _mark_labeled(axis, P: np.ndarray, scene: Scene) -> None:
 def _draw_means(axis, means: np.ndarray, scene: Scene) -> None:
     """Each mean as a black cross with its class name and the 2-standard-deviation circle of its
     component (a projection of an isotropic Gaussian onto orthonormal axes keeps its variance)."""
-    radius = 2 * np.sqrt(np.exp(float(scene.estimator.model_.prior.effective_log_variance())))
+    radius = 2 * np.sqrt(np.exp(float(scene.estimator.model_.prior.log_variance)))
     for (u, v), name in zip(means, scene.classes):
         axis.add_patch(Circle((u, v), radius, fill=False, color="k", linewidth=0.6, alpha=0.6))
         axis.scatter([u], [v], marker="x", s=60, c="k")

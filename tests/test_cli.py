@@ -190,7 +190,7 @@ def test_info_describes_every_part_of_the_model(workspace, capsys):
     assert lines["classes"] == "neg, pos"
     assert lines["features"] == "3-d from extractor 'tabular', flow on the top 2 principal directions"
     assert lines["flow"] == "realnvp: 2 couplings, hidden 8 x 2"
-    assert lines["mixture"] == "means scale 1.5, variance 2.0, temperature 1.0"
+    assert lines["mixture"] == f"means scale 1.5, variance 2.0, temperature {header['temperature']}"  # from the calibration fits
     assert lines["rows"] == "20 labeled, 60 unlabeled"
     assert json.loads(lines["options"]) == {
         "coupling_layers": 2, "hidden": 8, "hidden_layers": 2, "actnorm": True, "means_scale": 1.5, "variance": 2.0,
@@ -206,13 +206,14 @@ def test_info_of_a_model_with_data_chosen_means_and_after_calibration(workspace,
     assert lines["features"] == "3-d from extractor 'tabular'"  # no projection
     assert lines["flow"] == "realnvp: 4 couplings, hidden 32 x 1"
     separation = read_header(trained)["model"]["prior"]["separation"]
-    assert separation > 0 and lines["mixture"] == f"closest means {separation} std apart, variance 1.72, temperature 1.0"
+    trained_temperature = read_header(trained)["temperature"]
+    assert separation > 0 and lines["mixture"] == f"closest means {separation} std apart, variance 1.72, temperature {trained_temperature}"
     assert json.loads(lines["options"]) == {"coupling_layers": 4, "hidden": 32, "epochs": 100, "lr": 0.01}
     calibrated = w["folder"] / "calibrated.flowgmm"
     code, _, err = run_cli(["calibrate", trained, w["test"], "--labels", w["test_labels.csv"], "-o", calibrated, "-q"], capsys)
     assert code == 0, err
     temperature = read_header(calibrated)["temperature"]
-    assert temperature != 1.0
+    assert temperature != trained_temperature
     assert _info_lines(calibrated, capsys)["mixture"].endswith(f", temperature {temperature}")
     defaults = w["folder"] / "defaults.flowgmm"
     shutil.copy(w["model"], defaults)  # trained through the library with default options but three
@@ -372,7 +373,7 @@ def test_a_validation_file_chooses_the_best_epoch(workspace, capsys):
         if best["epoch"] == len(history):
             continue
         estimator = FlowGMMClassifier.load(out)
-        log_proba = estimator.predict_log_proba(X_val)
+        log_proba = estimator.predict_log_proba(X_val, temperature=1.0)  # as in training: the validation rows calibrate afterwards
         codes = y_val  # classes_ are ["neg", "pos"]: the codes are y_val
         accuracy, nll = float(np.mean(log_proba.argmax(1) == codes)), float(-np.mean(log_proba[np.arange(60), codes]))
         last = history[-1]
@@ -391,7 +392,7 @@ def test_the_training_summary_is_one_line(workspace, capsys, monkeypatch):
                             "-o", out, "--epochs", "2", "--hidden", "8", "--coupling-layers", "2"], capsys)  # fmt: skip
     assert code == 0, err
     summary = [line for line in err.splitlines() if line.startswith("wrote ")]
-    assert len(summary) == 1 and summary[0].endswith(")") and "best epoch" in summary[0] and str(out) in summary[0]
+    assert len(summary) == 1 and summary[0].endswith("from the validation rows") and "best epoch" in summary[0] and str(out) in summary[0]
 
 
 # ------------------------------------------------------------------------------- bad inputs
@@ -565,6 +566,6 @@ def test_a_table_is_scaled_per_column_and_a_dataframe_too(tmp_path, capsys):
         assert FlowGMMClassifier.load(tmp_path / "m.flowgmm").options_.scaling.value == "feature"
     partial = np.where(np.arange(120) % 6 == 0, y, -1)
     tiny = {"epochs": 1, "hidden": 8, "coupling_layers": 1}
-    assert FlowGMMClassifier(**tiny).fit(pd.DataFrame(X), partial).options_.scaling.value == "feature"
+    assert FlowGMMClassifier(**tiny).fit(pd.DataFrame(X), partial).options_.scaling.value == "shared"  # the container does not decide
     assert FlowGMMClassifier(**tiny).fit(X, partial).options_.scaling.value == "shared"
     assert FlowGMMClassifier(**tiny).fit(X, partial, units="per-column").options_.scaling.value == "feature"

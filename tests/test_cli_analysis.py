@@ -52,7 +52,7 @@ def w(tmp_path_factory) -> dict[str, Path]:
         "cube": _write(folder, "cube", np.random.default_rng(0).normal(size=(40, 3)), ["a", "b"] * 20),
     }
     paths.update(moons_labels=folder / "moons.csv", val_labels=folder / "val.csv", cube_labels=folder / "cube.csv")
-    clf = FlowGMMClassifier(epochs=40, hidden=32, coupling_layers=4, lr=0.01, random_state=0, device="cpu").fit(X, names[y])
+    clf = FlowGMMClassifier(epochs=40, hidden=32, coupling_layers=4, lr=0.01, random_state=0, device="cpu", calibration_folds=0).fit(X, names[y])
     clf.save(folder / "moons.flowgmm", extractor="tabular", history=[{"loss": 1.0}])
     cube = np.random.default_rng(1).normal(size=(40, 3))
     FlowGMMClassifier(epochs=2, hidden=8, coupling_layers=2, device="cpu").fit(cube, np.arange(40) % 2).save(folder / "cube.flowgmm", extractor="tabular")

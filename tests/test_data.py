@@ -13,7 +13,7 @@ from flowgmm_cli.stores import ArrayStore
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from flowgmm_cli.data import InMemorySource, ShuffledSource
+from flowgmm_cli.data import FeatureNoise, InMemorySource, ShuffledSource
 from flowgmm_cli.errors import OptionError
 from flowgmm_cli.factory import build_model, build_source, prepare
 from flowgmm_cli.options import TrainOptions
@@ -27,7 +27,7 @@ def _ids(n: int, start: int = 0, dim: int = 2) -> torch.Tensor:
 
 def _source(n_labeled: int = 10, n_unlabeled: int = 23, batch: int = 5, labeled_batch: int = 3, seed: int = 0, noise=None) -> InMemorySource:
     y = torch.arange(n_labeled) % 3
-    return InMemorySource(_ids(n_labeled), y, _ids(n_unlabeled, start=1000), batch, labeled_batch, seed=seed, labeled_noise=noise)
+    return InMemorySource(_ids(n_labeled), y, _ids(n_unlabeled, start=1000), batch, labeled_batch, seed=seed, labeled_noise=None if noise is None else FeatureNoise(noise))
 
 
 def _epoch(source: InMemorySource) -> list[tuple[list[int], list[int], list[int]]]:
@@ -124,7 +124,7 @@ def test_labeled_noise_has_the_given_per_feature_std():
     std = torch.tensor([0.05, 1.0, 3.0, 0.0])
     n_labeled, steps = 50, 200
     source = InMemorySource(
-        torch.zeros(n_labeled, 4), torch.zeros(n_labeled, dtype=torch.long), _ids(steps * 10, dim=4), 10, n_labeled, seed=0, labeled_noise=std
+        torch.zeros(n_labeled, 4), torch.zeros(n_labeled, dtype=torch.long), _ids(steps * 10, dim=4), 10, n_labeled, seed=0, labeled_noise=FeatureNoise(std)
     )
     batches = list(source.epoch())
     assert len(batches) == steps
@@ -153,8 +153,26 @@ def test_labeled_noise_option_is_in_standardised_units():
     model = build_model(transform, 2, options)
     source = build_source(ArrayStore(x[10:]), x[:10], torch.tensor([0, 1] * 5), model, options)
     scale = transform.layers[0].scale
-    torch.testing.assert_close(source.labeled_noise, 0.3 * scale)
+    torch.testing.assert_close(source.labeled_noise.feature_std, 0.3 * scale)
     torch.testing.assert_close(scale, x.double().std(0, unbiased=False).float())
+
+
+def test_with_a_power_transform_the_noise_is_added_where_the_flow_sees_the_rows():
+    """Behind a Yeo-Johnson map the noise is Gaussian in the transformed, standardised units, so a
+    heavy-tailed column's tail gets wider noise in feature units than its bulk."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.exp(2 * torch.randn(2000, 2, generator=generator))  # log-normal columns
+    transform, options = prepare(ArrayStore(x), 10, 1990, TrainOptions(labeled_noise=0.1, power_transform=True, hidden=8, coupling_layers=1))
+    model = build_model(transform, 2, options)
+    noise = build_source(ArrayStore(x[10:]), x[:10], torch.tensor([0, 1] * 5), model, options).labeled_noise
+    assert noise.feature_std is None
+    draws = torch.randn(4000, 2, generator=generator)
+    for point in (torch.tensor([[0.5, 0.5]]), torch.tensor([[50.0, 50.0]])):
+        moved = noise(point.expand(4000, 2), draws)
+        seen = transform(moved)[0] - transform(point)[0]
+        torch.testing.assert_close(seen.std(0), torch.full((2,), 0.1), rtol=0.1, atol=0)
+    bulk, tail = ((noise(point.expand(4000, 2), draws) - point).std(0) for point in (torch.tensor([[0.5, 0.5]]), torch.tensor([[50.0, 50.0]])))
+    assert (tail > 10 * bulk).all()
 
 
 def test_without_labeled_noise_the_rows_are_untouched():
@@ -197,7 +215,7 @@ def test_hold_out_keeps_a_row_of_every_class_or_names_the_option():
 
 def test_views_are_two_noisy_copies_that_change_no_other_draw():
     x_l, y_l, x_u = torch.randn(6, 3), torch.tensor([0, 1] * 3), torch.randn(40, 3)
-    noise = torch.tensor([0.1, 1.0, 10.0])
+    noise = FeatureNoise(torch.tensor([0.1, 1.0, 10.0]))
     plain = list(ShuffledSource(ArrayStore(x_u), x_l, y_l, 8, 3, seed=2, labeled_noise=noise).epoch())
     viewed = list(ShuffledSource(ArrayStore(x_u), x_l, y_l, 8, 3, seed=2, labeled_noise=noise, view_noise=noise).epoch())
     assert all(a.x_views is None for a in plain)
@@ -206,4 +224,4 @@ def test_views_are_two_noisy_copies_that_change_no_other_draw():
         first, second = b.x_views
         assert not torch.equal(first, second)
     offsets = torch.cat([torch.cat(b.x_views) - torch.cat([b.x_unlabeled] * 2) for b in viewed])
-    assert torch.allclose(offsets.std(dim=0), noise, rtol=0.2)  # 80 draws per feature: the std within 20%
+    assert torch.allclose(offsets.std(dim=0), noise.std, rtol=0.2)  # 80 draws per feature: the std within 20%

@@ -63,7 +63,20 @@ def test_constants():
     ],
 )
 def test_epochs_aim_at_three_thousand_steps_within_ten_and_two_thousand(rows, batch, epochs):
-    assert default_epochs(rows, batch) == epochs
+    assert default_epochs(rows, batch) == epochs  # low-dimensional data: always 3,000 steps
+
+
+@pytest.mark.parametrize(
+    ("rows", "batch", "epochs"),
+    [
+        (1000, 256, 375),  # 4 steps per epoch: 120 epochs would be 480 steps, at least 1,500
+        (5000, 256, 120),  # 20 steps per epoch: 2,400 steps
+        (12000, 256, 64),  # 47 steps per epoch: 120 epochs would be 5,640 steps, at most 3,000
+        (1, 256, 1500),
+    ],
+)
+def test_above_eight_features_small_sets_stop_after_enough_passes(rows, batch, epochs):
+    assert default_epochs(rows, batch, dim=9) == epochs
 
 
 @pytest.mark.parametrize(
@@ -170,6 +183,7 @@ def test_resolve_input_projection(dim, n_rows, given, expected):
 EXPLICIT = TrainOptions(
     coupling_layers=3, hidden=5, hidden_layers=0, means_scale=0.0, variance=0.5, scaling="feature", projection_dim=0,
     unlabeled_weight=0.0, labeled_noise=0.0, perturbation=0.0, epochs=7, batch_size=9, labeled_batch_size=4, permutation="random",
+    power_transform=False, calibration_folds=0, classification_weight=0.0,
 )  # fmt: skip
 
 

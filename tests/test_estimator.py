@@ -21,7 +21,7 @@ from flowgmm_cli.options import TrainOptions
 from flowgmm_cli.training import Schedule
 from flowgmm_testutils import state_equal
 
-SMALL = {"epochs": 3, "hidden": 16, "coupling_layers": 2, "device": "cpu"}
+SMALL = {"epochs": 3, "hidden": 16, "coupling_layers": 2, "device": "cpu", "calibration_folds": 0}  # calibration has its own tests
 
 
 def _moons_with_labels(n: int = 1000, per_class: int = 5, seed: int = 0):
@@ -166,7 +166,7 @@ def test_fit_predict_shapes_and_types(small_moons, small_classifier):
     Z = clf.encode(rows)
     assert Z.shape == (50, clf.latent_dim_) == (50, 2) and Z.dtype == np.float64
     np.testing.assert_allclose(clf.decode(Z), rows, atol=1e-6)
-    assert clf.means_.shape == (2, 2) and clf.temperature_ == 1.0
+    assert clf.means_.shape == (2, 2) and clf.temperature_ >= 1.0  # calibrated by default: never sharper than trained
 
     samples, labels = clf.sample(7)
     assert samples.shape == (7, 2) and samples.dtype == np.float64
@@ -305,7 +305,7 @@ def test_options_reach_the_model_source_objective_and_schedule(small_moons, monk
     params = dict(
         coupling_layers=3, hidden=24, hidden_layers=2, dropout=0.2, learn_means=True, learn_weights=True, variance=0.5,
         unlabeled_weight=0.4, labeled_noise=0.1, epochs=2, batch_size=50, labeled_batch_size=4, lr=0.02,
-        weight_decay=0.3, grad_clip=2.5, random_state=7, device="cpu",
+        weight_decay=0.3, grad_clip=2.5, random_state=7, device="cpu", calibration_folds=0,
     )  # fmt: skip
     clf = FlowGMMClassifier(**params).fit(X, partial)
     run = spy.last
@@ -313,7 +313,7 @@ def test_options_reach_the_model_source_objective_and_schedule(small_moons, monk
     assert [weight for _, weight in run["objective"].terms] == [1.0, 0.4]
     source = run["source"]
     assert (source.unlabeled_batch, source.labeled_batch, source.steps_per_epoch) == (50, 4, math.ceil(290 / 50))
-    torch.testing.assert_close(source.labeled_noise, 0.1 * torch.from_numpy(X.std(0)).float(), rtol=1e-4, atol=0)
+    torch.testing.assert_close(source.labeled_noise.feature_std, 0.1 * torch.from_numpy(X.std(0)).float(), rtol=1e-4, atol=0)
     model = clf.model_
     spec = model.flow.spec()
     assert (spec["coupling_layers"], spec["hidden"], spec["hidden_layers"], spec["dropout"], spec["seed"]) == (3, 24, 2, 0.2, 7)
@@ -401,8 +401,10 @@ def test_explicit_validation_rows_choose_the_best_epoch(forty_labels, monkeypatc
     assert len(run["source"].x_labeled) == 40  # no labeled row was held out
     best = max(clf.history_, key=lambda h: (h["val_accuracy"], -h["val_nll"], -h["epoch"]))["epoch"]
     assert best < 6, "the test needs a best epoch before the last one"
-    assert state_equal(clf.model_.state_dict(), run["weights"][best - 1])
-    assert not state_equal(clf.model_.state_dict(), run["weights"][-1])
+    trained = {k: v for k, v in clf.model_.state_dict().items() if k != "prior.log_temperature"}  # set after training
+    assert state_equal(trained, {k: v for k, v in run["weights"][best - 1].items() if k != "prior.log_temperature"})
+    assert not state_equal(trained, {k: v for k, v in run["weights"][-1].items() if k != "prior.log_temperature"})
+    assert clf.temperature_ == pytest.approx(copy.deepcopy(clf).calibrate(X_val, y_val).temperature_, rel=1e-6)  # the validation rows calibrate
     with pytest.raises(InputError, match="not a class"):
         FlowGMMClassifier(**SMALL).fit(X, labels, X_val=X_val[:2], y_val=[0, 7])
 
@@ -410,10 +412,10 @@ def test_explicit_validation_rows_choose_the_best_epoch(forty_labels, monkeypatc
 # ------------------------------------------------------------------------------------ calibration
 
 
-def test_calibrate_finds_a_temperature_above_one_for_an_over_confident_model(small_moons, small_classifier, tmp_path):
+def test_calibrate_finds_a_temperature_above_one_for_an_over_confident_model(small_moons, tmp_path):
     """Validation labels with a fifth of them wrong: the near-certain model needs a wider variance."""
-    _, _, _, X_new, y_new = small_moons
-    clf = copy.deepcopy(small_classifier)
+    X, _, partial, X_new, y_new = small_moons
+    clf = FlowGMMClassifier(**SMALL, learn_weights=False).fit(X, partial)
     noisy = y_new.copy()
     noisy[::5] = 1 - noisy[::5]
     before_proba, before_predict = clf.predict_log_proba(X_new), clf.predict(X_new)

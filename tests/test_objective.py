@@ -10,7 +10,7 @@ import torch
 from flowgmm_cli.data import Batch
 from flowgmm_cli.layers import RealNVP
 from flowgmm_cli.model import FlowGMM
-from flowgmm_cli.objective import ConsistencyNLL, LabeledNLL, Objective, StepOutputs, UnlabeledNLL
+from flowgmm_cli.objective import ConsistencyNLL, LabeledCrossEntropy, LabeledNLL, Objective, StepOutputs, UnlabeledNLL
 from flowgmm_cli.prior import GaussianMixturePrior
 from flowgmm_cli.transforms import Standardize, TransformChain
 from flowgmm_testutils import perturb_
@@ -119,6 +119,24 @@ def test_objective_on_a_real_model_is_the_equation_of_the_paper(float64):
     unlabeled = -model.log_prob(batch.x_unlabeled).mean()
     torch.testing.assert_close(values, torch.stack([labeled, unlabeled]).detach() / 3, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(loss, (labeled + 0.3 * unlabeled) / 3, rtol=1e-12, atol=1e-12)
+
+
+def test_labeled_cross_entropy_is_minus_the_mean_log_posterior_of_the_true_class_per_row():
+    """``−log p(y | x) = −log p(x, y) + log Σ_k p(x, k)``, not divided by the dimension."""
+    batch = _batch([0, 1, 4], [0, 1, 0], [2])
+    objective = Objective([(LabeledNLL(), 1.0), (LabeledCrossEntropy(), 3.0)], dim=4)
+    loss, values = objective(TableModel(), batch)
+    expected = -((TABLE[0][0] - _logaddexp(*TABLE[0])) + (TABLE[1][1] - _logaddexp(*TABLE[1])) + (TABLE[4][0] - _logaddexp(*TABLE[4]))) / 3
+    labeled = -(TABLE[0][0] + TABLE[1][1] + TABLE[4][0]) / 3
+    assert values.tolist() == pytest.approx([labeled / 4, expected], rel=1e-12)
+    assert loss.item() == pytest.approx(labeled / 4 + 3.0 * expected, rel=1e-12)
+
+
+def test_labeled_cross_entropy_moves_the_true_class_up_and_the_others_down():
+    model = TableModel()
+    LabeledCrossEntropy()(_outputs(_batch([0], [1], []), model)).backward()
+    assert model.table.grad[0, 1] < 0 < model.table.grad[0, 0], "descending the loss raises the true class's log joint"
+    assert model.table.grad[1:].abs().sum() == 0
 
 
 class TablePrior(torch.nn.Module):

@@ -32,6 +32,8 @@ BOUNDS = {
     "projection_dim": (0, None, None),
     "unlabeled_weight": (0.0, None, None),
     "labeled_noise": (0.0, None, None),
+    "classification_weight": (0.0, None, None),
+    "calibration_folds": (0, None, None),
     "consistency_weight": (0.0, None, None),
     "perturbation": (0.0, None, None),
     "epochs": (1, None, None),
@@ -45,7 +47,8 @@ BOUNDS = {
 #: Fields whose default is chosen from the data.
 AUTO = {
     "coupling_layers", "hidden", "hidden_layers", "means_scale", "variance", "scaling", "projection_dim",
-    "unlabeled_weight", "labeled_noise", "perturbation", "epochs", "batch_size", "labeled_batch_size",
+    "unlabeled_weight", "labeled_noise", "perturbation", "epochs", "batch_size", "labeled_batch_size", "power_transform",
+    "calibration_folds", "classification_weight",
 }  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Input transforms: standardisation and the principal projection, each an exact density term of the features."""
+"""Input transforms: standardisation, the Yeo-Johnson map and the principal projection, each an exact density term of the features."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from flowgmm_cli.layers import RealNVP
 from flowgmm_cli.model import FlowGMM
 from flowgmm_cli.options import Scaling, TrainOptions
 from flowgmm_cli.prior import GaussianMixturePrior
-from flowgmm_cli.transforms import PrincipalProjection, Standardize, TransformChain, build_transform
+from flowgmm_cli.transforms import PrincipalProjection, Standardize, TransformChain, YeoJohnson, build_transform
 from flowgmm_testutils import perturb_
 
 
@@ -73,6 +73,7 @@ def test_standardize_log_term_is_the_log_det_of_its_jacobian(float64):
         lambda x: Standardize.fit(x),
         lambda x: PrincipalProjection.fit(x - x.mean(0), 2),
         lambda x: _fitted_chain(x, 2),
+        lambda x: YeoJohnson.fit(x),
     ],
 )
 def test_transforms_have_no_trainable_parameters_and_keep_their_statistics_as_buffers(build, float64):
@@ -80,6 +81,86 @@ def test_transforms_have_no_trainable_parameters_and_keep_their_statistics_as_bu
     transform = build(correlated_rows(50, 5))
     assert list(transform.parameters()) == []
     assert transform.state_dict(), "the statistics are in the state dict"
+
+
+# ----------------------------------------------------------------------------------- YeoJohnson
+
+#: Exponents that cover both logarithm branches (0 and 2), both sides of 1, and the search bounds.
+LAMBDAS = [-2.0, -0.5, 0.0, 1e-8, 0.4, 1.0, 1.7, 2.0, 2 - 1e-8, 3.0, 4.0]
+
+
+def _yeo_johnson(lambdas: list[float]) -> YeoJohnson:
+    transform = YeoJohnson(len(lambdas)).double()
+    transform.lambdas.copy_(torch.tensor(lambdas, dtype=torch.float64))
+    return transform
+
+
+def test_yeo_johnson_log_term_is_the_log_det_of_its_jacobian(float64):
+    transform = _yeo_johnson(LAMBDAS)
+    x = torch.randn(7, len(LAMBDAS), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
+    x[0] = 0.0  # the seam between the two branches
+    u, log_term = transform(x)
+    for row in range(len(x)):
+        matrix = jacobian(lambda r: transform(r.unsqueeze(0))[0].squeeze(0), x[row])
+        torch.testing.assert_close(log_term[row], torch.linalg.slogdet(matrix)[1], rtol=0, atol=1e-10)
+
+
+def test_yeo_johnson_matches_scipy_and_inverts(float64):
+    from scipy.stats import yeojohnson
+
+    transform = _yeo_johnson(LAMBDAS)
+    x = torch.linspace(-6, 9, 301, dtype=torch.float64).unsqueeze(1).expand(-1, len(LAMBDAS))
+    u, _ = transform(x)
+    for j, lam in enumerate(LAMBDAS):
+        if 0 < abs(lam) < 1e-6 or 0 < abs(2 - lam) < 1e-6:
+            continue  # within 1e-6 of a seam a branch is its logarithm (exact at 0 and 2, checked here)
+        np.testing.assert_allclose(u[:, j].numpy(), yeojohnson(x[:, j].numpy(), lmbda=lam), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(transform.inverse(u), x, rtol=1e-9, atol=1e-9)
+    assert (u[1:] > u[:-1]).all(), "monotone increasing"
+
+
+def test_yeo_johnson_inverse_beyond_a_bounded_range_is_finite(float64):
+    """For λ < 0, ψ is bounded above by −1/λ (and for λ > 2 below): latent samples past the bound
+    decode to large but finite features."""
+    transform = _yeo_johnson([-1.0, 3.0])
+    out = transform.inverse(torch.tensor([[5.0, -5.0]], dtype=torch.float64))
+    assert torch.isfinite(out).all() and out[0, 0] > 1e6 and out[0, 1] < -1e6
+
+
+def test_yeo_johnson_fit_recovers_the_exponent_that_normalises_the_data(float64):
+    generator = torch.Generator().manual_seed(3)
+    truth = [0.0, 0.5, 1.0, 1.5]
+    normal = torch.randn(20000, 4, generator=generator, dtype=torch.float64) * 0.6
+    x = _yeo_johnson(truth).inverse(normal)
+    fitted = YeoJohnson.fit(x).lambdas
+    torch.testing.assert_close(fitted.double(), torch.tensor(truth, dtype=torch.float64), rtol=0, atol=0.05)
+    constant = YeoJohnson.fit(torch.ones(10, 1)).lambdas
+    assert constant.tolist() == [1.0]
+
+
+def test_yeo_johnson_density_integrates_to_one(float64):
+    """``N(ψ(x); m, s²) · ψ′(x)`` over a fine 1-D grid is 1 for a skewed fit."""
+    x = torch.exp(torch.randn(5000, 1, generator=torch.Generator().manual_seed(4), dtype=torch.float64)) - 0.5
+    transform = YeoJohnson.fit(x).double()
+    u, _ = transform(x)
+    mean, std = float(u.mean()), float(u.std())
+    grid = torch.linspace(-60, 400, 400001, dtype=torch.float64).unsqueeze(1)
+    v, log_term = transform(grid)
+    log_density = -0.5 * ((v[:, 0] - mean) / std) ** 2 - math.log(std * math.sqrt(2 * math.pi)) + log_term
+    assert float(log_density.exp().sum() * (grid[1, 0] - grid[0, 0])) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_power_transform_fits_between_two_standardisations_for_tables():
+    x = torch.exp(torch.randn(3000, 3, generator=torch.Generator().manual_seed(5)))
+    table = fit_input_transform(ArrayStore(x), TrainOptions(power_transform=True, scaling="feature", projection_dim=0))
+    assert [type(part) for part in table.layers] == [Standardize, YeoJohnson, Standardize]
+    u, _ = table(x)
+    torch.testing.assert_close(u.double().mean(0), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-4)
+    torch.testing.assert_close(u.double().std(0, unbiased=False), torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-4)
+    skew_before = ((x - x.mean(0)) / x.std(0)).double().pow(3).mean(0)
+    assert (skew_before > 3).all() and (u.double().pow(3).mean(0).abs() < 0.1 * skew_before).all(), "most of the skew is gone"
+    assert prepare(ArrayStore(x, units="per-column"), 10, 2990, TrainOptions())[1].power_transform is True
+    assert prepare(ArrayStore(x, units="shared"), 10, 2990, TrainOptions())[1].power_transform is False
 
 
 # --------------------------------------------------------------------------- PrincipalProjection
@@ -212,6 +293,7 @@ def test_chain_adds_log_terms_and_inverts_in_reverse_order(float64):
         lambda x: PrincipalProjection.fit(x - x.mean(0), 2),
         lambda x: _fitted_chain(x, 3),
         lambda x: TransformChain([Standardize.fit(x, shared_scale=True)]),
+        lambda x: TransformChain([Standardize.fit(x), YeoJohnson.fit(Standardize.fit(x)(x)[0])]),
     ],
 )
 def test_spec_rebuilds_the_same_transform(build, float64):

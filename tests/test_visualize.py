@@ -302,7 +302,7 @@ def test_samples_of_higher_dimensional_features_use_the_datas_principal_plane(cu
     summary = render("samples", cube_scene, tmp_path)
     table = pd.read_csv(tmp_path / "samples.csv", dtype={"class": str})
     assert len(table) == 800 and set(table["class"]) == {"0", "1", "2", "3"}
-    assert summary == "800 samples from the mixture (variance scale 1) and their images f^-1(z)"
+    assert summary == "800 samples from the mixture and their images f^-1(z)"
     clf, X = cube_scene.estimator, cube_scene.X
     Z, _ = clf.sample_latent(800, random_state=0)
     centred = clf.decode(Z) - X.mean(0)
