@@ -37,6 +37,7 @@ __all__ = [
     "default_scaling",
     "default_power_transform",
     "default_classification_weight",
+    "default_learn_weights",
     "default_calibration_folds",
     "calibration_epochs",
     "CALIBRATION_FOLDS",
@@ -116,6 +117,17 @@ def default_classification_weight(units: str | None) -> float:
     digits gained 1 point.
     """
     return TABLE_CLASSIFICATION_WEIGHT if units == "per-column" else 0.0
+
+
+def default_learn_weights(units: str | None) -> bool:
+    """Learned mixture weights for tables, equal ones otherwise.
+
+    A table's classes are often imbalanced (HTRU2: 9% positives), which a draw of so many labels
+    per class hides: learned weights moved HTRU2 from 93.0 to 94.4 on validation rows (letter and
+    the one-unit cases within 0.2). On the 2-D pinwheel (2 labels per class) they drifted to
+    0.14-0.25 for five equal classes and cost 7 points (93.7 → 86.6).
+    """
+    return units == "per-column"
 
 
 def default_hidden(dim: int) -> int:
@@ -225,15 +237,17 @@ def calibration_epochs(epochs: int) -> int:
 
 def resolve_input(options: TrainOptions, dim: int, n_rows: int, units: str | None = None) -> TrainOptions:
     """``options`` with the settings that follow the columns' ``units`` filled (``scaling``,
-    ``power_transform``, ``classification_weight``: :func:`default_scaling`,
-    :func:`default_power_transform`, :func:`default_classification_weight`) and ``projection_dim`` (0 when the flow sees every feature; a value of
+    ``power_transform``, ``classification_weight``, ``learn_weights``: :func:`default_scaling`,
+    :func:`default_power_transform`, :func:`default_classification_weight`, :func:`default_learn_weights`) and ``projection_dim`` (0 when the flow sees every feature; a value of
     at least ``dim`` also means every feature)."""
     projection = default_projection_dim(dim, n_rows) if options.projection_dim is None else options.projection_dim
     scaling = Scaling(default_scaling(dim, units)) if options.scaling is None else options.scaling
     power = default_power_transform(units) if options.power_transform is None else options.power_transform
     classification = default_classification_weight(units) if options.classification_weight is None else options.classification_weight
+    learn_weights = default_learn_weights(units) if options.learn_weights is None else options.learn_weights
     return replace(
-        options, scaling=scaling, power_transform=power, classification_weight=classification, projection_dim=projection if projection < dim else 0
+        options, scaling=scaling, power_transform=power, classification_weight=classification, learn_weights=learn_weights,
+        projection_dim=projection if projection < dim else 0,
     )
 
 

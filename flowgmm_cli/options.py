@@ -80,7 +80,7 @@ class TrainOptions:
     means_scale: float | None = _option(None, Panel.model, "Std of the fixed random class means (paper: 1).", auto="closest means 7 std apart", min=0.0)
     variance: float | None = _option(None, Panel.model, "Variance of each mixture component.", auto="1.72", above=0.0)
     learn_means: bool = _option(False, Panel.model, "Train the class means with the flow.")
-    learn_weights: bool = _option(True, Panel.model, "Train the mixture weights on all rows: the class shares of the data, which a draw of so many labels per class does not show (off: equal weights, as the paper).")
+    learn_weights: bool | None = _option(None, Panel.model, "Train the mixture weights on all rows: the class shares of the data, which a draw of so many labels per class does not show (off: equal weights, as the paper).", auto="on for tables (columns in their own units), off for embeddings and pixels")
     scaling: Scaling | None = _option(None, Panel.model, "Divide the centred inputs by each feature's std, or by one scale for all (pixels, embeddings).", auto="the file's units: tables per feature, embeddings and pixels shared; unknown: shared above 8 features")
     power_transform: bool | None = _option(None, Panel.model, "A Yeo-Johnson map of each standardised feature, its exponent fitted by likelihood, for skewed and heavy-tailed columns (its log-derivative is in log p(x)).", auto="on for tables (columns in their own units), off for embeddings and pixels")
     projection_dim: int | None = _option(None, Panel.model, "Flow on this many principal directions, the rest as Gaussian noise (0: all features).", auto="32 above 64 features, else 0", min=0)

@@ -48,7 +48,7 @@ BOUNDS = {
 AUTO = {
     "coupling_layers", "hidden", "hidden_layers", "means_scale", "variance", "scaling", "projection_dim",
     "unlabeled_weight", "labeled_noise", "perturbation", "epochs", "batch_size", "labeled_batch_size", "power_transform",
-    "calibration_folds", "classification_weight",
+    "calibration_folds", "classification_weight", "learn_weights",
 }  # fmt: skip
 
 
