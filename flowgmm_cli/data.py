@@ -22,25 +22,11 @@ from torch import Tensor
 
 from .stores import ArrayStore, RowStore
 
-__all__ = ["Batch", "DataSource", "Noise", "FeatureNoise", "ShuffledSource", "InMemorySource"]
+__all__ = ["Batch", "DataSource", "Noise", "ShuffledSource", "InMemorySource"]
 
 #: How rows move under standard normal draws: ``noise(x, draws)`` returns the perturbed rows.
 Noise = Callable[[Tensor, Tensor], Tensor]
 
-
-class FeatureNoise:
-    """Gaussian noise with a standard deviation per feature: ``x + std · draws``.
-
-    Example:
-        >>> FeatureNoise(torch.tensor([1.0, 0.1]))(torch.zeros(1, 2), torch.ones(1, 2))
-        tensor([[1.0000, 0.1000]])
-    """
-
-    def __init__(self, std: Tensor) -> None:
-        self.std = std
-
-    def __call__(self, x: Tensor, draws: Tensor) -> Tensor:
-        return x + draws * self.std.to(x.device)
 
 #: Chunks whose rows are shuffled together.
 BUFFER_CHUNKS = 16
@@ -89,7 +75,7 @@ class ShuffledSource:
         batch_size, labeled_batch_size: rows of each kind per step and process.
         seed: seed of the shuffles and the noise; the chunk permutation depends on seed and epoch only.
         labeled_noise: how rows move under standard normal draws (``noise(x, draws)``, e.g.
-            :class:`FeatureNoise` or :class:`~flowgmm_cli.transforms.InputNoise`), applied to each
+            :class:`~flowgmm_cli.transforms.InputNoise`), applied to each
             labeled batch (an augmentation), or ``None``.
         view_noise: the same for the two views of each unlabeled batch (:attr:`Batch.x_views`),
             or ``None`` for no views. Drawn from a generator of its own, so turning views on

@@ -192,8 +192,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         unlabeled, and scores them; ``T`` is then the temperature that calibrates those scores.
         The held-out rows measure how sure a model trained this way is when it is wrong, which the
         rows a model was trained on cannot show. ``T`` is at least 1: a few held-out rows that are
-        all right would shrink it toward 0, a density far narrower than the one trained, while the
-        class probabilities would barely change.
+        all right would shrink it toward 0 and make every probability near 0 or 1 on that evidence.
         """
         options = self.options_
         folds = stratified_folds(codes, options.calibration_folds, options.random_state)

@@ -215,16 +215,14 @@ def blocks(store: RowStore, rows: np.ndarray | None = None, block_rows: int | No
 def moments_of(store: RowStore, full: bool, transform: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None) -> Moments:
     """Mean and (co)variance of every row of ``store`` (mapped by ``transform`` when given, an
     input transform returning ``(rows, log_term)``), one pass over its chunks."""
-    moments: Moments | None = None
+    moments = Moments(store.dim, full=full)  # the transforms used here keep the dimension
     for start, stop in store.chunk_bounds():
         block = store.read(start, stop)
         if transform is not None:
             with torch.no_grad():
                 block = transform(block)[0]
-        if moments is None:
-            moments = Moments(block.shape[1], full=full)
         moments.update(block)
-    return moments if moments is not None else Moments(store.dim, full=full)
+    return moments
 
 
 def stream_labeled_rows(stream: FeatureStream, labels: dict[str, str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:

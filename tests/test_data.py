@@ -13,11 +13,21 @@ from flowgmm_cli.stores import ArrayStore
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from flowgmm_cli.data import FeatureNoise, InMemorySource, ShuffledSource
+from flowgmm_cli.data import InMemorySource, ShuffledSource
 from flowgmm_cli.errors import OptionError
 from flowgmm_cli.factory import build_model, build_source, prepare
 from flowgmm_cli.options import TrainOptions
 from flowgmm_cli.splits import hold_out
+
+
+class FeatureNoise:
+    """Gaussian noise with a standard deviation per feature, ``x + std · draws`` (a source's ``Noise``)."""
+
+    def __init__(self, std: torch.Tensor) -> None:
+        self.std = std
+
+    def __call__(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        return x + draws * self.std
 
 
 def _ids(n: int, start: int = 0, dim: int = 2) -> torch.Tensor:
