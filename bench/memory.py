@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from step_clock import StepClock  # noqa: E402 - bench/ is the script's folder
 
 DIM, CLASSES = 64, 4
 TRAIN = ["--epochs", "1", "--hidden", "128", "--coupling-layers", "8", "--batch-size", "256", "--labeled-noise", "0", "-q"]
@@ -84,21 +85,13 @@ def _steps_per_second(rank: int, world: int, threads: int, path: str, out: str, 
         dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     stream = FeatureStream(path)
     labeled, names, _ = stream_labeled_rows(stream, None)
-    stamps: list[float] = []
-
-    class Clock:
-        def on_step(self, step: int, total: int) -> None:
-            stamps.append(time.perf_counter())
-
-        def on_epoch_end(self, report) -> None:
-            pass
-
+    clock = StepClock()
     clf = FlowGMMClassifier(epochs=1, hidden=128, coupling_layers=8, batch_size=256, labeled_noise=0.0, device="cpu")
-    clf.fit_rows(stream, labeled, names, callback=Clock())
+    clf.fit_rows(stream, labeled, names, callback=clock)
     if rank == 0:
         warm = 10
         rows_per_step = (256 + min(64, len(labeled))) * world
-        Path(out).write_text(json.dumps(rows_per_step * (len(stamps) - 1 - warm) / (stamps[-1] - stamps[warm])))
+        Path(out).write_text(json.dumps(rows_per_step * (len(clock.stamps) - 1 - warm) / (clock.stamps[-1] - clock.stamps[warm])))
     if world > 1:
         dist.destroy_process_group()
 

@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 from .errors import InputError, OptionError
 from .features import align_labels, check_dim, read_features, read_labels
 from .splits import stratified_subset
+from .stores import FeatureStream
 from .targets import UNLABELED, require_classes
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ class FlowGMMMethod:
     options: dict[str, Any] = field(default_factory=dict)
     units: str | None = None
     """The feature file's ``units`` attribute, for the default scaling."""
+    image_shape: tuple[int, int, int] | None = None
+    """``(C, H, W)`` when the rows are images of pixel values: FlowGMM then fits them with the image flow."""
 
     def fit_predict(self, X_labeled: np.ndarray, y_labeled: np.ndarray, X_unlabeled: np.ndarray, X_test: np.ndarray, seed: int) -> np.ndarray:
         return self.fit_predict_proba(X_labeled, y_labeled, X_unlabeled, X_test, seed).argmax(axis=1)
@@ -69,12 +72,14 @@ class FlowGMMMethod:
 
         X = np.concatenate([X_labeled, X_unlabeled])
         y = np.concatenate([y_labeled, np.full(len(X_unlabeled), UNLABELED, dtype=y_labeled.dtype)])
+        if self.image_shape is not None:
+            X, X_test = X.reshape(len(X), *self.image_shape), X_test.reshape(len(X_test), *self.image_shape)
         return FlowGMMClassifier(random_state=seed, device=self.device, **self.options).fit(X, y, units=self.units).predict_proba(X_test)
 
 
-def default_methods(device: str = "cpu", units: str | None = None) -> dict[str, Method]:
+def default_methods(device: str = "cpu", units: str | None = None, image_shape: tuple[int, int, int] | None = None) -> dict[str, Method]:
     """Every method of :data:`TITLES` with its benchmark settings; torch ones run on ``device``,
-    FlowGMM told the features' ``units``."""
+    FlowGMM told the features' ``units`` and, for pixels, the images' shape (the image flow)."""
     from .baselines import KNN, MLP, LabelSpreadingBaseline, LogisticRegressionBaseline, PiModel
 
     return {
@@ -84,7 +89,7 @@ def default_methods(device: str = "cpu", units: str | None = None) -> dict[str, 
         "label-spreading-knn": LabelSpreadingBaseline("knn"),
         "label-spreading-rbf": LabelSpreadingBaseline("rbf"),
         "pi-model": PiModel(device=device),
-        "flowgmm": FlowGMMMethod(device=device, units=units),
+        "flowgmm": FlowGMMMethod(device=device, units=units, image_shape=image_shape),
     }
 
 
@@ -115,6 +120,8 @@ class BenchmarkData:
     classes: list[str]
     units: str | None = None
     """The pool file's ``units`` attribute (see :data:`flowgmm_cli.features.UNITS`)."""
+    image_shape: tuple[int, int, int] | None = None
+    """``(C, H, W)`` when the pool's rows are images of uint8 pixels (:func:`~flowgmm_cli.stores.image_shape_of`)."""
 
 
 def load_benchmark_data(features: Path, labels: Path | None, test: Path, test_labels: Path | None) -> BenchmarkData:
@@ -143,7 +150,7 @@ def load_benchmark_data(features: Path, labels: Path | None, test: Path, test_la
     code = {name: k for k, name in enumerate(classes)}
     y = np.array([code.get(name, UNLABELED) for name in names], dtype=np.int64)
     return BenchmarkData(pool.features, y, test_file.features, np.array([code[name] for name in test_names], dtype=np.int64), classes,
-                         str(pool.attrs.get("units") or "") or None)  # fmt: skip
+                         str(pool.attrs.get("units") or "") or None, FeatureStream(features).image_shape)  # fmt: skip
 
 
 @dataclass

@@ -236,7 +236,7 @@ def train(
     if resume and not checkpoint.exists():
         raise InputError(f"--resume found no checkpoint '{checkpoint}'; train without --resume.")
     fingerprint = _fingerprint(streamed, labeled, names, options, X_val, y_val)
-    store = streamed if stream else ArrayStore(torch.from_numpy(rows), chunks=4 * here.size if here.distributed else 1, units=streamed.units)
+    store = streamed if stream else ArrayStore(torch.from_numpy(rows), chunks=4 * here.size if here.distributed else 1, units=streamed.units, image_shape=streamed.image_shape)
     with TrainingProgress(console) as progress:
         estimator.fit_rows(store, labeled, names.astype(object), X_val=X_val, y_val=y_val, checkpoint=checkpoint, resume=resume,
                            fingerprint=fingerprint, callback=progress)  # fmt: skip
@@ -365,7 +365,7 @@ def describe_header(header: dict, name: str) -> str:
         f"classes      {', '.join(map(str, header.get('classes', [])))}",
         f"features     {header.get('feature_dim')}-d from extractor '{header.get('extractor') or '?'}'"
         + (f", flow on the top {projection} principal directions" if projection else ""),
-        f"flow         {flow.get('type')}: {flow.get('coupling_layers')} couplings, hidden {flow.get('hidden')} x {flow.get('hidden_layers')}",
+        f"flow         {_flow_summary(flow)}",
         f"mixture      {_means_summary(prior)}, variance {prior.get('variance')}, temperature {header.get('temperature')}",
         f"rows         {header.get('n_labeled')} labeled, {header.get('n_unlabeled')} unlabeled",
         f"options      {json.dumps(changed) if changed else 'defaults'}",
@@ -379,6 +379,15 @@ def describe_header(header: dict, name: str) -> str:
 def _same(value: object, default: object) -> bool:
     """Equal and of the same kind: 0 is not the default ``False``, nor ``None``."""
     return value == default and isinstance(value, bool) == isinstance(default, bool) and (value is None) == (default is None)
+
+
+def _flow_summary(flow: dict) -> str:
+    if flow.get("type") == "multiscale-realnvp":
+        return (
+            f"multiscale-realnvp on {'x'.join(map(str, flow.get('shape', [])))} images: {flow.get('scales')} scales, "
+            f"{flow.get('couplings')} couplings per group, s/t networks of {flow.get('hidden')} channels x {flow.get('blocks')} residual blocks"
+        )
+    return f"{flow.get('type')}: {flow.get('coupling_layers')} couplings, hidden {flow.get('hidden')} x {flow.get('hidden_layers')}"
 
 
 def _means_summary(prior: dict) -> str:

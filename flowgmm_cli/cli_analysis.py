@@ -13,6 +13,7 @@ from rich.console import Console
 from .atomic import check_output_path
 from .cli_common import Device, Quiet, app, labeled_classes, load_model_for, row_classes
 from .errors import InputError
+from .estimator import log_evidence
 from .features import FeatureFile, check_dim, read_features
 from .metrics import classification_report, ood_report
 from .progress import stderr_console
@@ -43,8 +44,10 @@ def evaluate(
         check_dim(ood_stream, estimator.n_features_in_, f"model '{model}'")
     classes = [str(c) for c in estimator.classes_]
     rows, y = labeled_classes(stream, labels, classes, model)
-    log_proba = np.concatenate([estimator.predict_log_proba(x.numpy()) for _, x in blocks(stream, rows)])
-    report = classification_report(log_proba, y, classes)
+    joint = np.concatenate([estimator.joint_log_prob(x.numpy()) for _, x in blocks(stream, rows)])
+    report = classification_report(estimator.log_proba_from_joint(joint), y, classes)
+    if estimator.image_shape_ is not None:  # a density of pixels: bits per dimension, as image flows report it
+        report["bits_per_dim"] = float(-log_evidence(joint).mean() / (estimator.n_features_in_ * np.log(2)))
     if ood_stream is not None:
         log_px = [np.concatenate([estimator.score_samples(x.numpy()) for _, x in blocks(s)]) for s in (stream, ood_stream)]
         report["ood"] = {"file": str(ood), **ood_report(*log_px)}
@@ -56,6 +59,8 @@ def _format_report(report: dict, classes: list[str]) -> str:
     width = max(8, *(len(name) for name in classes)) + 2
     number = lambda value: "-" if value is None else f"{value:.4f}"  # noqa: E731
     lines = [f"{key:<10}{number(report[key])}" for key in ("accuracy", "nll", "ece", "brier")]
+    if "bits_per_dim" in report:
+        lines.append(f"{'bits/dim':<10}{report['bits_per_dim']:.4f}  (labeled rows, at their pixels' bin centres)")
     lines.append(f"{'n':<10}{report['n']}")
     lines.append("")
     lines.append(f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
@@ -140,12 +145,15 @@ def visualize(
         ["all"],
         "--kind",
         "-k",
-        help="all (every kind that applies), or any of boundary, latent, samples, distance, reliability, interpolation, means; repeat for several.",
+        help="all (every kind that applies), or any of boundary, latent, samples, distance, reliability, interpolation, means, features (image models); repeat for several.",
     ),
     compare: Optional[Path] = typer.Option(None, help="A second model of the same features, overlaid in 'distance'."),
     pair: Optional[tuple[str, str]] = typer.Option(None, help="Ids of the two rows for 'interpolation' (default: a same-class and a different-class pair)."),
     near: float = typer.Option(5.0, min=0.0, help="'distance' counts the rows with d(x) below this."),
     seed: int = typer.Option(0, help="Seed of the mixture samples and of the subsample of points drawn."),
+    sample_temperature: float = typer.Option(1.0, min=0.0, help="Image models' 'samples': scale of the latent noise (1: the model's density; lower: cleaner, less varied)."),
+    layer: Optional[int] = typer.Option(None, min=0, help="Image models' 'features': the layer whose activations are perturbed (default: the middle one)."),
+    channel: int = typer.Option(0, min=0, help="Image models' 'features': the channel perturbed."),
     device: str = Device,
     quiet: bool = Quiet,
 ) -> None:
@@ -165,6 +173,7 @@ def visualize(
         estimator, feature_file.features, feature_file.ids, row_classes(feature_file, labels, [str(c) for c in estimator.classes_], model),
         name=model.stem, compare=other, compare_name=compare.stem if compare is not None else "",
         pair=_pair_rows(pair, feature_file) if pair and all(pair) else None, near=near, seed=seed,
+        sample_temperature=sample_temperature, layer=layer, channel=channel,
     )  # fmt: skip
     console = stderr_console(quiet)
     reasons = {k: unavailable(k, scene) for k in asked}

@@ -41,7 +41,8 @@ def benchmark_command(
     """FlowGMM against kNN, logistic regression, an MLP, label spreading and a Π-model on the same splits (the paper's Table 1)."""
     names = benchmark.select_methods(methods)
     data = benchmark.load_benchmark_data(features, labels, test, test_labels)
-    available = benchmark.default_methods(str(resolve_device(device)), data.units)
+    # standardised pixels are no longer pixel values: FlowGMM then takes them as vectors
+    available = benchmark.default_methods(str(resolve_device(device)), data.units, None if standardize else data.image_shape)
     chosen = {name: available[name] for name in names}
     console = stderr_console(quiet)
     with benchmark.limited_threads(threads), RunProgress(console, len(chosen) * seeds) as progress:

@@ -55,6 +55,12 @@ def load_model_for(model_path: Path, feature_file: FeatureFile, device: str) -> 
             f"Model '{model_path}' was trained on '{trained_on}' features but '{feature_file.path}' holds '{given}' features; "
             "embed the input with the same extractor."
         )
+    shape, given_shape = estimator.image_shape_, feature_file.attrs.get("shape")
+    if shape is not None and given_shape is not None and tuple(int(v) for v in given_shape) != shape:
+        raise InputError(
+            f"Model '{model_path}' reads {'x'.join(map(str, shape))} images but '{feature_file.path}' holds "
+            f"{'x'.join(str(int(v)) for v in given_shape)} images; embed them at the model's size (--image-size)."
+        )
     return estimator
 
 

@@ -17,14 +17,16 @@ from typing import Any, TypeVar
 
 import typer
 
-from .options import Panel, Permutation, Scaling, TrainOptions, option_fields
+from enum import Enum
+
+from .options import FlowKind, Panel, Permutation, Scaling, TrainOptions, option_fields
 
 __all__ = ["with_train_options", "flag"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: The Python type of each field, for Typer (the dataclass annotations are strings).
-_TYPES = typing.get_type_hints(TrainOptions, localns={"Permutation": Permutation, "Scaling": Scaling})
+_TYPES = typing.get_type_hints(TrainOptions, localns={"Permutation": Permutation, "Scaling": Scaling, "FlowKind": FlowKind})
 
 
 def flag(name: str) -> str:
@@ -45,7 +47,7 @@ def _parameter(spec: dataclasses.Field) -> inspect.Parameter:
     auto = meta["auto"]
     declarations = [flag(spec.name)] if meta["flag"] else []
     default = typer.Option(
-        spec.default.value if isinstance(spec.default, (Permutation, Scaling)) else spec.default,
+        spec.default.value if isinstance(spec.default, Enum) else spec.default,
         *declarations,
         help=meta["help"],
         rich_help_panel=meta["panel"].value,

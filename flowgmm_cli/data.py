@@ -24,8 +24,9 @@ from .stores import ArrayStore, RowStore
 
 __all__ = ["Batch", "DataSource", "Noise", "ShuffledSource", "InMemorySource"]
 
-#: How rows move under standard normal draws: ``noise(x, draws)`` returns the perturbed rows.
-Noise = Callable[[Tensor, Tensor], Tensor]
+#: How rows are perturbed: ``noise(x, generator)`` returns the perturbed rows, drawing every random
+#: number from ``generator`` (so a seeded source perturbs the same way on every run).
+Noise = Callable[[Tensor, torch.Generator], Tensor]
 
 
 #: Chunks whose rows are shuffled together.
@@ -74,12 +75,14 @@ class ShuffledSource:
         x_labeled, y_labeled: labeled features (in memory: there are few) and their class codes.
         batch_size, labeled_batch_size: rows of each kind per step and process.
         seed: seed of the shuffles and the noise; the chunk permutation depends on seed and epoch only.
-        labeled_noise: how rows move under standard normal draws (``noise(x, draws)``, e.g.
-            :class:`~flowgmm_cli.transforms.InputNoise`), applied to each
-            labeled batch (an augmentation), or ``None``.
+        labeled_noise: how labeled rows are perturbed (:data:`Noise`, e.g.
+            :class:`~flowgmm_cli.transforms.InputNoise` or :class:`~flowgmm_cli.augment.ImageAugment`),
+            applied to each labeled batch (an augmentation), or ``None``.
         view_noise: the same for the two views of each unlabeled batch (:attr:`Batch.x_views`),
             or ``None`` for no views. Drawn from a generator of its own, so turning views on
             changes no other draw.
+        unlabeled_noise: the same for the unlabeled rows of each batch (after the views are
+            made from the rows as stored), from a third generator; images use it to dequantise.
         rank, world_size: this process's share of the unlabeled rows.
         buffer_chunks: chunks shuffled together.
         device: where batches go.
@@ -99,11 +102,12 @@ class ShuffledSource:
         buffer_chunks: int = BUFFER_CHUNKS,
         device: torch.device | str | None = None,
         view_noise: Noise | None = None,
+        unlabeled_noise: Noise | None = None,
     ) -> None:
         if len(x_labeled) == 0:
             raise ValueError("training needs at least one labeled row")
         self.unlabeled, self.x_labeled, self.y_labeled = unlabeled, x_labeled, y_labeled
-        self.labeled_noise, self.view_noise = labeled_noise, view_noise
+        self.labeled_noise, self.view_noise, self.unlabeled_noise = labeled_noise, view_noise, unlabeled_noise
         self.rank, self.world_size, self.buffer_chunks = rank, world_size, buffer_chunks
         self.device = torch.device(device) if device is not None else x_labeled.device
         self.unlabeled_batch = min(batch_size, unlabeled.n_rows)
@@ -115,15 +119,15 @@ class ShuffledSource:
         self.seed, self.epochs_done = seed, 0
         self.generator = torch.Generator().manual_seed(seed + 1_000_003 * rank)
         self.view_generator = torch.Generator().manual_seed(seed + 1_000_003 * rank + 7)
+        self.unlabeled_generator = torch.Generator().manual_seed(seed + 1_000_003 * rank + 11)
 
     def epoch(self) -> Iterator[Batch]:
         for batch in self._batches():
             if self.view_noise is not None and len(batch.x_unlabeled):
-                batch.x_views = (self._view(batch.x_unlabeled), self._view(batch.x_unlabeled))
+                batch.x_views = (self.view_noise(batch.x_unlabeled, self.view_generator), self.view_noise(batch.x_unlabeled, self.view_generator))
+            if self.unlabeled_noise is not None and len(batch.x_unlabeled):
+                batch.x_unlabeled = self.unlabeled_noise(batch.x_unlabeled, self.unlabeled_generator)
             yield batch
-
-    def _view(self, x: Tensor) -> Tensor:
-        return self.view_noise(x, torch.randn(x.shape, generator=self.view_generator).to(x.device))
 
     def _batches(self) -> Iterator[Batch]:
         self.epochs_done += 1
@@ -189,16 +193,20 @@ class ShuffledSource:
             cursor += self.labeled_batch
             x = self.x_labeled[rows]
             if self.labeled_noise is not None:
-                x = self.labeled_noise(x, torch.randn(x.shape, generator=self.generator).to(x.device))
+                x = self.labeled_noise(x, self.generator)
             yield x.to(self.device), self.y_labeled[rows].to(self.device)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state(), "view_generator": self.view_generator.get_state(), "epochs_done": torch.tensor([self.epochs_done])}
+        return {
+            "generator": self.generator.get_state(), "view_generator": self.view_generator.get_state(),
+            "unlabeled_generator": self.unlabeled_generator.get_state(), "epochs_done": torch.tensor([self.epochs_done]),
+        }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.generator.set_state(state["generator"])
-        if "view_generator" in state:
-            self.view_generator.set_state(state["view_generator"])
+        for name in ("view_generator", "unlabeled_generator"):
+            if name in state:
+                getattr(self, name).set_state(state[name])
         self.epochs_done = int(state["epochs_done"][0]) if "epochs_done" in state else 0
 
 

@@ -18,7 +18,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from .options import Scaling, TrainOptions
+from .errors import OptionError
+from .options import FlowKind, Scaling, TrainOptions
 
 __all__ = [
     "resolve_input",
@@ -236,17 +237,21 @@ def calibration_epochs(epochs: int) -> int:
 
 
 def resolve_input(options: TrainOptions, dim: int, n_rows: int, units: str | None = None) -> TrainOptions:
-    """``options`` with the settings that follow the columns' ``units`` filled (``scaling``,
+    """For the vector flow (``flow`` set to it; the image flow's options, which mean nothing here,
+    are refused when given): ``options`` with the settings that follow the columns' ``units`` filled (``scaling``,
     ``power_transform``, ``classification_weight``, ``learn_weights``: :func:`default_scaling`,
     :func:`default_power_transform`, :func:`default_classification_weight`, :func:`default_learn_weights`) and ``projection_dim`` (0 when the flow sees every feature; a value of
     at least ``dim`` also means every feature)."""
+    for name in ("scales", "translate", "flip"):
+        if getattr(options, name):
+            raise OptionError(name, "{option} applies to the image flow (flow='image'), not to feature vectors.")
     projection = default_projection_dim(dim, n_rows) if options.projection_dim is None else options.projection_dim
     scaling = Scaling(default_scaling(dim, units)) if options.scaling is None else options.scaling
     power = default_power_transform(units) if options.power_transform is None else options.power_transform
     classification = default_classification_weight(units) if options.classification_weight is None else options.classification_weight
     learn_weights = default_learn_weights(units) if options.learn_weights is None else options.learn_weights
     return replace(
-        options, scaling=scaling, power_transform=power, classification_weight=classification, learn_weights=learn_weights,
+        options, flow=FlowKind.vector, scales=0, translate=0, scaling=scaling, power_transform=power, classification_weight=classification, learn_weights=learn_weights,
         projection_dim=projection if projection < dim else 0,
     )
 

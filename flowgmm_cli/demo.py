@@ -1,5 +1,5 @@
 """``flowgmm demo``: FlowGMM against labeled-only FlowGMM on the paper's 2-D sets and scikit-learn's digits,
-then the digit images through EfficientNet-Lite0 features (:mod:`.demo_images`)."""
+then the digit images through the image flow and through EfficientNet-Lite0 features (:mod:`.demo_images`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.console import Console
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from .demo_images import run_digit_images
+from .demo_images import run_digit_images, run_digit_pixels
 from .estimator import FlowGMMClassifier
 from .targets import UNLABELED
 from .plots import plot_decision_boundaries
@@ -79,6 +79,7 @@ def run_demo(output: Path, console: Console, seed: int = 0) -> list[dict]:
     results.append(_row("digits", int((partial != UNLABELED).sum()), semi.score(X_test, y_test), supervised.score(X_test, y_test)))
     console.print(f"digits: FlowGMM {results[-1]['flowgmm']:.3f}, labeled-only {results[-1]['labeled_only']:.3f} ({time.perf_counter() - start:.0f} s)")
     pool, test = digits_rows(seed)
+    results.append(run_digit_pixels(output, console, (pool, partial, test, y_test), seed))
     results.append(run_digit_images(output, console, (pool, partial, test, y_test), seed))
     return results
 

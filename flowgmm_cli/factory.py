@@ -10,19 +10,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .augment import ImageAugment
 from .data import ShuffledSource
 from .defaults import default_means_separation, noise_sample_rows, resolve, resolve_input
 from .distributed import World
-from .layers import RealNVP
+from .image_defaults import default_flow, resolve_image
+from .image_layers import MultiscaleRealNVP
+from .layers import FlowLayer, RealNVP
 from .model import FlowGMM
 from .objective import ConsistencyNLL, LabeledCrossEntropy, LabeledNLL, Objective, UnlabeledNLL
-from .options import Scaling, TrainOptions
+from .options import FlowKind, Scaling, TrainOptions
 from .prior import GaussianMixturePrior
 from .stores import RowStore, moments_of
 from .training import Schedule
-from .transforms import InputNoise, PrincipalProjection, Standardize, TransformChain, YeoJohnson
+from .transforms import InputNoise, PixelLogit, PrincipalProjection, Standardize, TransformChain, YeoJohnson
 
-__all__ = ["fit_input_transform", "build_model", "build_source", "build_objective", "build_schedule", "prepare"]
+__all__ = ["fit_input_transform", "image_transform", "build_model", "build_source", "build_objective", "build_schedule", "prepare"]
 
 
 def fit_input_transform(rows: RowStore, options: TrainOptions) -> TransformChain:
@@ -46,6 +49,15 @@ def fit_input_transform(rows: RowStore, options: TrainOptions) -> TransformChain
     return TransformChain(parts)
 
 
+def image_transform(rows: RowStore) -> TransformChain:
+    """Pixels to logits (:class:`~flowgmm_cli.transforms.PixelLogit`), then centred per pixel and
+    divided by one shared scale, so the flow starts from data about the origin and of unit size
+    rather than some nats per pixel away from every class mean. One pass over ``rows``."""
+    logit = PixelLogit(rows.dim)
+    moments = moments_of(rows, full=False, transform=TransformChain([logit]))
+    return TransformChain([logit, Standardize.from_moments(moments, shared_scale=True)])
+
+
 #: Rows the Yeo-Johnson exponents are fitted on (a seeded sample of larger data).
 POWER_SAMPLE = 20_000
 
@@ -54,7 +66,12 @@ def prepare(
     rows: RowStore, n_labeled: int, n_unlabeled: int, options: TrainOptions, class_counts: np.ndarray | None = None
 ) -> tuple[TransformChain, TrainOptions]:
     """The input transform fitted on every row of ``rows`` and the options with every
-    data-dependent default chosen (``class_counts``: labeled rows per class)."""
+    data-dependent default chosen (``class_counts``: labeled rows per class). Rows that are images
+    get the image flow (:func:`~flowgmm_cli.image_defaults.default_flow`) and the pixel logit transform."""
+    flow = default_flow(rows.image_shape) if options.flow is None else options.flow
+    if flow == FlowKind.image:
+        options = resolve_image(options, rows.image_shape, n_labeled, n_unlabeled, class_counts)
+        return image_transform(rows), options
     options = resolve_input(options, rows.dim, rows.n_rows, rows.units)
     transform = fit_input_transform(rows, options)
     with torch.no_grad():
@@ -62,13 +79,18 @@ def prepare(
     return transform, resolve(options, n_labeled=n_labeled, n_unlabeled=n_unlabeled, seen=seen, class_counts=class_counts)
 
 
-def build_model(transform: TransformChain, n_classes: int, options: TrainOptions) -> FlowGMM:
-    """Flow and mixture on the transform's output, as the resolved ``options`` describe them."""
+def build_model(transform: TransformChain, n_classes: int, options: TrainOptions, image_shape: tuple[int, int, int] | None = None) -> FlowGMM:
+    """Flow and mixture on the transform's output, as the resolved ``options`` describe them
+    (``image_shape``: the images' ``(C, H, W)``, for the image flow)."""
     dim = transform.out_dim
-    flow = RealNVP(
-        dim, options.coupling_layers, options.hidden, options.hidden_layers, options.dropout, options.actnorm,
-        options.permutation.value, options.random_state,
-    )  # fmt: skip
+    flow: FlowLayer
+    if options.flow == FlowKind.image:
+        flow = MultiscaleRealNVP(image_shape, options.scales, options.coupling_layers, options.hidden, options.hidden_layers, options.actnorm)
+    else:
+        flow = RealNVP(
+            dim, options.coupling_layers, options.hidden, options.hidden_layers, options.dropout, options.actnorm,
+            options.permutation.value, options.random_state,
+        )  # fmt: skip
     separation = default_means_separation(dim) if options.means_scale is None else None
     prior = GaussianMixturePrior(
         n_classes, dim, 1.0 if options.means_scale is None else options.means_scale, options.variance,
@@ -81,7 +103,14 @@ def build_source(
     unlabeled: RowStore, x_labeled: Tensor, y_labeled: Tensor, model: FlowGMM, options: TrainOptions, world: World = World()
 ) -> ShuffledSource:
     """Batches of the rows, this process's share of the unlabeled ones; the labeled noise and the
-    views' perturbation are given in the units the flow sees (:class:`~flowgmm_cli.transforms.InputNoise`)."""
+    views' perturbation are given in the units the flow sees (:class:`~flowgmm_cli.transforms.InputNoise`).
+    Images are shifted (and flipped) and dequantised instead: labeled, unlabeled and views alike."""
+    if options.flow == FlowKind.image:
+        augment = ImageAugment(model.flow.shape, options.translate, options.flip)
+        return ShuffledSource(
+            unlabeled, x_labeled, y_labeled, options.batch_size, options.labeled_batch_size, options.random_state, augment,
+            rank=world.rank, world_size=world.size, view_noise=augment if options.consistency_weight > 0 else None, unlabeled_noise=augment,
+        )  # fmt: skip
     noise = InputNoise(model.transform, options.labeled_noise) if options.labeled_noise else None
     views = InputNoise(model.transform, options.perturbation) if options.consistency_weight > 0 else None
     return ShuffledSource(

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from .image_layers import MultiscaleRealNVP
 from .layers import FlowLayer, RealNVP
 from .prior import GaussianMixturePrior
 from .transforms import InputTransform, build_transform
@@ -20,7 +21,7 @@ from .transforms import InputTransform, build_transform
 __all__ = ["FlowGMM", "FLOWS", "PRIORS"]
 
 #: Flow builders by the ``type`` of their spec; each takes the spec's other entries as keywords.
-FLOWS: dict[str, Callable[..., FlowLayer]] = {"realnvp": RealNVP}
+FLOWS: dict[str, Callable[..., FlowLayer]] = {"realnvp": RealNVP, "multiscale-realnvp": MultiscaleRealNVP}
 #: Prior builders by the ``type`` of their spec.
 PRIORS: dict[str, Callable[..., GaussianMixturePrior]] = {"gaussian-mixture": GaussianMixturePrior}
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import OptionError
 
-__all__ = ["Scaling", "Permutation", "Panel", "TrainOptions", "option_fields"]
+__all__ = ["Scaling", "Permutation", "FlowKind", "Panel", "TrainOptions", "option_fields"]
 
 
 class Scaling(str, Enum):
@@ -34,6 +34,13 @@ class Permutation(str, Enum):
 
     reverse = "reverse"
     random = "random"
+
+
+class FlowKind(str, Enum):
+    """The flow: couplings on feature vectors, or the multiscale convolutional flow on pixels."""
+
+    vector = "vector"
+    image = "image"
 
 
 class Panel(str, Enum):
@@ -71,9 +78,11 @@ class TrainOptions:
     """
 
     # model
-    coupling_layers: int | None = _option(None, Panel.model, "Affine coupling layers.", auto="10 up to 8 features, else 8", min=1)
-    hidden: int | None = _option(None, Panel.model, "Width of the s/t networks.", auto="512 up to 8 features, else 2*dim in [128, 512]", min=1)
-    hidden_layers: int | None = _option(None, Panel.model, "Hidden layers per s/t network (0: one linear map).", auto="1", min=0)
+    flow: FlowKind | None = _option(None, Panel.model, "The flow: 'image' (multiscale RealNVP on pixels: checkerboard and channel couplings with convolutional s/t networks, squeezes, factored-out channels) or 'vector' (couplings on feature vectors).", auto="image for files of uint8 images (the pixels extractor), else vector")
+    coupling_layers: int | None = _option(None, Panel.model, "Affine coupling layers (image flow: couplings per group of each scale).", auto="10 up to 8 features, else 8; images 3", min=1)
+    hidden: int | None = _option(None, Panel.model, "Width of the s/t networks (image flow: their channels).", auto="512 up to 8 features, else 2*dim in [128, 512]; images 16", min=1)
+    hidden_layers: int | None = _option(None, Panel.model, "Hidden layers per s/t network (0: one linear map; image flow: residual blocks).", auto="1; images 2", min=0)
+    scales: int | None = _option(None, Panel.model, "Image flow: squeeze-and-factor-out steps, each halving the image's side.", auto="as many as the side halves evenly (to at least 2 pixels), at most 3: MNIST 2", min=0)
     dropout: float = _option(0.0, Panel.model, "Dropout inside the s/t networks.", min=0.0, max=0.9)
     actnorm: bool = _option(False, Panel.model, "ActNorm before each coupling.")
     permutation: Permutation = _option(Permutation.reverse, Panel.model, "Between couplings: reverse the features, or a fixed random permutation.")
@@ -90,6 +99,8 @@ class TrainOptions:
     classification_weight: float | None = _option(None, Panel.loss, "Weight of the labeled rows' cross-entropy -log p(y|x), in nats per row, beside the likelihood (the paper's code: 3); 0: off.", auto="3 for tables (columns in their own units), 0 for embeddings and pixels", min=0.0)
     consistency_weight: float = _option(0.0, Panel.loss, "Weight of the consistency term (FlowGMM-cons, paper eq. 7): -log p(x'|y'') for two noisy views of each unlabeled row, ramped up over the first half of training; 0: off.", min=0.0)
     perturbation: float | None = _option(None, Panel.loss, "Std of the Gaussian noise that makes the two views, on standardised inputs.", auto="the labeled noise", min=0.0)
+    translate: int | None = _option(None, Panel.loss, "Image flow: shift training images and the consistency views by up to this many pixels (zero padding; 0: none).", auto="a fourteenth of the shorter side: MNIST 2", min=0)
+    flip: bool = _option(False, Panel.loss, "Image flow: flip training images and views left to right at random (natural images; leave off for digits and text).")
     # optimisation
     epochs: int | None = _option(None, Panel.optimisation, "Passes over the unlabeled rows.", auto="about 3,000 steps", min=1)
     batch_size: int | None = _option(None, Panel.optimisation, "Unlabeled rows per step.", auto="256", min=1)
@@ -141,7 +152,7 @@ def option_fields() -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(TrainOptions)
 
 
-_ENUMS = {"permutation": Permutation, "scaling": Scaling}
+_ENUMS = {"permutation": Permutation, "scaling": Scaling, "flow": FlowKind}
 
 
 def _coerce_enum(options: TrainOptions, spec: dataclasses.Field, value: Any) -> None:

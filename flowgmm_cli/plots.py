@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import matplotlib
 import numpy as np
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
@@ -19,7 +21,15 @@ from matplotlib.figure import Figure
 from .atomic import atomic_path
 from .estimator import FlowGMMClassifier, log_evidence
 
-__all__ = ["class_colours", "decision_grid", "draw_decision_panel", "plot_decision_boundaries", "save_png"]
+__all__ = ["Plot", "class_colours", "decision_grid", "draw_decision_panel", "plot_decision_boundaries", "save_png"]
+
+
+class Plot(NamedTuple):
+    """What a ``visualize`` kind produces: the figure, its numbers and one line for the user."""
+
+    figure: Figure
+    table: pd.DataFrame
+    summary: str
 
 
 def class_colours(n_classes: int) -> ListedColormap:

@@ -22,7 +22,7 @@ from .errors import InputError, reading
 from .features import _plain, _strings
 from .moments import Moments
 
-__all__ = ["RowStore", "ArrayStore", "FeatureStream", "SubsetStore", "blocks", "moments_of", "stream_labeled_rows"]
+__all__ = ["RowStore", "ArrayStore", "FeatureStream", "SubsetStore", "blocks", "moments_of", "stream_labeled_rows", "image_shape_of"]
 
 #: Rows read at a time by :func:`blocks`: 64k rows of 384 float32 features are 96 MiB.
 BLOCK_ROWS = 65536
@@ -33,6 +33,8 @@ class RowStore(Protocol):
     dim: int
     units: str | None
     """What the columns are measured in, as the extractor wrote it (:data:`~flowgmm_cli.features.UNITS`), or ``None``."""
+    image_shape: tuple[int, int, int] | None
+    """``(C, H, W)`` when each row is an image of uint8 pixels (the ``pixels`` extractor), else ``None``."""
 
     def chunk_bounds(self) -> list[tuple[int, int]]:
         """``(start, stop)`` of each chunk, in order; reading whole chunks is the efficient access."""
@@ -56,8 +58,8 @@ class ArrayStore:
         ([(0, 3), (3, 5)], [8.0, 0.0])
     """
 
-    def __init__(self, x: Tensor, chunks: int = 1, units: str | None = None) -> None:
-        self.x, self.units = x, units
+    def __init__(self, x: Tensor, chunks: int = 1, units: str | None = None, image_shape: tuple[int, int, int] | None = None) -> None:
+        self.x, self.units, self.image_shape = x, units, image_shape
         self.n_rows, self.dim = x.shape[0], x.shape[1]
         self._chunk_rows = max(1, math.ceil(self.n_rows / max(chunks, 1)))
 
@@ -75,7 +77,7 @@ class SubsetStore:
     """The rows of ``store`` where ``keep`` is true (for example the unlabeled ones), chunk by chunk."""
 
     def __init__(self, store: RowStore, keep: np.ndarray) -> None:
-        self.store, self.keep, self.units = store, np.asarray(keep, dtype=bool), store.units
+        self.store, self.keep, self.units, self.image_shape = store, np.asarray(keep, dtype=bool), store.units, store.image_shape
         self.n_rows, self.dim = int(self.keep.sum()), store.dim
 
     def chunk_bounds(self) -> list[tuple[int, int]]:
@@ -116,6 +118,7 @@ class FeatureStream:
             self.has_labels = "labels" in handle
             self.attrs = {key: _plain(value) for key, value in handle.attrs.items()}
             self.units = str(self.attrs.get("units") or "") or None
+            self.image_shape = image_shape_of(self.attrs, dataset)
             for name in ("ids", "labels"):
                 if name in handle and len(handle[name]) != self.n_rows:
                     raise InputError(f"'{self.path}' has {self.n_rows} feature rows but {len(handle[name])} {name}; the file is damaged, embed it again.")
@@ -191,6 +194,14 @@ class FeatureStream:
                 "fix or drop those rows and embed again."
             )
         return torch.from_numpy(np.ascontiguousarray(values))
+
+
+def image_shape_of(attrs: dict[str, Any], dataset: h5py.Dataset) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` of a feature file whose rows are uint8 images with a ``shape`` attribute, else ``None``."""
+    shape = attrs.get("shape")
+    if dataset.dtype != np.uint8 or shape is None or len(shape) != 3 or tuple(dataset.shape[1:]) != tuple(int(v) for v in shape):
+        return None
+    return tuple(int(v) for v in shape)  # type: ignore[return-value]
 
 
 def blocks(store: RowStore, rows: np.ndarray | None = None, block_rows: int | None = None) -> Iterator[tuple[np.ndarray, Tensor]]:

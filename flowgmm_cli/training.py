@@ -37,6 +37,9 @@ class Schedule:
     grad_clip: float = 10.0
     """Gradient-norm bound; 0 turns clipping off."""
     seed: int = 0
+    max_steps: int | None = None
+    """Stop after this many steps, within an epoch if need be (the cosine reaches 0 there); ``None``:
+    every step of every epoch. For data so large that an epoch is more than a run."""
 
 
 @dataclass
@@ -110,6 +113,9 @@ def train(
     torch.manual_seed(schedule.seed)
     here = world()
     total_steps = source.steps_per_epoch * schedule.epochs
+    if schedule.max_steps is not None:
+        total_steps = min(total_steps, schedule.max_steps)
+    epochs = math.ceil(total_steps / source.steps_per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, weight_decay=schedule.weight_decay)
     state = _State()
@@ -118,13 +124,16 @@ def train(
     forward: torch.nn.Module = model
     check_unchanged = getattr(getattr(source, "unlabeled", None), "check_unchanged", None)
 
-    for epoch in range(state.epoch + 1, schedule.epochs + 1):
+    for epoch in range(state.epoch + 1, epochs + 1):
         model.train()
         sums = torch.zeros(1 + len(objective.terms), dtype=torch.float64)
+        steps_done = 0
         for step_in_epoch, batch in enumerate(source.epoch()):
+            step = (epoch - 1) * source.steps_per_epoch + step_in_epoch
+            if step >= total_steps:
+                break
             if here.distributed and forward is model:
                 forward = _data_parallel(model, batch)
-            step = (epoch - 1) * source.steps_per_epoch + step_in_epoch
             loss, values = objective(forward, batch, step / total_steps)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -139,12 +148,13 @@ def train(
                 torch.nn.utils.clip_grad_norm_(trainable, schedule.grad_clip)
             optimizer.step()
             sums += torch.cat([loss.detach().reshape(1), values]).double().cpu()
+            steps_done += 1
             if callback is not None and here.is_main:
                 callback.on_step(step + 1, total_steps)
         if check_unchanged is not None:
             check_unchanged()
-        means = (all_reduce_sum(sums) / (source.steps_per_epoch * here.size)).tolist()
-        report = EpochReport(epoch, schedule.epochs, means[0], dict(zip(objective.names, means[1:])))
+        means = (all_reduce_sum(sums) / (steps_done * here.size)).tolist()
+        report = EpochReport(epoch, epochs, means[0], dict(zip(objective.names, means[1:])))
         if validation is not None:
             report.val_accuracy, report.val_nll = _validate(model, *validation)
             score = [report.val_accuracy, -report.val_nll]

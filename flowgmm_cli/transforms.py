@@ -18,7 +18,9 @@ from torch import Tensor, nn
 from .layers import Flow
 from .moments import Moments
 
-__all__ = ["InputTransform", "Standardize", "YeoJohnson", "PrincipalProjection", "TransformChain", "InputNoise", "build_transform"]
+__all__ = [
+    "InputTransform", "Standardize", "YeoJohnson", "PixelLogit", "PrincipalProjection", "TransformChain", "InputNoise", "build_transform",
+]  # fmt: skip
 
 
 class InputTransform(nn.Module):
@@ -210,6 +212,52 @@ def _yeo_johnson(x: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
     return value, log_slope
 
 
+class PixelLogit(InputTransform):
+    """Pixel values (0-255) to logits, for a flow on images (RealNVP's preprocessing).
+
+    ``v = (x + 1/2) / 256`` puts a pixel in the middle of its bin of width 1/256; training rows
+    arrive dequantised (``x`` plus uniform noise in [−1/2, 1/2), :class:`~flowgmm_cli.augment.ImageAugment`),
+    so ``v`` covers [0, 1). Then ``p = α + (1 − 2α) v`` keeps away from 0 and 1 and ``u = log p − log(1 − p)``.
+    ``log_term = Σ log(1 − 2α) − log 256 − log p − log(1 − p)``, so ``log p(x)`` is a density of
+    the dequantised pixels in pixel units, and ``−log p(x) / (D log 2)`` is bits per dimension.
+
+    Example:
+        >>> transform = PixelLogit(2)
+        >>> u, log_term = transform(torch.tensor([[0.0, 255.0]]))
+        >>> [round(value, 2) for value in u[0].tolist()], torch.allclose(transform.inverse(u), torch.tensor([[0.0, 255.0]]), atol=1e-4)
+        ([-2.91, 2.91], True)
+    """
+
+    def __init__(self, dim: int, alpha: float = 0.05) -> None:
+        super().__init__()
+        if not 0 <= alpha < 0.5:
+            raise ValueError(f"alpha must lie in [0, 0.5), got {alpha}")
+        self.dim, self.alpha = dim, alpha
+
+    @property
+    def in_dim(self) -> int:
+        return self.dim
+
+    @property
+    def out_dim(self) -> int:
+        return self.dim
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        p = self.alpha + (1 - 2 * self.alpha) * (x + 0.5) / 256
+        log_p, log_q = torch.log(p), torch.log1p(-p)
+        constant = self.dim * (math.log(1 - 2 * self.alpha) - math.log(256))
+        return log_p - log_q, constant - (log_p + log_q).sum(-1)
+
+    def inverse(self, u: Tensor) -> Tensor:
+        """Pixel values (continuous; round them for an image), clamped to the dequantised range
+        [−1/2, 255.5): beyond ``logit(α)`` and ``logit(1 − α)`` the map has no preimage."""
+        x = (torch.sigmoid(u) - self.alpha) / (1 - 2 * self.alpha) * 256 - 0.5
+        return x.clamp(-0.5, 255.5 - 1e-3)
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "pixel_logit", "dim": self.dim, "alpha": self.alpha}
+
+
 class PrincipalProjection(InputTransform):
     """Keep the top ``k`` principal directions ``W`` (D×k) for the flow; model the rest as noise.
 
@@ -302,13 +350,15 @@ class TransformChain(Flow, InputTransform):
 
 class InputNoise:
     """Gaussian noise of standard deviation ``std`` in the units the flow sees, as feature rows:
-    ``x ↦ g⁻¹(g(x) + std · draws)`` for the chain's invertible part ``g`` (the transforms before a
-    projection). With standardisation alone that is ``x + std · scale · draws``, computed so.
+    ``x ↦ g⁻¹(g(x) + std · ε)`` with ``ε`` standard normal from the generator, for the chain's
+    invertible part ``g`` (the transforms before a projection). With standardisation alone that is
+    ``x + std · scale · ε``, computed so.
 
     Example:
         >>> chain = TransformChain([Standardize.fit(torch.tensor([[0.0, 0.0], [2.0, 20.0]]))])
-        >>> InputNoise(chain, 0.5)(torch.zeros(1, 2), torch.ones(1, 2))
-        tensor([[0.5000, 5.0000]])
+        >>> noisy = InputNoise(chain, 0.5)(torch.zeros(1000, 2), torch.Generator().manual_seed(0))
+        >>> noisy.std(0).div(torch.tensor([0.5, 5.0])).round(decimals=1).tolist()
+        [1.0, 1.0]
     """
 
     def __init__(self, transform: TransformChain, std: float) -> None:
@@ -325,7 +375,8 @@ class InputNoise:
                 scale = scale * part.scale
             self.feature_std = std * scale
 
-    def __call__(self, x: Tensor, draws: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        draws = torch.randn(x.shape, generator=generator).to(x.device)
         if self.feature_std is not None:
             return x + draws * self.feature_std
         with torch.no_grad():
@@ -345,6 +396,8 @@ def build_transform(spec: dict[str, Any]) -> InputTransform:
         return Standardize(int(spec["dim"]))
     if kind == "yeo_johnson":
         return YeoJohnson(int(spec["dim"]))
+    if kind == "pixel_logit":
+        return PixelLogit(int(spec["dim"]), float(spec["alpha"]))
     if kind == "projection":
         return PrincipalProjection(int(spec["dim"]), int(spec["k"]))
     if kind == "chain":

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -17,145 +14,17 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
-from .estimator import FlowGMMClassifier, log_evidence
+from .estimator import log_evidence
 from .metrics import expected_calibration_error, reliability_bins
-from .plots import class_colours, draw_decision_panel, save_png
+from .plots import Plot, class_colours, draw_decision_panel, save_png
 from .predictions import write_table
+from .scene import MAX_POINTS, Scene, boundary_distance, latent_plane
+from .visualize_images import feature_problem, features, image_interpolation, image_means, image_samples
 
-__all__ = ["KINDS", "Scene", "Plot", "boundary_distance", "latent_plane", "unavailable", "render"]
+__all__ = ["KINDS", "IMAGE_KINDS", "MAX_POINTS", "Scene", "Plot", "boundary_distance", "latent_plane", "unavailable", "render"]
 
-#: Most points a scatter plot draws (a seeded subsample beyond; labeled rows are always drawn).
-MAX_POINTS = 5000
 #: Points along each interpolation segment.
 INTERPOLATION_STEPS = 41
-
-
-class Plot(NamedTuple):
-    """What a kind produces: the figure, its numbers and one line for the user."""
-
-    figure: Figure
-    table: pd.DataFrame
-    summary: str
-
-
-@dataclass
-class Scene:
-    """The model, the rows and the options every kind draws from; latent codes are computed once.
-
-    Arguments:
-        estimator: the fitted model.
-        X: feature rows, shape ``(N, D)``.
-        ids: row ids, shape ``(N,)``.
-        y: class index of each row in ``estimator.classes_``, ``-1`` for an unlabeled row.
-        name: the model's name in legends.
-        compare: a second model whose distances ``distance`` overlays.
-        compare_name: its name in legends.
-        pair: row indices of the two ends for ``interpolation`` (default: chosen, see :func:`interpolation`).
-        near: ``distance`` counts rows with ``d(x) < near``.
-        seed: seed of the mixture samples and of the subsample of drawn points.
-    """
-
-    estimator: FlowGMMClassifier
-    X: np.ndarray
-    ids: np.ndarray
-    y: np.ndarray
-    name: str = "model"
-    compare: FlowGMMClassifier | None = None
-    compare_name: str = "compare"
-    pair: tuple[int, int] | None = None
-    near: float = 5.0
-    seed: int = 0
-
-    @property
-    def classes(self) -> list[str]:
-        return [str(c) for c in self.estimator.classes_]
-
-    @property
-    def labeled(self) -> np.ndarray:
-        return np.flatnonzero(self.y >= 0)
-
-    @cached_property
-    def latent(self) -> np.ndarray:
-        return self.estimator.encode(self.X)
-
-    @cached_property
-    def plane(self) -> tuple[np.ndarray, np.ndarray]:
-        return latent_plane(self.estimator.means_, self.latent)
-
-    @cached_property
-    def joint(self) -> np.ndarray:
-        """``log p(x, y=k)`` of each row and class."""
-        return self.estimator.joint_log_prob(self.X)
-
-    @property
-    def predicted(self) -> np.ndarray:
-        """Predicted class index of each row."""
-        return self.joint.argmax(axis=1)
-
-    @property
-    def log_px(self) -> np.ndarray:
-        return log_evidence(self.joint)
-
-    @cached_property
-    def shown(self) -> np.ndarray:
-        """Rows a scatter plot draws: all, or a seeded subsample of :data:`MAX_POINTS` plus the labeled rows."""
-        if len(self.X) <= MAX_POINTS:
-            return np.arange(len(self.X))
-        sample = np.random.default_rng(self.seed).choice(len(self.X), MAX_POINTS, replace=False)
-        return np.union1d(sample, self.labeled)
-
-    def project(self, Z: np.ndarray) -> np.ndarray:
-        """Latent codes in the coordinates of :attr:`plane`, shape ``(N, 2)``."""
-        origin, basis = self.plane
-        return (Z - origin) @ basis.T
-
-
-def boundary_distance(Z: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """Distance of each latent code to the decision boundary between its two closest means (paper, section 6.2):
-    ``d(x) = |‖μ′ − z‖² − ‖μ″ − z‖²| / (2‖μ′ − μ″‖)``, exact for equal weights and a shared variance.
-
-    Example:
-        >>> boundary_distance(np.array([[1.0, 0.0], [3.0, 4.0]]), np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 10.0]]))
-        array([1., 1.])
-    """
-    squared = (Z**2).sum(1, keepdims=True) - 2 * Z @ means.T + (means**2).sum(1)
-    closest = np.argsort(squared, axis=1, kind="stable")[:, :2]
-    rows = np.arange(len(Z))
-    first, second = squared[rows, closest[:, 0]], squared[rows, closest[:, 1]]
-    separation = np.linalg.norm(means[closest[:, 0]] - means[closest[:, 1]], axis=1)
-    return np.abs(first - second) / (2 * separation)
-
-
-def latent_plane(means: np.ndarray, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Origin and orthonormal axes (shape ``(2, D)``) of the plane latent plots project onto.
-
-    The plane through the class means: the top two principal directions of the means about their
-    centroid, which for up to 3 classes span exactly the plane through them. With 2 classes the
-    second axis is the codes' main direction of spread orthogonal to the line through the means.
-    Each axis is signed so that its largest entry is positive, for stable pictures.
-
-    Example:
-        >>> origin, axes = latent_plane(np.array([[0.0, 0, 0], [2, 0, 0], [0, 2, 0]]), np.zeros((1, 3)))
-        >>> bool(np.abs(axes @ np.array([0.0, 0, 1])).max() < 1e-12)  # the plane z = 0
-        True
-    """
-    origin = means.mean(axis=0)
-    _, singular, directions = np.linalg.svd(means - origin, full_matrices=False)
-    axes = directions[: min(2, int((singular > 1e-9 * max(singular.max(), 1e-300)).sum()))]
-    if len(axes) < 2:
-        residual = (Z - Z.mean(axis=0)) - np.outer((Z - Z.mean(axis=0)) @ axes[0], axes[0])
-        spread = np.linalg.svd(residual, full_matrices=False)[2][0] if np.abs(residual).max() > 0 else _any_orthogonal(axes[0])
-        axes = np.vstack([axes[0], spread - (spread @ axes[0]) * axes[0]])
-    axes = axes / np.linalg.norm(axes, axis=1, keepdims=True)
-    signs = np.sign(axes[np.arange(2), np.abs(axes).argmax(axis=1)])
-    return origin, axes * signs[:, None]
-
-
-def _any_orthogonal(axis: np.ndarray) -> np.ndarray:
-    """A unit vector orthogonal to ``axis`` (when the codes give no direction of spread)."""
-    candidate = np.eye(len(axis))[np.abs(axis).argmin()]
-    candidate = candidate - (candidate @ axis) * axis
-    return candidate / np.linalg.norm(candidate)
 
 
 def _feature_plane(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -307,13 +176,13 @@ def reliability(scene: Scene) -> Plot:
 def interpolation(scene: Scene) -> Plot:
     """log p(x) along latent segments z(α) = (1 − α) z_i + α z_j mapped back by f⁻¹ (Figures 3a, 3b).
 
-    Default pairs: from the row of highest ``log p(x)``, the nearest row (in latent space) of
-    another class, and the same-class row whose distance is most like that one's, so the two
-    segments have about the same length and differ only in crossing a class boundary. A row's
+    Default pairs (:meth:`Scene.default_pairs`): from the row of highest ``log p(x)``, the nearest
+    row (in latent space) of another class, and the same-class row whose distance is most like
+    that one's, so the two segments have about the same length and differ only in crossing a class boundary. A row's
     class is its label, or its predicted class when unlabeled. The summary gives each path's
     deepest drop below the chord between its end values: a valley, whatever the ends' densities.
     """
-    pairs = [("pair", *scene.pair)] if scene.pair is not None else _default_pairs(scene)
+    pairs = [("pair", *scene.pair)] if scene.pair is not None else scene.default_pairs()
     alpha = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)
     figure = Figure(figsize=(6.5, 4.5))
     axis = figure.subplots()
@@ -363,49 +232,34 @@ KINDS: dict[str, Callable[[Scene], Plot]] = {
     "reliability": reliability,
     "interpolation": interpolation,
     "means": means,
+    "features": features,
 }
+#: Kinds drawn otherwise for image models: as images.
+IMAGE_KINDS: dict[str, Callable[[Scene], Plot]] = {"samples": image_samples, "interpolation": image_interpolation, "means": image_means}
 
 
 def unavailable(kind: str, scene: Scene) -> str | None:
     """Why ``kind`` cannot be drawn for ``scene`` (one sentence), or ``None`` when it can."""
+    if kind == "features":
+        return "'features' needs an image model (the image flow)" if not scene.is_image else feature_problem(scene)
     if kind == "boundary" and scene.X.shape[1] != 2:
         return f"'boundary' needs 2-dimensional features, these have {scene.X.shape[1]}"
     if kind == "reliability" and len(scene.labeled) == 0:
         return "'reliability' needs labeled rows; pass --labels"
-    if kind == "interpolation" and scene.pair is None and len(np.unique(_row_classes(scene)[scene.shown])) < 2:
+    if kind == "interpolation" and scene.pair is None and len(np.unique(scene.row_classes[scene.shown])) < 2:
         return "'interpolation' needs rows of 2 classes, or --pair ID1 ID2"
     return None
 
 
 def render(kind: str, scene: Scene, folder: str | os.PathLike) -> str:
     """Draw ``kind`` and write ``FOLDER/<kind>.png`` and ``FOLDER/<kind>.csv``; returns the summary."""
-    plot = KINDS[kind](scene)
+    plot = (IMAGE_KINDS if scene.is_image and kind in IMAGE_KINDS else KINDS)[kind](scene)
     save_png(plot.figure, Path(folder) / f"{kind}.png")
     write_table(plot.table, Path(folder) / f"{kind}.csv")
     return plot.summary
 
 
 # --------------------------------------------------------------------------------------- helpers
-def _row_classes(scene: Scene) -> np.ndarray:
-    return np.where(scene.y >= 0, scene.y, scene.predicted)
-
-
-def _default_pairs(scene: Scene) -> list[tuple[str, int, int]]:
-    classes = _row_classes(scene)
-    candidates = scene.shown
-    start = candidates[np.argmax(scene.log_px[candidates])]
-    gaps = np.linalg.norm(scene.latent[candidates] - scene.latent[start], axis=1)
-    other = classes[candidates] != classes[start]
-    different = candidates[other][np.argmin(gaps[other])]
-    same_rows = np.flatnonzero(~other & (candidates != start))
-    pairs = []
-    if len(same_rows):
-        same = candidates[same_rows[np.argmin(np.abs(gaps[same_rows] - gaps[other].min()))]]
-        pairs.append(("same class", int(start), int(same)))
-    pairs.append(("different classes", int(start), int(different)))
-    return pairs
-
-
 def _names(scene: Scene, codes: np.ndarray) -> np.ndarray:
     """Class names of class indices, '' for -1."""
     names = np.array([*scene.classes, ""], dtype=object)

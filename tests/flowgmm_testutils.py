@@ -28,8 +28,9 @@ def state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def run_cli(args: list, capsys) -> tuple[int, str, str]:
-    """Run ``flowgmm ARGS`` in this process; returns (exit code, stdout, stderr)."""
+def run_cli(args: list, capsys=None) -> tuple[int, str, str]:
+    """Run ``flowgmm ARGS`` in this process; returns (exit code, stdout, stderr), the outputs
+    empty without ``capsys`` (in a module-scoped fixture, which cannot have it)."""
     from flowgmm_cli.cli import main
 
     old_argv = sys.argv
@@ -41,8 +42,25 @@ def run_cli(args: list, capsys) -> tuple[int, str, str]:
         code = done.code if isinstance(done.code, int) else 1
     finally:
         sys.argv = old_argv
+    if capsys is None:
+        return code, "", ""
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def interrupt_after(monkeypatch, epoch: int) -> None:
+    """Make training stop with Ctrl-C right after it checkpoints ``epoch``, as a crash would leave it;
+    ``monkeypatch.undo()`` lets the resumed run train normally."""
+    from flowgmm_cli import training
+
+    real_save = training._save_checkpoint
+
+    def save_then_stop(path, model, optimizer, source, state, fingerprint):
+        real_save(path, model, optimizer, source, state, fingerprint)
+        if state.epoch == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_checkpoint", save_then_stop)
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

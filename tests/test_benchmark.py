@@ -173,7 +173,7 @@ def test_cli_json_with_every_method(case, capsys, monkeypatch):
     same split and far better than chance on three well separated classes."""
     fast = {**benchmark.default_methods(), "mlp": MLP(steps=50), "pi-model": PiModel(steps=50),
             "flowgmm": benchmark.FlowGMMMethod(options={"epochs": 100, "hidden": 32, "coupling_layers": 4, "lr": 0.01})}  # fmt: skip
-    monkeypatch.setattr(benchmark, "default_methods", lambda device="cpu", units=None: fast)
+    monkeypatch.setattr(benchmark, "default_methods", lambda device="cpu", units=None, image_shape=None: fast)
     code, out, err = run_cli(args(case, "--n-labeled", 6, "--seeds", 1, "--json", "--quiet", "--threads", 1), capsys)
     assert code == 0, err
     assert err == ""

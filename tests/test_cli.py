@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from flowgmm_testutils import bad_input_failures, run_cli, state_equal
+from flowgmm_testutils import bad_input_failures, interrupt_after, run_cli, state_equal
 
 from flowgmm_cli import FlowGMMClassifier, __version__
 from flowgmm_cli.cli_options import flag
@@ -295,25 +295,16 @@ def test_shell_completion_is_available_and_completes_choices(capsys):
 # ------------------------------------------------------------------------------- training runs
 def test_resume_continues_to_the_same_model(workspace, capsys, monkeypatch):
     """Interrupt after epoch 2 of 4, resume, and get the model an uninterrupted run gives."""
-    from flowgmm_cli import training
-
     w = workspace
     args = ["train", w["features"], "--labels", w["labels.csv"], "--epochs", "4", "--hidden", "16", "--coupling-layers", "2", "-q"]
     assert run_cli([*args, "-o", w["folder"] / "straight.flowgmm"], capsys)[0] == 0
 
-    real_save = training._save_checkpoint
-
-    def save_then_stop(path, model, optimizer, generator, state, fingerprint):
-        real_save(path, model, optimizer, generator, state, fingerprint)
-        if state.epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "_save_checkpoint", save_then_stop)
+    interrupt_after(monkeypatch, 2)
     resumed = w["folder"] / "resumed.flowgmm"
     code, _, err = run_cli([*args, "-o", resumed], capsys)
     assert code == 130 and "Interrupted" in err and not resumed.exists()
     assert Path(str(resumed) + ".ckpt").exists()
-    monkeypatch.setattr(training, "_save_checkpoint", real_save)
+    monkeypatch.undo()
     assert run_cli([*args, "-o", resumed, "--resume"], capsys)[0] == 0
     straight_model, straight_header = load_model(w["folder"] / "straight.flowgmm")
     resumed_model, resumed_header = load_model(resumed)

@@ -57,19 +57,25 @@ def test_demo_command_at_a_reduced_scale(tmp_path, capsys, monkeypatch):
         handed.append(split)
         return {"dataset": "digits-lite0", "n_labeled": int((split[1] != UNLABELED).sum()), "flowgmm": 0.25}
 
+    def pixels(output, console, split, seed):
+        handed.append(split)
+        return {"dataset": "digits-pixels", "n_labeled": int((split[1] != UNLABELED).sum()), "flowgmm": 0.5}
+
     monkeypatch.setattr(demo, "TOY_DATASETS", ("two-moons", "8-gaussians"))
     monkeypatch.setattr(demo, "make_toy", lambda name, n, seed: make_toy(name, 200, seed))
     monkeypatch.setattr(demo, "FlowGMMClassifier", QUICK)
     monkeypatch.setattr(demo, "run_digit_images", images)
+    monkeypatch.setattr(demo, "run_digit_pixels", pixels)
     code, out, err = run_cli(["demo", "-o", tmp_path / "demo"], capsys)
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["data", "set", "labels", "FlowGMM", "labeled-only"]
     assert lines[-1] == f"predictions and plots in {tmp_path / 'demo'}/"
     table = {line.split()[0]: line.split()[1:] for line in lines[1:-1]}
-    assert list(table) == ["two-moons", "8-gaussians", "digits", "digits-lite0"]
+    assert list(table) == ["two-moons", "8-gaussians", "digits", "digits-pixels", "digits-lite0"]
     # ten labels per 2-D set: 5 of each moon, and 1 per Gaussian where 10 do not divide among 8
-    assert [table[name][0] for name in table] == ["10", "8", "50", "50"]
+    assert [table[name][0] for name in table] == ["10", "8", "50", "50", "50"]
+    assert table["digits-pixels"][1:] == ["0.500", "-"]
     assert table["digits-lite0"][1:] == ["0.250", "-"]
     folder = tmp_path / "demo"
     for name in ("two-moons", "8-gaussians"):
@@ -85,11 +91,12 @@ def test_demo_command_at_a_reduced_scale(tmp_path, capsys, monkeypatch):
     _, _, _, _, y_test = demo.digits_split(0)
     assert len(digits) == 500 and table["digits"][1] == f"{np.mean(digits['label'] == y_test):.3f}"
     assert list(digits.columns) == ["id", "label", "confidence", *(f"p_{k}" for k in range(10)), "log_px"]
-    # the image case gets the raw-pixel case's rows, so the two accuracies compare
-    (pool, partial, test, y_images), = handed
-    expected_pool, expected_test = demo.digits_rows(0)
-    assert np.array_equal(pool, expected_pool) and np.array_equal(test, expected_test)
-    assert np.array_equal(partial, demo.digits_split(0)[1]) and np.array_equal(y_images, y_test)
+    # the image cases get the raw-pixel case's rows, so the accuracies compare
+    assert len(handed) == 2
+    for pool, partial, test, y_images in handed:
+        expected_pool, expected_test = demo.digits_rows(0)
+        assert np.array_equal(pool, expected_pool) and np.array_equal(test, expected_test)
+        assert np.array_equal(partial, demo.digits_split(0)[1]) and np.array_equal(y_images, y_test)
     assert [line.split(":")[0] for line in err.splitlines()] == ["two-moons", "8-gaussians", "digits"]
 
 
@@ -126,3 +133,17 @@ def test_digit_images_go_through_lite0_in_scikit_learns_order(tmp_path, monkeypa
     assert predictions["id"].tolist() == [f"{y[i]}/{i:04d}" for i in test], "test rows in the split's order, ids naming their class"
     accuracy = float(np.mean(predictions["label"] == predictions["id"].str[0]))
     assert result == {"dataset": "digits-lite0", "n_labeled": 10, "flowgmm": pytest.approx(accuracy)}
+
+
+def test_digit_pixels_train_the_image_flow_and_write_means_and_samples_as_images(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_images, "DEMO_PIXEL_STEPS", 20)
+    _, partial, _, _, y_test = demo.digits_split(0)
+    pool, test = demo.digits_rows(0)
+    result = demo_images.run_digit_pixels(tmp_path, stderr_console(quiet=True), (pool, partial, test, y_test), 0)
+    assert result["dataset"] == "digits-pixels" and result["n_labeled"] == 50 and 0 <= result["flowgmm"] <= 1
+    predictions = pd.read_csv(tmp_path / "digits_pixels_predictions.csv")
+    assert predictions["id"].tolist() == test.tolist()
+    assert result["flowgmm"] == pytest.approx(np.mean(predictions["label"] == y_test))
+    for kind in ("means", "samples"):
+        assert (tmp_path / "digits_pixels" / f"{kind}.png").read_bytes()[:8] == PNG_MAGIC
+    assert len(pd.read_csv(tmp_path / "digits_pixels" / "means.csv")) == 10

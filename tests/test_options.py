@@ -43,12 +43,14 @@ BOUNDS = {
     "weight_decay": (0.0, None, None),
     "grad_clip": (0.0, None, None),
     "val_fraction": (0.0, None, 0.9),
+    "scales": (0, None, None),
+    "translate": (0, None, None),
 }
 #: Fields whose default is chosen from the data.
 AUTO = {
     "coupling_layers", "hidden", "hidden_layers", "means_scale", "variance", "scaling", "projection_dim",
     "unlabeled_weight", "labeled_noise", "perturbation", "epochs", "batch_size", "labeled_batch_size", "power_transform",
-    "calibration_folds", "classification_weight", "learn_weights",
+    "calibration_folds", "classification_weight", "learn_weights", "flow", "scales", "translate",
 }  # fmt: skip
 
 

@@ -436,3 +436,23 @@ def test_zero_hidden_layers_gives_one_linear_map_per_coupling_and_trains(problem
 def test_schedule_from_options():
     options = _options(epochs=7, lr=0.02, weight_decay=0.3, grad_clip=0.0, random_state=11)
     assert build_schedule(options) == Schedule(epochs=7, lr=0.02, weight_decay=0.3, grad_clip=0.0, seed=11)
+
+
+def test_max_steps_stops_within_an_epoch_with_the_schedule_ending_there(problem):
+    """``Schedule.max_steps`` ends the run after that many steps, mid-epoch, the cosine reaching 0
+    at the last one: the history has the epochs begun, the last averaged over its steps run."""
+    model, source, objective, schedule = _build(problem)
+    seen: list[tuple[int, int]] = []
+
+    class Steps:
+        def on_step(self, step: int, total_steps: int) -> None:
+            seen.append((step, total_steps))
+
+        def on_epoch_end(self, report) -> None:
+            pass
+
+    stop = STEPS_PER_EPOCH + 1
+    history = train(model, source, objective, dataclasses.replace(schedule, max_steps=stop), callback=Steps())
+    assert seen == [(step, stop) for step in range(1, stop + 1)]
+    assert [entry["epoch"] for entry in history] == [1, 2]
+    assert all(math.isfinite(entry["loss"]) for entry in history)

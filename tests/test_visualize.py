@@ -119,7 +119,7 @@ EXPECTED_ROWS = {
 }
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind != "features"])  # features: image models (test_image_cli)
 def test_every_kind_writes_a_png_and_its_csv(kind, moons_scene, tmp_path):
     summary = render(kind, moons_scene, tmp_path)
     assert summary and "\n" not in summary
@@ -325,4 +325,5 @@ def test_kinds_that_do_not_apply_say_why(cube_scene, moons_scene):
     assert "2 classes" in unavailable("interpolation", one_class)
     one_class.pair = (0, 1)
     assert unavailable("interpolation", one_class) is None
-    assert all(unavailable(kind, moons_scene) is None for kind in KINDS)
+    assert all(unavailable(kind, moons_scene) is None for kind in KINDS if kind != "features")
+    assert "image model" in unavailable("features", moons_scene)
