@@ -59,7 +59,8 @@ def _load(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if not MNIST.is_file():
         sys.exit(f"bench/mnist.py needs {MNIST} (the team's shared data); it is not on this machine.")
     with np.load(MNIST) as data:
-        x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+        x_train, x_test = data["x_train"], data["x_test"]
+        y_train, y_test = data["y_train"].astype(np.int64), data["y_test"].astype(np.int64)  # uint8 has no -1 for "unlabeled"
     if split == "validation":
         order = np.random.default_rng(VALIDATION_SEED).permutation(len(x_train))
         held, kept = order[:VALIDATION_ROWS], order[VALIDATION_ROWS:]

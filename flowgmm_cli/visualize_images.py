@@ -21,6 +21,8 @@ __all__ = ["image_means", "image_samples", "image_interpolation", "features", "f
 #: Perturbations of a channel, in its standard deviations, and the images they are applied to.
 FEATURE_ALPHAS = np.linspace(-4.0, 4.0, 9)
 FEATURE_IMAGES = 16
+#: Images on which ``features`` measures a channel's standard deviation (over images and positions).
+SIGMA_IMAGES = 64
 #: Samples per class in ``samples``.
 SAMPLES_PER_CLASS = 10
 #: Images along each interpolation strip.
@@ -34,21 +36,24 @@ def _pixels(rows: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def _grid(figure: Figure, rows: np.ndarray, shape: tuple[int, int, int], n_cols: int, row_names: list[str], col_names: list[str] | None = None) -> None:
-    """Images in a grid of ``n_cols`` columns, one axis per image, without ticks."""
+    """Images in a grid of ``n_cols`` columns, drawn as one mosaic (one axis: fast for hundreds of
+    images), rows and columns named on the axis ticks."""
     images = _pixels(rows, shape)
     n_rows = int(np.ceil(len(images) / n_cols))
-    axes = figure.subplots(n_rows, n_cols, squeeze=False)
-    for index, axis in enumerate(axes.flat):
+    height, width, gap = shape[1], shape[2], 1
+    mosaic = np.ones((n_rows * (height + gap) - gap, n_cols * (width + gap) - gap, *images.shape[3:]))
+    for index, image in enumerate(images):
+        top, left = (index // n_cols) * (height + gap), (index % n_cols) * (width + gap)
+        mosaic[top : top + height, left : left + width] = image
+    axis = figure.subplots()
+    axis.imshow(mosaic, cmap="gray" if images.ndim == 3 else None, vmin=0, vmax=1, interpolation="nearest")
+    axis.set_yticks([r * (height + gap) + height / 2 - 0.5 for r in range(min(n_rows, len(row_names)))], row_names[:n_rows], fontsize=8)
+    if col_names is not None:
+        axis.set_xticks([c * (width + gap) + width / 2 - 0.5 for c in range(n_cols)], col_names, fontsize=8)
+        axis.xaxis.tick_top()
+    else:
         axis.set_xticks([])
-        axis.set_yticks([])
-        if index >= len(images):
-            axis.set_axis_off()
-            continue
-        axis.imshow(images[index], cmap="gray" if images.ndim == 3 else None, vmin=0, vmax=1, interpolation="nearest")
-        if index % n_cols == 0 and index // n_cols < len(row_names):
-            axis.set_ylabel(row_names[index // n_cols], fontsize=8)
-        if col_names is not None and index < n_cols:
-            axis.set_title(col_names[index], fontsize=8)
+    axis.tick_params(length=0)
 
 
 def image_means(scene: Scene) -> Plot:
@@ -140,7 +145,7 @@ def features(scene: Scene) -> Plot:
     """Feature visualisation (section 6.3, Figure 3d): ``x(α) = f⁻¹_{:ℓ}(f_{:ℓ}(x) + α σ_c δ_c)``
     for layer ``ℓ`` (``scene.layer``), channel ``c`` (``scene.channel``) and the values of
     :data:`FEATURE_ALPHAS`, on the first :data:`FEATURE_IMAGES` images. ``σ_c`` is the channel's
-    standard deviation over the scene's images and positions. No optimisation: one pass forward
+    standard deviation over positions and up to :data:`SIGMA_IMAGES` of the scene's images. No optimisation: one pass forward
     and one back, in float32."""
     estimator, shape = scene.estimator, scene.estimator.image_shape_
     model = estimator.model_
@@ -148,7 +153,7 @@ def features(scene: Scene) -> Plot:
     depth = _feature_depth(scene)
     device = next(model.parameters()).device
     with torch.inference_mode():
-        measured = torch.from_numpy(np.ascontiguousarray(scene.X[scene.shown[:1000]], dtype=np.float32)).to(device)
+        measured = torch.from_numpy(np.ascontiguousarray(scene.X[scene.shown[:SIGMA_IMAGES]], dtype=np.float32)).to(device)
         h_all, _ = flow.activations(model.transform(measured)[0], depth)
         sigma = float(h_all[:, scene.channel].std())
         images = torch.from_numpy(np.ascontiguousarray(scene.X[: FEATURE_IMAGES], dtype=np.float32)).to(device)
