@@ -28,8 +28,8 @@ from .progress import RowProgress
 
 __all__ = ["write_digit_images", "digit_pixels", "run_digit_images", "run_digit_pixels"]
 
-#: Steps of the demo's image flow: enough to learn the 8×8 digits, short enough for a demo (about 30 s).
-DEMO_PIXEL_STEPS = 600
+#: Steps of the demo's image flow: enough to learn the 8×8 digits, short enough for a demo (under a minute on 2 cores).
+DEMO_PIXEL_STEPS = 300
 
 
 def digit_pixels() -> tuple[np.ndarray, np.ndarray]:
