@@ -1,8 +1,8 @@
 """Plots of image models (paper, sections 6.2-6.3 and Appendix I): class means and samples as
 images, latent interpolation strips, and feature visualisation by inverting perturbed activations.
 
-Each kind takes the :class:`~flowgmm_cli.visualize.Scene` of an image model and returns a
-:class:`~flowgmm_cli.visualize.Plot` (an image grid, the numbers behind it, a summary line).
+Each kind takes the :class:`~flowgmm_cli.scene.Scene` of an image model and returns a
+:class:`~flowgmm_cli.plots.Plot` (an image grid, the numbers behind it, a summary line).
 """
 
 from __future__ import annotations
