@@ -107,15 +107,14 @@ def build_source(
     Images are shifted (and flipped) and dequantised instead: labeled, unlabeled and views alike."""
     if options.flow == FlowKind.image:
         augment = ImageAugment(model.flow.shape, options.translate, options.flip)
-        return ShuffledSource(
-            unlabeled, x_labeled, y_labeled, options.batch_size, options.labeled_batch_size, options.random_state, augment,
-            rank=world.rank, world_size=world.size, view_noise=augment if options.consistency_weight > 0 else None, unlabeled_noise=augment,
-        )  # fmt: skip
-    noise = InputNoise(model.transform, options.labeled_noise) if options.labeled_noise else None
-    views = InputNoise(model.transform, options.perturbation) if options.consistency_weight > 0 else None
+        noise, views, unlabeled_noise = augment, augment, augment
+    else:
+        noise = InputNoise(model.transform, options.labeled_noise) if options.labeled_noise else None
+        views = InputNoise(model.transform, options.perturbation) if options.consistency_weight > 0 else None
+        unlabeled_noise = None
     return ShuffledSource(
         unlabeled, x_labeled, y_labeled, options.batch_size, options.labeled_batch_size, options.random_state, noise,
-        rank=world.rank, world_size=world.size, view_noise=views,
+        rank=world.rank, world_size=world.size, view_noise=views if options.consistency_weight > 0 else None, unlabeled_noise=unlabeled_noise,
     )  # fmt: skip
 
 
