@@ -36,12 +36,13 @@ BUFFER_CHUNKS = 16
 @dataclass
 class Batch:
     """One step's rows: labeled features and class codes, unlabeled features (possibly none), and
-    with view noise two perturbed views of the unlabeled rows (for the consistency term)."""
+    with view noise a second perturbed view of the unlabeled rows (for the consistency term, which
+    takes the unlabeled rows as its first view)."""
 
     x_labeled: Tensor
     y_labeled: Tensor
     x_unlabeled: Tensor
-    x_views: tuple[Tensor, Tensor] | None = None
+    x_view: Tensor | None = None
 
 
 class DataSource(Protocol):
@@ -78,11 +79,12 @@ class ShuffledSource:
         labeled_noise: how labeled rows are perturbed (:data:`Noise`, e.g.
             :class:`~flowgmm_cli.transforms.InputNoise` or :class:`~flowgmm_cli.augment.ImageAugment`),
             applied to each labeled batch (an augmentation), or ``None``.
-        view_noise: the same for the two views of each unlabeled batch (:attr:`Batch.x_views`),
-            or ``None`` for no views. Drawn from a generator of its own, so turning views on
+        view_noise: the same for the second view of each unlabeled batch (:attr:`Batch.x_view`),
+            or ``None`` for no view. Drawn from a generator of its own, so turning the view on
             changes no other draw.
-        unlabeled_noise: the same for the unlabeled rows of each batch (after the views are
-            made from the rows as stored), from a third generator; images use it to dequantise.
+        unlabeled_noise: the same for the unlabeled rows of each batch (after the view is made
+            from the rows as stored), from a third generator; with the view on, it makes the
+            rows the first view. Images use it to dequantise and shift.
         rank, world_size: this process's share of the unlabeled rows.
         buffer_chunks: chunks shuffled together.
         device: where batches go.
@@ -124,7 +126,7 @@ class ShuffledSource:
     def epoch(self) -> Iterator[Batch]:
         for batch in self._batches():
             if self.view_noise is not None and len(batch.x_unlabeled):
-                batch.x_views = (self.view_noise(batch.x_unlabeled, self.view_generator), self.view_noise(batch.x_unlabeled, self.view_generator))
+                batch.x_view = self.view_noise(batch.x_unlabeled, self.view_generator)
             if self.unlabeled_noise is not None and len(batch.x_unlabeled):
                 batch.x_unlabeled = self.unlabeled_noise(batch.x_unlabeled, self.unlabeled_generator)
             yield batch

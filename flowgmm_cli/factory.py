@@ -104,14 +104,15 @@ def build_source(
 ) -> ShuffledSource:
     """Batches of the rows, this process's share of the unlabeled ones; the labeled noise and the
     views' perturbation are given in the units the flow sees (:class:`~flowgmm_cli.transforms.InputNoise`).
-    Images are shifted (and flipped) and dequantised instead: labeled, unlabeled and views alike."""
+    With the consistency term the unlabeled rows are perturbed as its second view is (they are its
+    first). Images are shifted (and flipped) and dequantised instead: labeled, unlabeled and view alike."""
     if options.flow == FlowKind.image:
         augment = ImageAugment(model.flow.shape, options.translate, options.flip)
         noise, views, unlabeled_noise = augment, augment, augment
     else:
         noise = InputNoise(model.transform, options.labeled_noise) if options.labeled_noise else None
         views = InputNoise(model.transform, options.perturbation) if options.consistency_weight > 0 else None
-        unlabeled_noise = None
+        unlabeled_noise = views  # with the consistency term the unlabeled rows are its first view
     return ShuffledSource(
         unlabeled, x_labeled, y_labeled, options.batch_size, options.labeled_batch_size, options.random_state, noise,
         rank=world.rank, world_size=world.size, view_noise=views if options.consistency_weight > 0 else None, unlabeled_noise=unlabeled_noise,

@@ -224,15 +224,23 @@ def test_hold_out_keeps_a_row_of_every_class_or_names_the_option():
     assert caught.value.render("--val-fraction").endswith("lower --val-fraction or label more rows of it.")
 
 
-def test_views_are_two_noisy_copies_that_change_no_other_draw():
+def test_the_view_is_a_noisy_copy_that_changes_no_other_draw():
     x_l, y_l, x_u = torch.randn(6, 3), torch.tensor([0, 1] * 3), torch.randn(40, 3)
     noise = FeatureNoise(torch.tensor([0.1, 1.0, 10.0]))
     plain = list(ShuffledSource(ArrayStore(x_u), x_l, y_l, 8, 3, seed=2, labeled_noise=noise).epoch())
     viewed = list(ShuffledSource(ArrayStore(x_u), x_l, y_l, 8, 3, seed=2, labeled_noise=noise, view_noise=noise).epoch())
-    assert all(a.x_views is None for a in plain)
+    assert all(a.x_view is None for a in plain)
     for a, b in zip(plain, viewed, strict=True):
         assert torch.equal(a.x_labeled, b.x_labeled) and torch.equal(a.x_unlabeled, b.x_unlabeled)
-        first, second = b.x_views
-        assert not torch.equal(first, second)
-    offsets = torch.cat([torch.cat(b.x_views) - torch.cat([b.x_unlabeled] * 2) for b in viewed])
-    assert torch.allclose(offsets.std(dim=0), noise.std, rtol=0.2)  # 80 draws per feature: the std within 20%
+    offsets = torch.cat([b.x_view - b.x_unlabeled for b in viewed])
+    assert torch.allclose(offsets.std(dim=0), noise.std, rtol=0.2)  # 40 draws per feature: the std within 20%
+
+
+def test_with_unlabeled_noise_too_the_rows_and_their_view_are_two_independent_perturbations():
+    x_l, y_l, x_u = torch.randn(6, 3), torch.tensor([0, 1] * 3), torch.zeros(400, 3)
+    noise = FeatureNoise(torch.tensor([0.1, 1.0, 10.0]))
+    batches = list(ShuffledSource(ArrayStore(x_u), x_l, y_l, 80, 3, seed=2, view_noise=noise, unlabeled_noise=noise).epoch())
+    first, second = torch.cat([b.x_unlabeled for b in batches]), torch.cat([b.x_view for b in batches])
+    assert torch.allclose(first.std(dim=0), noise.std, rtol=0.15) and torch.allclose(second.std(dim=0), noise.std, rtol=0.15)
+    correlation = torch.corrcoef(torch.stack([first[:, 1], second[:, 1]]))[0, 1]
+    assert abs(correlation) < 0.2  # 400 pairs: independent draws correlate by about ±0.05

@@ -145,28 +145,29 @@ class TablePrior(torch.nn.Module):
     log_weights = torch.log(torch.tensor([0.25, 0.75], dtype=torch.float64))
 
 
-def test_consistency_is_minus_log_p_of_the_first_view_given_the_class_of_the_second():
-    """Equation 7 by hand on the table: view 1 is row 0, 1 or 3; view 2 decides the class."""
+def test_consistency_is_minus_log_p_of_the_unlabeled_rows_given_the_class_of_their_view():
+    """Equation 7 by hand on the table: the first view (the unlabeled rows) is row 0, 1 or 3; the
+    second view (row 1, 4 or 3) decides the class, in a pass of its own without gradient."""
     model = TableModel()
     model.prior = TablePrior()
-    batch = _batch([0], [0], [2, 2, 2])
-    first, second = _batch([], [], [0, 1, 3]).x_unlabeled, _batch([], [], [1, 4, 3]).x_unlabeled  # second's argmax: 1, 1, 0
-    batch.x_views = (first, second)
+    batch = _batch([2], [0], [0, 1, 3])
+    batch.x_view = _batch([], [], [1, 4, 3]).x_unlabeled  # its argmax: 1, 1, 0
     objective = Objective([(ConsistencyNLL(ramp=0.0), 1.0)], dim=1)
     loss, values = objective(model, batch)
+    assert model.calls == 2, "one pass with gradient, one for the view"
     log_weights = TablePrior.log_weights.tolist()
     expected = -((TABLE[0][1] - log_weights[1]) + (TABLE[1][1] - log_weights[1]) + (TABLE[3][0] - log_weights[0])) / 3
     assert loss.item() == pytest.approx(expected) and values.tolist() == pytest.approx([expected])
     loss.backward()
-    assert model.table.grad[2].abs().sum() == 0, "the unlabeled rows themselves are not in the term"
+    assert model.table.grad[2].abs().sum() == 0, "the labeled rows are not in the term"
     assert model.table.grad[4].abs().sum() == 0 and model.table.grad[1, 0] == 0, "the second view gets no gradient"
 
 
-def test_consistency_of_identical_views_is_minus_the_best_class_conditional_log_density():
+def test_consistency_of_an_identical_view_is_minus_the_best_class_conditional_log_density():
     model = TableModel()
     model.prior = TablePrior()
     batch = _batch([0], [0], [0, 4])
-    batch.x_views = (batch.x_unlabeled, batch.x_unlabeled)
+    batch.x_view = batch.x_unlabeled
     loss, _ = Objective([(ConsistencyNLL(ramp=0.0), 1.0)], dim=1)(model, batch)
     log_weights = TablePrior.log_weights
     best = [max(TABLE[row][k] - float(log_weights[k]) if TABLE[row][k] == max(TABLE[row]) else -math.inf for k in range(2)) for row in (0, 4)]
@@ -178,7 +179,7 @@ def test_the_consistency_weight_ramps_up_over_the_first_half(progress, factor):
     model = TableModel()
     model.prior = TablePrior()
     batch = _batch([0], [0], [0, 4])
-    batch.x_views = (batch.x_unlabeled, batch.x_unlabeled)
+    batch.x_view = batch.x_unlabeled
     objective = Objective([(LabeledNLL(), 1.0), (ConsistencyNLL(), 2.0)], dim=1)
     loss, values = objective(model, batch, progress)
     assert loss.item() == pytest.approx(values[0].item() + 2.0 * factor * values[1].item())
