@@ -39,6 +39,7 @@ __all__ = [
     "default_power_transform",
     "default_classification_weight",
     "default_learn_weights",
+    "CONSISTENCY_WEIGHT",
     "default_calibration_folds",
     "calibration_epochs",
     "CALIBRATION_FOLDS",
@@ -129,6 +130,15 @@ def default_learn_weights(units: str | None) -> bool:
     0.14-0.25 for five equal classes and cost 7 points (93.7 → 86.6).
     """
     return units == "per-column"
+
+
+#: Weight of the consistency term (FlowGMM-cons, equation 7) on feature vectors. Validation rows,
+#: medians of four draws, without → with: digits 90.4 → 93.3, MNIST pixels as vectors
+#: 82.6 → 83.5, AG News 87.0 → 87.5, HTRU2 96.0 → 97.8, UCI letter 63.3 → 62.6, two moons 100 → 100.
+#: The views are Gaussian noise at the labeled noise's scale (``perturbation``), which follows the
+#: data's neighbour spacing, so the rule carries its own scale; the image flow keeps 0 (its views,
+#: random shifts, cost more and gained nothing at equal time on validation images).
+CONSISTENCY_WEIGHT = 1.0
 
 
 def default_hidden(dim: int) -> int:
@@ -289,6 +299,7 @@ def resolve(options: TrainOptions, *, n_labeled: int, n_unlabeled: int, seen: np
         unlabeled_weight=given(options.unlabeled_weight, lambda: default_unlabeled_weight(flow_dim)),
         labeled_noise=labeled_noise,
         perturbation=given(options.perturbation, lambda: labeled_noise),
+        consistency_weight=given(options.consistency_weight, lambda: CONSISTENCY_WEIGHT),
         epochs=given(options.epochs, lambda: default_epochs(epoch_rows, epoch_batch, flow_dim)),
         batch_size=batch_size,
         labeled_batch_size=labeled_batch_size,

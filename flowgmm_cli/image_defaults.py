@@ -85,6 +85,7 @@ def resolve_image(
         learn_weights=given(options.learn_weights, False), scaling=given(options.scaling, Scaling.shared),
         power_transform=False, projection_dim=0, unlabeled_weight=given(options.unlabeled_weight, 1.0),
         labeled_noise=given(options.labeled_noise, 0.0), perturbation=given(options.perturbation, 0.0),
+        consistency_weight=given(options.consistency_weight, 0.0),
         classification_weight=given(options.classification_weight, IMAGE_CLASSIFICATION_WEIGHT),
         translate=given(options.translate, default_translate(image_shape)),
         epochs=given(options.epochs, max(1, round(IMAGE_STEPS / steps_per_epoch))),

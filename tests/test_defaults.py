@@ -183,7 +183,7 @@ def test_resolve_input_projection(dim, n_rows, given, expected):
 EXPLICIT = TrainOptions(
     coupling_layers=3, hidden=5, hidden_layers=0, means_scale=0.0, variance=0.5, scaling="feature", projection_dim=0,
     unlabeled_weight=0.0, labeled_noise=0.0, perturbation=0.0, epochs=7, batch_size=9, labeled_batch_size=4, permutation="random",
-    power_transform=False, calibration_folds=0, classification_weight=0.0, learn_weights=False, flow="vector", scales=0, translate=0,
+    power_transform=False, calibration_folds=0, classification_weight=0.0, learn_weights=False, flow="vector", scales=0, translate=0, consistency_weight=0.0,
 )  # fmt: skip
 
 

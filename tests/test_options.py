@@ -50,7 +50,7 @@ BOUNDS = {
 AUTO = {
     "coupling_layers", "hidden", "hidden_layers", "means_scale", "variance", "scaling", "projection_dim",
     "unlabeled_weight", "labeled_noise", "perturbation", "epochs", "batch_size", "labeled_batch_size", "power_transform",
-    "calibration_folds", "classification_weight", "learn_weights", "flow", "scales", "translate",
+    "calibration_folds", "classification_weight", "learn_weights", "flow", "scales", "translate", "consistency_weight",
 }  # fmt: skip
 
 
@@ -236,13 +236,22 @@ def test_projection_dim_zero_turns_projection_off():
 
 def test_zero_weights_and_noise_and_means_scale_are_used_as_zero():
     x = _rows()
-    transform, options = prepare(ArrayStore(x), 10, 50, TrainOptions(unlabeled_weight=0.0, labeled_noise=0.0, means_scale=0.0, hidden=8, coupling_layers=1))
-    assert (options.unlabeled_weight, options.labeled_noise, options.means_scale) == (0.0, 0.0, 0.0)
+    zeros = TrainOptions(unlabeled_weight=0.0, labeled_noise=0.0, means_scale=0.0, consistency_weight=0.0, hidden=8, coupling_layers=1)
+    transform, options = prepare(ArrayStore(x), 10, 50, zeros)
+    assert (options.unlabeled_weight, options.labeled_noise, options.means_scale, options.consistency_weight) == (0.0, 0.0, 0.0, 0.0)
     model = build_model(transform, 3, options)
     assert torch.equal(model.prior.means, torch.zeros(3, 3))
     assert model.prior.spec()["separation"] is None
     assert [weight for _, weight in build_objective(model, options).terms] == [1.0, 0.0]
-    assert build_source(ArrayStore(x[10:]), x[:10], torch.tensor([0, 1, 2] * 3 + [0]), model, options).labeled_noise is None
+    source = build_source(ArrayStore(x[10:]), x[:10], torch.tensor([0, 1, 2] * 3 + [0]), model, options)
+    assert source.labeled_noise is None and source.view_noise is None and source.unlabeled_noise is None
+
+
+def test_feature_vectors_get_the_consistency_term_and_images_do_not():
+    vectors = prepare(ArrayStore(_rows()), 10, 50, TrainOptions())[1]
+    assert vectors.consistency_weight == 1.0 and vectors.perturbation == vectors.labeled_noise > 0
+    images = ArrayStore(torch.randint(0, 256, (40, 16)).float(), image_shape=(1, 4, 4))
+    assert prepare(images, 10, 30, TrainOptions())[1].consistency_weight == 0.0
 
 
 class _ClipSpy:
