@@ -12,6 +12,8 @@ couplings, each fed a random tensor of the shape it sees in the flow, forward an
 the same number of images, summed; no coupling arithmetic, no squeeze, no optimiser. The ratio
 real/bound is the share of the convolutions' speed the whole step keeps (target ≥ 0.8).
 **inference**: images/s of ``predict``'s pass (float64, as the estimator runs it) and of a float32 pass.
+**consistency_step_cost**: seconds of a training step with FlowGMM-cons (``--consistency-weight 1``)
+over those of a step without, the same run timing both.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def main() -> None:
     options = TrainOptions(hidden=args.hidden, device="cpu", calibration_folds=0)
     step_seconds, model = _real(options, shape, args.steps)
     bound_seconds = _bound(model.flow, 64, repeats=args.steps)
+    consistency_seconds, _ = _real(replace(options, consistency_weight=1.0), shape, args.steps)
     result = {
         "shape": list(shape), "hidden": model.flow.spec()["hidden"], "threads": args.threads,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -113,6 +116,7 @@ def main() -> None:
         "ratio": round(bound_seconds / step_seconds, 3),
         "predict_images_per_s_float64": round(_inference(model, int(np.prod(shape)), torch.float64), 1),
         "inference_images_per_s_float32": round(_inference(model, int(np.prod(shape)), torch.float32), 1),
+        "consistency_step_cost": round(consistency_seconds / step_seconds, 3),
     }  # fmt: skip
     if args.json:
         print(json.dumps(result))
