@@ -280,7 +280,7 @@ def test_fewer_than_two_classes_raises_value_error_mentioning_minus_one(labels):
 def test_zero_valued_options_stay_zero_and_none_is_resolved(small_moons, monkeypatch):
     X, _, partial, _, _ = small_moons
     spy = Spy(monkeypatch)
-    zeros = {"hidden_layers": 0, "labeled_noise": 0.0, "unlabeled_weight": 0.0, "dropout": 0.0, "weight_decay": 0.0, "grad_clip": 0.0, "projection_dim": 0}
+    zeros = {"hidden_layers": 0, "labeled_noise": 0.0, "unlabeled_weight": 0.0, "dropout": 0.0, "weight_decay": 0.0, "grad_clip": 0.0, "projection_dim": 0, "consistency_weight": 0.0}
     clf = FlowGMMClassifier(**SMALL, **zeros).fit(X, partial)
     for name, value in zeros.items():
         assert getattr(clf.options_, name) == value and getattr(clf.options_, name) is not None, name
@@ -305,12 +305,12 @@ def test_options_reach_the_model_source_objective_and_schedule(small_moons, monk
     params = dict(
         coupling_layers=3, hidden=24, hidden_layers=2, dropout=0.2, learn_means=True, learn_weights=True, variance=0.5,
         unlabeled_weight=0.4, labeled_noise=0.1, epochs=2, batch_size=50, labeled_batch_size=4, lr=0.02,
-        weight_decay=0.3, grad_clip=2.5, random_state=7, device="cpu", calibration_folds=0,
+        weight_decay=0.3, grad_clip=2.5, random_state=7, device="cpu", calibration_folds=0, consistency_weight=0.5,
     )  # fmt: skip
     clf = FlowGMMClassifier(**params).fit(X, partial)
     run = spy.last
     assert run["schedule"] == Schedule(epochs=2, lr=0.02, weight_decay=0.3, grad_clip=2.5, seed=7)
-    assert [weight for _, weight in run["objective"].terms] == [1.0, 0.4]
+    assert [weight for _, weight in run["objective"].terms] == [1.0, 0.4, 0.5]
     source = run["source"]
     assert (source.unlabeled_batch, source.labeled_batch, source.steps_per_epoch) == (50, 4, math.ceil(290 / 50))
     torch.testing.assert_close(source.labeled_noise.feature_std, 0.1 * torch.from_numpy(X.std(0)).float(), rtol=1e-4, atol=0)

@@ -23,7 +23,7 @@ from flowgmm_testutils import state_equal
 #: A tiny flow with every stochastic part switched on (dropout, labeled noise, learnt weights).
 OPTIONS = TrainOptions(
     coupling_layers=2, hidden=16, hidden_layers=1, dropout=0.1, learn_weights=True, unlabeled_weight=1.0,
-    labeled_noise=0.05, epochs=4, batch_size=32, labeled_batch_size=8, random_state=3, device="cpu",
+    labeled_noise=0.05, consistency_weight=0.0, epochs=4, batch_size=32, labeled_batch_size=8, random_state=3, device="cpu",
 )  # fmt: skip
 N_LABELED, N_UNLABELED = 12, 96
 STEPS_PER_EPOCH = math.ceil(N_UNLABELED / OPTIONS.batch_size)
