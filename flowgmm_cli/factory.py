@@ -108,14 +108,15 @@ def build_source(
     first). Images are shifted (and flipped) and dequantised instead: labeled, unlabeled and view alike."""
     if options.flow == FlowKind.image:
         augment = ImageAugment(model.flow.shape, options.translate, options.flip)
-        noise, views, unlabeled_noise = augment, augment, augment
+        noise, unlabeled_noise = augment, augment
+        views = augment if options.consistency_weight > 0 else None
     else:
         noise = InputNoise(model.transform, options.labeled_noise) if options.labeled_noise else None
         views = InputNoise(model.transform, options.perturbation) if options.consistency_weight > 0 else None
         unlabeled_noise = views  # with the consistency term the unlabeled rows are its first view
     return ShuffledSource(
         unlabeled, x_labeled, y_labeled, options.batch_size, options.labeled_batch_size, options.random_state, noise,
-        rank=world.rank, world_size=world.size, view_noise=views if options.consistency_weight > 0 else None, unlabeled_noise=unlabeled_noise,
+        rank=world.rank, world_size=world.size, view_noise=views, unlabeled_noise=unlabeled_noise,
     )  # fmt: skip
 
 
