@@ -19,7 +19,7 @@ from dataclasses import replace
 import numpy as np
 
 from .errors import OptionError
-from .options import FlowKind, Scaling, TrainOptions
+from .options import FlowKind, Precision, Scaling, TrainOptions
 
 __all__ = [
     "resolve_input",
@@ -256,6 +256,8 @@ def resolve_input(options: TrainOptions, dim: int, n_rows: int, units: str | Non
     for name in ("scales", "translate", "flip"):
         if getattr(options, name):
             raise OptionError(name, "{option} applies to the image flow (flow='image'), not to feature vectors.")
+    if options.precision != Precision.float32:
+        raise OptionError("precision", "{option} applies to the image flow (flow='image'); feature vectors train in float32.")
     projection = default_projection_dim(dim, n_rows) if options.projection_dim is None else options.projection_dim
     scaling = Scaling(default_scaling(dim, units)) if options.scaling is None else options.scaling
     power = default_power_transform(units) if options.power_transform is None else options.power_transform

@@ -19,7 +19,7 @@ from .image_layers import MultiscaleRealNVP
 from .layers import FlowLayer, RealNVP
 from .model import FlowGMM
 from .objective import ConsistencyNLL, LabeledCrossEntropy, LabeledNLL, Objective, UnlabeledNLL
-from .options import FlowKind, Scaling, TrainOptions
+from .options import FlowKind, Precision, Scaling, TrainOptions
 from .prior import GaussianMixturePrior
 from .stores import RowStore, moments_of
 from .training import Schedule
@@ -133,5 +133,6 @@ def build_objective(model: FlowGMM, options: TrainOptions) -> Objective:
 
 
 def build_schedule(options: TrainOptions) -> Schedule:
-    return Schedule(options.epochs, options.lr, options.weight_decay, options.grad_clip, options.random_state)
+    autocast = torch.bfloat16 if options.precision == Precision.bfloat16 else None
+    return Schedule(options.epochs, options.lr, options.weight_decay, options.grad_clip, options.random_state, autocast=autocast)
 

@@ -68,7 +68,7 @@ class ConvResNet(nn.Module):
         h = self.first(x)
         for block in self.blocks:
             h = h + block(h)
-        return self.last(torch.relu(h))
+        return self.last(torch.relu(h)).to(x.dtype)  # under autocast: back to the flow's dtype for tanh, exp and the log-determinant
 
 
 class CheckerboardCoupling(FlowLayer):

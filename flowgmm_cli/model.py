@@ -66,7 +66,8 @@ class FlowGMM(nn.Module):
         """``log p(x, y=k)``, shape ``(N, K)``."""
         u, log_term = self.transform(x)
         z, log_det = self.flow(u)
-        return self.prior.class_log_prob(z) + (log_det + log_term).unsqueeze(-1)
+        with torch.autocast(z.device.type, enabled=False):  # under mixed precision the mixture stays exact
+            return self.prior.class_log_prob(z) + (log_det + log_term).unsqueeze(-1)
 
     def joint_log_prob(self, x: Tensor) -> Tensor:
         """``log p(x, y=k)`` in feature space, shape ``(N, K)`` (the same as calling the model)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import OptionError
 
-__all__ = ["Scaling", "Permutation", "FlowKind", "Panel", "TrainOptions", "option_fields"]
+__all__ = ["Scaling", "Permutation", "FlowKind", "Precision", "Panel", "TrainOptions", "option_fields"]
 
 
 class Scaling(str, Enum):
@@ -41,6 +41,13 @@ class FlowKind(str, Enum):
 
     vector = "vector"
     image = "image"
+
+
+class Precision(str, Enum):
+    """The arithmetic of the image flow's convolutions in training: float32, or bfloat16 under autocast."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
 
 
 class Panel(str, Enum):
@@ -114,6 +121,7 @@ class TrainOptions:
     # runtime
     random_state: int = _option(0, Panel.runtime, "Seed of the means, the weights' init, batches and noise.", flag="seed")
     device: str = _option("auto", Panel.runtime, "auto (CUDA when available), cpu, cuda or cuda:N.")
+    precision: Precision = _option(Precision.float32, Panel.runtime, "Image flow, training only: 'bfloat16' runs the s/t networks' convolutions in bfloat16 under autocast (mixed precision, for GPUs with bfloat16 support); log-determinants, the mixture and the weights stay float32, and predictions are unchanged.")
 
     def __post_init__(self) -> None:
         for spec in option_fields():
@@ -152,7 +160,7 @@ def option_fields() -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(TrainOptions)
 
 
-_ENUMS = {"permutation": Permutation, "scaling": Scaling, "flow": FlowKind}
+_ENUMS = {"permutation": Permutation, "scaling": Scaling, "flow": FlowKind, "precision": Precision}
 
 
 def _coerce_enum(options: TrainOptions, spec: dataclasses.Field, value: Any) -> None:

@@ -40,6 +40,9 @@ class Schedule:
     max_steps: int | None = None
     """Stop after this many steps, within an epoch if need be (the cosine reaches 0 there); ``None``:
     every step of every epoch. For data so large that an epoch is more than a run."""
+    autocast: torch.dtype | None = None
+    """Mixed precision: the forward pass runs under ``torch.autocast`` with this dtype (the model
+    keeps what must stay exact in float32: log-determinants, the mixture); ``None``: float32 throughout."""
 
 
 @dataclass
@@ -117,6 +120,7 @@ def train(
         total_steps = min(total_steps, schedule.max_steps)
     epochs = math.ceil(total_steps / source.steps_per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    device_type = trainable[0].device.type if trainable else "cpu"
     optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, weight_decay=schedule.weight_decay)
     state = _State()
     if resume and checkpoint is not None and Path(checkpoint).exists():
@@ -134,7 +138,8 @@ def train(
                 break
             if here.distributed and forward is model:
                 forward = _data_parallel(model, batch)
-            loss, values = objective(forward, batch, step / total_steps)
+            with torch.autocast(device_type, dtype=schedule.autocast, enabled=schedule.autocast is not None):
+                loss, values = objective(forward, batch, step / total_steps)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"Training diverged in epoch {epoch}: the loss became {loss.item()}; no model was written. "

@@ -230,3 +230,37 @@ def test_activations_at_any_depth_invert_to_the_input_and_end_in_the_latent(dept
     torch.testing.assert_close(flow.invert_activations(h, parts, depth), x, rtol=1e-12, atol=1e-12)
     if depth == 8:
         torch.testing.assert_close(torch.cat([p.flatten(1) for p in parts] + [h.flatten(1)], 1), flow(x)[0], rtol=0, atol=0)
+
+
+def test_under_bfloat16_autocast_only_the_convolutions_lose_precision():
+    """Mixed precision (``--precision bfloat16``): the s/t networks' outputs come back in float32,
+    so the log-determinant and the mixture are float32 and close to the float32 pass."""
+    from flowgmm_cli.model import FlowGMM
+    from flowgmm_cli.prior import GaussianMixturePrior
+
+    torch.manual_seed(0)
+    flow = perturb_(MultiscaleRealNVP((1, 8, 8), scales=2, couplings=1, hidden=8, blocks=1), scale=0.05)  # a tame flow, as in training
+    model = FlowGMM(PixelLogit(64), flow, GaussianMixturePrior(3, 64, seed=0))
+    x = torch.rand(4, 64) * 255
+    exact = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(x)
+        _, log_det = flow(torch.randn(4, 1, 8, 8))
+    assert mixed.dtype == torch.float32 and log_det.dtype == torch.float32
+    assert not torch.equal(mixed, exact)  # the convolutions did run in bfloat16
+    torch.testing.assert_close(mixed, exact, rtol=1e-3, atol=0.0)  # bfloat16 keeps 8 bits; the log-joints keep 3 digits
+
+
+def test_the_bfloat16_option_trains_an_image_model_and_is_refused_for_vectors():
+    from flowgmm_cli import FlowGMMClassifier
+    from flowgmm_cli.errors import OptionError
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 1, 8, 8)).astype(np.uint8)
+    y = np.where(np.arange(64) % 4 == 0, (np.arange(64) // 4) % 2, -1)
+    options = dict(hidden=4, hidden_layers=1, coupling_layers=1, epochs=2, batch_size=16, precision="bfloat16")
+    model = FlowGMMClassifier(**options).fit(x, y)
+    assert model.options_.precision.value == "bfloat16"
+    assert np.isfinite([row["loss"] for row in model.history_]).all()
+    with pytest.raises(OptionError, match="applies to the image flow"):
+        FlowGMMClassifier(**options).fit(x.reshape(64, -1).astype(np.float32), y)
