@@ -115,9 +115,8 @@ def validation_files(pool: Path, scratch: Path) -> tuple[Path, Path, Path, Path]
     return paths[0], paths[1], paths[2], paths[3]
 
 
-def run_case(case: str, data: Path, seeds: int, split: str, methods: str, options: dict) -> dict:
-    """``flowgmm benchmark``'s run (the same functions, in this process, one thread) on one case;
-    ``options`` are FlowGMM options that differ from the defaults (for choosing them on validation)."""
+def load_case(case: str, data: Path, split: str):
+    """One case's pool and scored rows (``benchmark.BenchmarkData``) for ``split``, and its label count."""
     from flowgmm_cli import benchmark
 
     folder, pool_name, test_name, n_labeled = CASES[case]
@@ -128,7 +127,15 @@ def run_case(case: str, data: Path, seeds: int, split: str, methods: str, option
         pool, pool_labels, test, test_labels = validation_files(pool, scratch)
     else:
         pool_labels, test_labels = _labels_csv(pool), _labels_csv(test)
-    loaded = benchmark.load_benchmark_data(pool, pool_labels, test, test_labels)
+    return benchmark.load_benchmark_data(pool, pool_labels, test, test_labels), n_labeled
+
+
+def run_case(case: str, data: Path, seeds: int, split: str, methods: str, options: dict) -> dict:
+    """``flowgmm benchmark``'s run (the same functions, in this process, one thread) on one case;
+    ``options`` are FlowGMM options that differ from the defaults (for choosing them on validation)."""
+    from flowgmm_cli import benchmark
+
+    loaded, n_labeled = load_case(case, data, split)
     chosen = {name: method for name, method in benchmark.default_methods("cpu", loaded.units).items() if name in benchmark.select_methods(methods)}
     if "flowgmm" in chosen:
         chosen["flowgmm"] = benchmark.FlowGMMMethod(options=options, units=loaded.units)

@@ -49,15 +49,7 @@ def ece_floor(proba: np.ndarray, seed: int = 0, draws: int = FLOOR_DRAWS) -> flo
 
 
 def one_case(case: str, seed: int, split: str, data: Path, options: dict) -> dict:
-    folder, pool_name, test_name, n_labeled = suite.CASES[case]
-    pool, test = data / folder / pool_name, data / folder / test_name
-    if split == "validation":
-        scratch = data / folder / "validation"
-        scratch.mkdir(exist_ok=True)
-        pool, pool_labels, test, test_labels = suite.validation_files(pool, scratch)
-    else:
-        pool_labels, test_labels = suite._labels_csv(pool), suite._labels_csv(test)
-    loaded = benchmark.load_benchmark_data(pool, pool_labels, test, test_labels)
+    loaded, n_labeled = suite.load_case(case, data, split)
     drawn = benchmark.draw_split(loaded, n_labeled, seed)
     X = np.concatenate([drawn.X_labeled, drawn.X_unlabeled])
     y = np.concatenate([drawn.y_labeled, np.full(len(drawn.X_unlabeled), UNLABELED, dtype=drawn.y_labeled.dtype)])
