@@ -14,6 +14,10 @@ real/bound is the share of the convolutions' speed the whole step keeps (target 
 **inference**: images/s of ``predict``'s pass (float64, as the estimator runs it) and of a float32 pass.
 **consistency_step_cost**: seconds of a training step with FlowGMM-cons (``--consistency-weight 1``)
 over those of a step without, the same run timing both.
+**feature_visualisation_seconds**: ``visualize --kind features`` without the PNG (one channel, 9
+values of α, 16 images: section 6.3), median of 5 calls on the same model; the target is under 2 s
+on CPU. Its cost depends on the architecture, not on the weights, so the briefly trained model
+times it as a fully trained one would.
 """
 
 from __future__ import annotations
@@ -91,6 +95,24 @@ def _inference(model, dim: int, dtype: torch.dtype, images: int = 256) -> float:
     return images / (time.perf_counter() - start)
 
 
+def _feature_visualisation(model, shape: tuple[int, ...], repeats: int = 5) -> float:
+    """Median seconds of the ``features`` plot's computation on 16 random images."""
+    from flowgmm_cli.estimator import FlowGMMClassifier
+    from flowgmm_cli.scene import Scene
+    from flowgmm_cli.visualize_images import FEATURE_IMAGES, features
+
+    estimator = FlowGMMClassifier()
+    estimator.model_, estimator.classes_, estimator.n_features_in_ = model.eval(), np.arange(10), model.in_dim
+    images = np.random.default_rng(0).integers(0, 256, (FEATURE_IMAGES, int(np.prod(shape)))).astype(np.float32)
+    scene = Scene(estimator, images, np.arange(FEATURE_IMAGES), np.full(FEATURE_IMAGES, -1))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        features(scene)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="1,28,28", help="C,H,W of the images.")
@@ -117,6 +139,7 @@ def main() -> None:
         "predict_images_per_s_float64": round(_inference(model, int(np.prod(shape)), torch.float64), 1),
         "inference_images_per_s_float32": round(_inference(model, int(np.prod(shape)), torch.float32), 1),
         "consistency_step_cost": round(consistency_seconds / step_seconds, 3),
+        "feature_visualisation_seconds": round(_feature_visualisation(model, shape), 3),
     }  # fmt: skip
     if args.json:
         print(json.dumps(result))
