@@ -10,13 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
 
 from .errors import InputError, OptionError
-from .features import align_labels, check_dim, read_features, read_labels
 from .splits import stratified_subset
-from .stores import FeatureStream
 from .targets import UNLABELED, require_classes
 
 if TYPE_CHECKING:
@@ -130,6 +127,9 @@ def load_benchmark_data(features: Path, labels: Path | None, test: Path, test_la
     The pool needs labeled rows of at least two classes; every test row needs a label of one of
     those classes, and the test features the pool's dimension.
     """
+    from .features import align_labels, check_dim, read_features, read_labels
+    from .stores import FeatureStream
+
     pool = read_features(features)
     names = align_labels(pool, read_labels(labels) if labels else None, str(labels))
     classes = sorted(set(names[names != ""]))
@@ -286,6 +286,8 @@ def format_table(report: dict[str, Any], n_classes: int) -> str:
 @contextmanager
 def limited_threads(threads: int) -> Iterator[None]:
     """Run torch, BLAS and OpenMP with at most ``threads`` threads, restoring torch's setting after."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

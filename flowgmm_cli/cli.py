@@ -11,11 +11,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 import numpy as np
-import torch
 import typer
 
 from . import cli_analysis, cli_benchmark  # noqa: F401  (they register their commands on app)
@@ -23,14 +22,12 @@ from ._version import __version__
 from .atomic import check_output_path
 from .cli_common import QUIET_HELP, THREADS_HELP, Device, Quiet, Threads, app, labeled_names, load_model_for, use_threads
 from .cli_options import flag, with_train_options
-from .devices import resolve_device
 from .errors import InputError, OptionError, TrainingDiverged
-from .features import align_labels, check_dim, read_features, read_labels
-from .modelfile import read_header
 from .options import Panel, TrainOptions
 from .progress import RowProgress, stderr_console
-from .stores import ArrayStore, FeatureStream
-from .targets import require_classes
+
+if TYPE_CHECKING:
+    from .stores import FeatureStream
 
 
 def _version(value: bool) -> None:
@@ -90,6 +87,7 @@ def embed(
     from extractors.streaming import ProcessFailed
 
     from . import distributed
+    from .devices import resolve_device
     from .features import check_resume_world, partial_world_sizes
 
     if on_error not in ("fail", "skip"):
@@ -193,9 +191,14 @@ def train(
     options: TrainOptions = TrainOptions(),
 ) -> Optional[int]:
     """Fit FlowGMM on labeled and unlabeled rows by their exact joint likelihood (paper, equation 4)."""
+    import torch
+
     from . import distributed
     from .estimator import FlowGMMClassifier
+    from .features import align_labels, check_dim, read_features, read_labels
     from .progress import TrainingProgress
+    from .stores import ArrayStore, FeatureStream
+    from .targets import require_classes
 
     if val_labels is not None and val is None:
         raise InputError("--val-labels needs --val FEATURES.h5, the validation rows it labels.")
@@ -327,6 +330,7 @@ def predict(
     The file is read and predicted in blocks, so memory stays bounded for any number of rows.
     """
     from .predictions import write_predictions
+    from .stores import FeatureStream
 
     if output != "-":
         check_output_path(output)
@@ -343,6 +347,8 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the whole header as JSON."),
 ) -> None:
     """Show what a model file holds: classes, features, the model's parts, training options and history."""
+    from .modelfile import read_header
+
     header = read_header(model)
     if as_json:
         typer.echo(json.dumps(header, indent=2))

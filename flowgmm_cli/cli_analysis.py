@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import typer
@@ -13,12 +13,10 @@ from rich.console import Console
 from .atomic import check_output_path
 from .cli_common import Device, Quiet, app, labeled_classes, load_model_for, row_classes
 from .errors import InputError
-from .estimator import log_evidence
-from .features import FeatureFile, check_dim, read_features
-from .metrics import classification_report, ood_report
 from .progress import stderr_console
-from .stores import FeatureStream, blocks
-from .targets import require_classes
+
+if TYPE_CHECKING:
+    from .features import FeatureFile
 
 __all__ = ["evaluate", "calibrate", "visualize"]
 
@@ -37,6 +35,11 @@ def evaluate(
 ) -> None:
     """Accuracy, NLL, ECE (15 bins), Brier score, per-class precision/recall/F1 and the confusion matrix
     on the labeled rows of FEATURES; with --ood, how well log p(x) tells FEATURES from another file."""
+    from .estimator import log_evidence
+    from .features import check_dim
+    from .metrics import classification_report, ood_report
+    from .stores import FeatureStream, blocks
+
     stream = FeatureStream(features)
     estimator = load_model_for(model, stream, device)
     ood_stream = FeatureStream(ood) if ood is not None else None
@@ -97,6 +100,9 @@ def calibrate(
     rows are printed before and after.
     """
     from . import calibration
+    from .metrics import classification_report
+    from .stores import FeatureStream, blocks
+    from .targets import require_classes
 
     target = check_output_path(output if output is not None else model)
     stream = FeatureStream(features)
@@ -158,6 +164,7 @@ def visualize(
     quiet: bool = Quiet,
 ) -> None:
     """Plots of section 6 of the paper as DIR/KIND.png, with the numbers behind each as DIR/KIND.csv."""
+    from .features import read_features
     from .visualize import KINDS, Scene, render, unavailable
 
     asked = list(KINDS) if "all" in kind else list(dict.fromkeys(kind))

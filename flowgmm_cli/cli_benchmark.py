@@ -10,7 +10,6 @@ import typer
 
 from . import benchmark
 from .cli_common import Device, Quiet, app
-from .devices import resolve_device
 from .progress import RunProgress, stderr_console
 
 __all__ = ["benchmark_command"]
@@ -39,6 +38,8 @@ def benchmark_command(
     quiet: bool = Quiet,
 ) -> None:
     """FlowGMM against kNN, logistic regression, an MLP, label spreading and a Π-model on the same splits (the paper's Table 1)."""
+    from .devices import resolve_device
+
     names = benchmark.select_methods(methods)
     data = benchmark.load_benchmark_data(features, labels, test, test_labels)
     # standardised pixels are no longer pixel values: FlowGMM then takes them as vectors

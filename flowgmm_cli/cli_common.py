@@ -6,16 +6,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 import typer
 
 from .errors import InputError
-from .features import FeatureFile, align_labels, check_dim, read_labels, report_missing_ids
-from .stores import FeatureStream, stream_labeled_rows
 from .targets import UNLABELED
 
 if TYPE_CHECKING:
     from .estimator import FlowGMMClassifier
+    from .features import FeatureFile
+    from .stores import FeatureStream
 
 __all__ = ["QUIET_HELP", "THREADS_HELP", "Device", "Quiet", "Threads", "use_threads", "app", "labeled_classes", "labeled_names", "load_model_for", "row_classes"]
 
@@ -39,12 +38,15 @@ Threads = typer.Option(None, min=1, help=THREADS_HELP)
 def use_threads(threads: int | None) -> None:
     """Apply a --threads option."""
     if threads is not None:
+        import torch
+
         torch.set_num_threads(threads)
 
 
 def load_model_for(model_path: Path, feature_file: FeatureFile, device: str) -> FlowGMMClassifier:
     """Load a model and check that ``feature_file`` holds features it can score (dimension, extractor)."""
     from .estimator import FlowGMMClassifier
+    from .features import check_dim
 
     estimator = FlowGMMClassifier.load(model_path, device=device)
     check_dim(feature_file, estimator.n_features_in_, f"model '{model_path}'")
@@ -70,6 +72,8 @@ def row_classes(feature_file: FeatureFile, labels: Optional[Path], classes: list
     Labels come from ``labels`` (CSV id,label) or else the file's own /labels; a label the model
     does not know is an ``InputError``.
     """
+    from .features import align_labels, read_labels
+
     return _class_codes(align_labels(feature_file, read_labels(labels) if labels else None, str(labels)), classes, model_path)
 
 
@@ -89,6 +93,9 @@ def labeled_names(stream: FeatureStream, labels: Optional[Path], allow_missing: 
     Labels come from ``labels`` (CSV id,label) or else the file's /labels; ids of ``labels`` that the
     file lacks are an error unless ``allow_missing`` (``None``: the command has no --allow-missing).
     """
+    from .features import read_labels, report_missing_ids
+    from .stores import stream_labeled_rows
+
     if labels is None and not stream.has_labels:
         raise InputError(f"Feature file '{stream.path}' has no /labels; pass --labels LABELS.csv (columns id,label).")
     table = read_labels(labels) if labels else None

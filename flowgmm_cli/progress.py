@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .training import EpochReport
+if TYPE_CHECKING:
+    from .training import EpochReport
 
 __all__ = ["stderr_console", "TrainingProgress", "RowProgress", "RunProgress"]
 

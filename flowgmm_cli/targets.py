@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.utils.multiclass import check_classification_targets
 
 from .errors import InputError
 
@@ -57,6 +56,8 @@ def encode_targets(y: Any) -> tuple[np.ndarray, np.ndarray]:
         (['a', 'b'], [1, -1, 0, 1])
     """
     y = np.asarray(y, dtype=object) if np.asarray(y).dtype.kind in "OUS" else np.asarray(y)
+    from sklearn.utils.multiclass import check_classification_targets  # scikit-learn takes a second to import
+
     unlabeled = unlabeled_mask(y)
     check_classification_targets(y[~unlabeled])
     classes = np.unique(y[~unlabeled])

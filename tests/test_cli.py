@@ -560,3 +560,20 @@ def test_a_table_is_scaled_per_column_and_a_dataframe_too(tmp_path, capsys):
     assert FlowGMMClassifier(**tiny).fit(pd.DataFrame(X), partial).options_.scaling.value == "shared"  # the container does not decide
     assert FlowGMMClassifier(**tiny).fit(X, partial).options_.scaling.value == "shared"
     assert FlowGMMClassifier(**tiny).fit(X, partial, units="per-column").options_.scaling.value == "feature"
+
+
+HEAVY_MODULES = ("torch", "sklearn", "scipy", "pandas", "h5py", "transformers", "timm")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["visualize", "--help"], ["benchmark", "--help"]])
+def test_help_does_not_import_the_heavy_libraries(argv):
+    """Help is read in a shell many times: it must not wait for torch and scikit-learn (seconds) to load."""
+    probe = (
+        "import sys\nfrom flowgmm_cli.cli import main\n"
+        f"sys.argv = ['flowgmm', *{argv!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(name for name in {HEAVY_MODULES!r} if name in sys.modules), file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "Usage" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "[]"
