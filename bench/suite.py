@@ -4,6 +4,7 @@
     python bench/suite.py run --seeds 4 --json         # the test table: one JSON line per case
     python bench/suite.py run --split validation       # the same on validation rows (for choosing defaults)
     python bench/suite.py run --split validation --methods flowgmm --set consistency_weight=1
+    python bench/suite.py run --split validation --methods flowgmm --members 3   # a seed ensemble
 
 Cases, with the label counts of BENCHMARKS.md and 10 per class for the two tables:
 
@@ -130,20 +131,34 @@ def load_case(case: str, data: Path, split: str):
     return benchmark.load_benchmark_data(pool, pool_labels, test, test_labels), n_labeled
 
 
-def run_case(case: str, data: Path, seeds: int, split: str, methods: str, options: dict) -> dict:
+class SeedEnsemble:
+    """FlowGMM fitted ``members`` times (seeds ``seed``, ``seed + 100``, ...), class probabilities averaged."""
+
+    def __init__(self, method, members: int) -> None:
+        self.method, self.members = method, members
+
+    def fit_predict_proba(self, X_labeled, y_labeled, X_unlabeled, X_test, seed: int) -> np.ndarray:
+        fits = [self.method.fit_predict_proba(X_labeled, y_labeled, X_unlabeled, X_test, seed + 100 * member) for member in range(self.members)]
+        return np.mean(fits, axis=0)
+
+
+def run_case(case: str, data: Path, seeds: int, split: str, methods: str, options: dict, members: int = 1) -> dict:
     """``flowgmm benchmark``'s run (the same functions, in this process, one thread) on one case;
-    ``options`` are FlowGMM options that differ from the defaults (for choosing them on validation)."""
+    ``options`` are FlowGMM options that differ from the defaults (for choosing them on validation);
+    ``members`` above 1 makes FlowGMM a :class:`SeedEnsemble`."""
     from flowgmm_cli import benchmark
 
     loaded, n_labeled = load_case(case, data, split)
     chosen = {name: method for name, method in benchmark.default_methods("cpu", loaded.units).items() if name in benchmark.select_methods(methods)}
     if "flowgmm" in chosen:
         chosen["flowgmm"] = benchmark.FlowGMMMethod(options=options, units=loaded.units)
+        if members > 1:
+            chosen["flowgmm"] = SeedEnsemble(chosen["flowgmm"], members)
     with benchmark.limited_threads(1):
         report = benchmark.run_benchmark(loaded, chosen, n_labeled, seeds, first_seed=VALIDATION_SEED if split == "validation" else 0)
     medians = {row["method"]: row["median"] for row in report["results"]}
     flowgmm = next((row for row in report["results"] if row["method"] == "flowgmm"), {})
-    line = {"case": case, "split": split, "options": options, "flowgmm": flowgmm.get("median"), "ece": flowgmm.get("ece"), "seconds": flowgmm.get("seconds")}
+    line = {"case": case, "split": split, "options": options, "members": members, "flowgmm": flowgmm.get("median"), "ece": flowgmm.get("ece"), "seconds": flowgmm.get("seconds")}
     for group, names in (("best_labeled_only", LABELED_ONLY), ("best_semi_supervised", SEMI_SUPERVISED)):
         present = [medians[name] for name in names if name in medians]
         if present:
@@ -179,6 +194,7 @@ def main() -> None:
     parser.add_argument("--split", choices=["test", "validation"], default="test")
     parser.add_argument("--methods", default="all", help="as flowgmm benchmark --methods")
     parser.add_argument("--json", action="store_true", help="one JSON line per case (else a table at the end)")
+    parser.add_argument("--members", type=int, default=1, help="FlowGMM as a seed ensemble of this many fits, p(y|x) averaged")
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="a FlowGMM option, e.g. consistency_weight=1 (repeatable)")
     args = parser.parse_args()
     if args.step == "prepare":
@@ -186,7 +202,7 @@ def main() -> None:
         return
     lines = []
     for case in args.cases:
-        lines.append(run_case(case, args.data, args.seeds, args.split, args.methods, dict(_option(text) for text in args.set)))
+        lines.append(run_case(case, args.data, args.seeds, args.split, args.methods, dict(_option(text) for text in args.set), args.members))
         if args.json:
             print(json.dumps(lines[-1]), flush=True)
     if not args.json:
