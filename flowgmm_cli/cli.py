@@ -1,7 +1,9 @@
 """The ``flowgmm`` command line: a thin layer over the library with Unix manners.
 
 Results go to stdout or the ``-o`` file, messages to stderr. Exit codes: 0 success, 2 bad usage or
-bad input, 1 any other failure, 130 interrupted.
+bad input, 1 any other failure, 130 interrupted. The command modules import torch, scikit-learn,
+pandas and h5py inside the commands that use them, so that ``--help`` answers at once (a test
+checks it).
 """
 
 from __future__ import annotations
