@@ -179,6 +179,14 @@ def _option(text: str) -> tuple[str, object]:
         return name, value
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _labels_csv(features: Path) -> Path | None:
     """The labels CSV written beside a feature file without /labels, or ``None``."""
     candidate = features.with_name("labels.csv" if features.name == "features.h5" else f"{features.stem}_labels.csv")
@@ -194,7 +202,7 @@ def main() -> None:
     parser.add_argument("--split", choices=["test", "validation"], default="test")
     parser.add_argument("--methods", default="all", help="as flowgmm benchmark --methods")
     parser.add_argument("--json", action="store_true", help="one JSON line per case (else a table at the end)")
-    parser.add_argument("--members", type=int, default=1, help="FlowGMM as a seed ensemble of this many fits, p(y|x) averaged")
+    parser.add_argument("--members", type=_positive, default=1, help="FlowGMM as a seed ensemble of this many fits, p(y|x) averaged")
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="a FlowGMM option, e.g. consistency_weight=1 (repeatable)")
     args = parser.parse_args()
     if args.step == "prepare":
