@@ -293,9 +293,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         return self.model_.latent_dim
 
     def encode(self, X: Any) -> np.ndarray:
-        """Latent codes ``z = f(x)`` of the rows of ``X``."""
+        """Latent codes ``z = f(x)`` of the rows of ``X`` (images ``(N, C, H, W)`` as in :meth:`fit`)."""
         check_is_fitted(self, "model_")
-        return map_rows(self.model_, validate_data(self, X, dtype=np.float32, reset=False), lambda m, x: m.encode(x), self.latent_dim_)
+        rows = validate_data(self, _flat_images(X)[0], dtype=np.float32, reset=False)
+        return map_rows(self.model_, rows, lambda m, x: m.encode(x), self.latent_dim_)
 
     def decode(self, Z: Any) -> np.ndarray:
         """Feature-space rows ``x = f⁻¹(z)`` of latent codes ``Z`` (the inverse of :meth:`encode`)."""

@@ -264,3 +264,16 @@ def test_the_bfloat16_option_trains_an_image_model_and_is_refused_for_vectors():
     assert np.isfinite([row["loss"] for row in model.history_]).all()
     with pytest.raises(OptionError, match="applies to the image flow"):
         FlowGMMClassifier(**options).fit(x.reshape(64, -1).astype(np.float32), y)
+
+
+def test_the_estimator_encodes_images_in_their_own_shape_as_it_predicts_them():
+    from flowgmm_cli import FlowGMMClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (32, 1, 8, 8)).astype(np.uint8)
+    y = np.where(np.arange(32) % 4 == 0, (np.arange(32) // 4) % 2, -1)
+    model = FlowGMMClassifier(hidden=4, hidden_layers=1, coupling_layers=1, epochs=1, batch_size=16, calibration_folds=0).fit(x, y)
+    codes = model.encode(x)
+    np.testing.assert_array_equal(codes, model.encode(x.reshape(32, -1)))
+    assert codes.shape == (32, model.latent_dim_)
+    np.testing.assert_allclose(model.decode(codes), x.reshape(32, -1), atol=1.0)  # dequantised pixels come back to their bin
