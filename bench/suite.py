@@ -170,7 +170,7 @@ def run_case(case: str, data: Path, seeds: int, split: str, methods: str, option
     return line
 
 
-def _option(text: str) -> tuple[str, object]:
+def parse_option(text: str) -> tuple[str, object]:
     """``name=value`` with the value read as JSON where it parses (numbers, true/false), else a string."""
     name, _, value = text.partition("=")
     try:
@@ -210,7 +210,7 @@ def main() -> None:
         return
     lines = []
     for case in args.cases:
-        lines.append(run_case(case, args.data, args.seeds, args.split, args.methods, dict(_option(text) for text in args.set), args.members))
+        lines.append(run_case(case, args.data, args.seeds, args.split, args.methods, dict(parse_option(text) for text in args.set), args.members))
         if args.json:
             print(json.dumps(lines[-1]), flush=True)
     if not args.json:

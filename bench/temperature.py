@@ -132,7 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     defaults.CALIBRATION_STEP_SHARE = args.step_share
-    options = dict(suite._option(text) for text in args.set)
+    options = dict(suite.parse_option(text) for text in args.set)
     first = suite.VALIDATION_SEED if args.split == "validation" else 0
     lines = []
     for case in args.cases:
