@@ -61,10 +61,12 @@ def accuracy_table(case: str, seeds: int, methods: list[str], standardize: bool 
     """One row per method: its median over the splits of seeds ``first_seed`` onwards (another
     first seed gives draws that no default was chosen on); ``options`` override FlowGMM's defaults."""
     chosen = {**METHODS, "flowgmm": FlowGMMMethod(options=options or {})}
+    splits = {seed: _split(case, seed) for seed in range(first_seed, first_seed + seeds)}
+    if standardize:
+        splits = {seed: standardize_split(split) for seed, split in splits.items()}
     rows = []
     for method in methods:
-        seed_list = range(first_seed, first_seed + seeds)
-        runs = [score_run(chosen[method], standardize_split(_split(case, seed)) if standardize else _split(case, seed), seed) for seed in seed_list]
+        runs = [score_run(chosen[method], split, seed) for seed, split in splits.items()]
         median, mad = median_mad([accuracy for accuracy, _, _ in runs])
         row = {"case": case, "method": method, "median": round(median, 2), "mad": round(mad, 2), "runs": [round(a, 1) for a, _, _ in runs], "seconds_per_fit": float(np.median([s for _, s, _ in runs]))}
         print(json.dumps(row), flush=True)
