@@ -86,8 +86,8 @@ class TrainOptions:
 
     # model
     flow: FlowKind | None = _option(None, Panel.model, "The flow: 'image' (multiscale RealNVP on pixels: checkerboard and channel couplings with convolutional s/t networks, squeezes, factored-out channels) or 'vector' (couplings on feature vectors).", auto="image for files of uint8 images (the pixels extractor), else vector")
-    coupling_layers: int | None = _option(None, Panel.model, "Affine coupling layers (image flow: couplings per group of each scale).", auto="10 up to 8 features, else 8; images 3", min=1)
-    hidden: int | None = _option(None, Panel.model, "Width of the s/t networks (image flow: their channels).", auto="512 up to 8 features, else 2*dim in [128, 512]; images 16", min=1)
+    coupling_layers: int | None = _option(None, Panel.model, "Affine coupling layers (image flow: couplings per group of each scale).", auto="10 up to 8 features or from 100 rows per feature (the flow's, after any projection), else 8; images 3", min=1)
+    hidden: int | None = _option(None, Panel.model, "Width of the s/t networks (image flow: their channels).", auto="512 up to 8 features or from 100 rows per feature, else 2*dim in [128, 512]; images 16", min=1)
     hidden_layers: int | None = _option(None, Panel.model, "Hidden layers per s/t network (0: one linear map; image flow: residual blocks).", auto="1; images 2", min=0)
     scales: int | None = _option(None, Panel.model, "Image flow: squeeze-and-factor-out steps, each halving the image's side.", auto="as many as the side halves evenly (to at least 2 pixels), at most 3: MNIST 2", min=0)
     dropout: float = _option(0.0, Panel.model, "Dropout inside the s/t networks.", min=0.0, max=0.9)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from flowgmm_cli.defaults import (
+    DENSE_ROWS_PER_DIM,
     DEFAULT_HIDDEN_LAYERS,
     DEFAULT_VARIANCE,
     default_batch_sizes,
@@ -20,6 +21,7 @@ from flowgmm_cli.defaults import (
     default_projection_dim,
     default_scaling,
     default_unlabeled_weight,
+    is_dense,
     resolve,
     resolve_input,
 )
@@ -34,15 +36,33 @@ HAND_NOISE = 1.2 * 1.5 / math.sqrt(3)
     "dim, hidden",
     [(1, 512), (8, 512), (9, 128), (32, 128), (64, 128), (65, 256), (128, 256), (129, 512), (384, 512), (5000, 512)],
 )
-def test_hidden_width(dim, hidden):
-    assert default_hidden(dim) == hidden
-    assert type(default_hidden(dim)) is int
+def test_hidden_width_of_sparse_data_follows_the_dimension(dim, hidden):
+    assert default_hidden(dim, n_rows=dim) == hidden
+    assert type(default_hidden(dim, n_rows=dim)) is int
 
 
 @pytest.mark.parametrize("dim, layers, weight", [(1, 10, 1.0), (8, 10, 1.0), (9, 8, 0.3), (784, 8, 0.3)])
 def test_coupling_layers_and_unlabeled_weight_change_above_eight_features(dim, layers, weight):
-    assert default_coupling_layers(dim) == layers
+    assert default_coupling_layers(dim, n_rows=dim) == layers
     assert default_unlabeled_weight(dim) == weight
+
+
+@pytest.mark.parametrize(
+    "dim, rows, dense",
+    [(2, 10, True), (16, 16 * DENSE_ROWS_PER_DIM - 1, False), (16, 16 * DENSE_ROWS_PER_DIM, True), (64, 1_297, False), (64, 64 * DENSE_ROWS_PER_DIM, True)],
+)
+def test_data_with_many_rows_per_dimension_gets_the_wide_flow(dim, rows, dense):
+    assert is_dense(dim, rows) is dense
+    assert (default_hidden(dim, rows), default_coupling_layers(dim, rows)) == ((512, 10) if dense else (default_hidden(dim, 0), 8))
+
+
+def test_the_flow_width_counts_labeled_and_unlabeled_rows_in_the_flows_dimension():
+    seen = np.random.default_rng(0).normal(size=(50, 16))
+    enough = 16 * DENSE_ROWS_PER_DIM - 100
+    wide = resolve(TrainOptions(epochs=1), n_labeled=100, n_unlabeled=enough, seen=seen)
+    narrow = resolve(TrainOptions(epochs=1), n_labeled=100, n_unlabeled=enough - 1, seen=seen)
+    assert (wide.hidden, wide.coupling_layers) == (512, 10)
+    assert (narrow.hidden, narrow.coupling_layers) == (128, 8)
 
 
 def test_constants():
