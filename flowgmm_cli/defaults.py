@@ -155,7 +155,7 @@ CONSISTENCY_WEIGHT = 3.0
 #: 128) against 10 of 512: MNIST pixels as vectors (10,000 rows on 32 principal directions: 312 per
 #: dimension) 84.25 → 85.65, every draw up 1.1-2.25, ECE 0.068 → 0.041; UCI letter (937 per
 #: dimension) 62.4 → 64.5, every draw up 1.0-5.6; AG News (175 per dimension) 87.7 → 87.8. Digits
-#: (20 per dimension) 94.6 → 94.8 at 1.3 times the time, which would take its fit over a minute.
+#: (20 per dimension) 94.6 → 94.8 at 1.3-2.1 times the time (136 s against 64 s, one thread, quiet).
 #: Any threshold between 20 and 175 splits these cases alike; 100 lies in that gap, not tuned
 #: within it, and data between 20 and 175 rows per dimension is untested.
 DENSE_ROWS_PER_DIM = 100
