@@ -188,7 +188,10 @@ def train(
         1, min=1, help="Processes on this machine (started through torchrun), each training on its share of the unlabeled rows, "
         "gradients averaged; as 'torchrun --nproc-per-node N -m flowgmm_cli train ...'.", rich_help_panel=_RUNTIME,
     ),
-    threads: Optional[int] = typer.Option(None, min=1, help=THREADS_HELP, rich_help_panel=_RUNTIME),
+    threads: Optional[int] = typer.Option(
+        None, min=1, help=THREADS_HELP + " With 2 or more on the CPU, the calibration fits run in a second process beside the model's fit, each with half the threads.",
+        rich_help_panel=_RUNTIME,
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP, rich_help_panel=_RUNTIME),
     options: TrainOptions = TrainOptions(),
 ) -> Optional[int]:
@@ -295,13 +298,13 @@ def _without_option(argv: list[str], name: str) -> list[str]:
 
 
 def _needs_streaming(stream: FeatureStream, console) -> bool:
-    """Stream when holding the features (as float32, about three copies while training starts) needs
-    more than the memory available; say which on stderr."""
-    needed = 3 * 4 * stream.n_rows * stream.dim
+    """Stream when holding the features (as float32, about three copies while training starts and
+    one more in the calibration fits' process) needs more than the memory available; say which on stderr."""
+    needed = 4 * 4 * stream.n_rows * stream.dim
     available = _available_memory()
     choice = needed > available
     console.print(
-        f"features: {stream.n_rows} x {stream.dim} ({needed / 3 / 2**30:.2f} GiB as float32), {available / 2**30:.1f} GiB memory available: "
+        f"features: {stream.n_rows} x {stream.dim} ({needed / 4 / 2**30:.2f} GiB as float32), {available / 2**30:.1f} GiB memory available: "
         + ("streaming from the file in chunks (--no-stream to load it)" if choice else "in memory (--stream to read in chunks)")
     )
     return choice

@@ -6,11 +6,9 @@ Its parameters are the fields of :class:`~flowgmm_cli.options.TrainOptions` (dec
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import os
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -21,26 +19,20 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._version import __version__
 from .calibration import fit_temperature, tempered_log_proba
+from .crossfit import CalibrationFits, FoldJob, can_run_beside, train_one
 from .devices import resolve_device
 from .distributed import setup, world
 from .errors import InputError
-from .defaults import calibration_epochs
-from .factory import build_model, build_objective, build_schedule, build_source, prepare
+from .factory import prepare
+from .inference import joint, map_rows
 from .modelfile import load_model, save_model
 from .options import TrainOptions, option_fields
-from .model import FlowGMM
-from .splits import hold_out, stratified_folds
-from .stores import ArrayStore, RowStore, SubsetStore
-from .transforms import TransformChain
+from .splits import hold_out
+from .stores import ArrayStore, RowStore
 from .targets import encode_targets, require_classes, unlabeled_mask
-from .training import TrainingCallback, train
+from .training import TrainingCallback
 
 __all__ = ["FlowGMMClassifier", "log_evidence"]
-
-#: Rows per inference block; image models use blocks of exactly :data:`_IMAGE_CHUNK` rows (:func:`map_rows`).
-_PREDICT_CHUNK = 8192
-_IMAGE_CHUNK = 128
-
 
 def log_evidence(joint: np.ndarray) -> np.ndarray:
     """``log p(x) = log Σ_k p(x, y=k)`` per row from ``log p(x, y=k)``.
@@ -59,7 +51,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     Bayes' rule in latent space. Parameters left at ``None`` are chosen from the data's size and
     dimension (:mod:`flowgmm_cli.defaults`); 0 always means 0. A row's prediction does not depend
     on the rows predicted with it: vector models infer in float64, image models in float32 in
-    blocks of one fixed shape (:func:`map_rows`).
+    blocks of one fixed shape (:func:`~flowgmm_cli.inference.map_rows`).
 
     Example:
         >>> from sklearn.datasets import make_moons
@@ -156,67 +148,21 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         validation = None
         if validation_rows is not None:
             validation = (torch.from_numpy(np.ascontiguousarray(validation_rows[0])).to(device), torch.from_numpy(validation_rows[1]).to(device))
-        self.model_, self.history_ = self._train_one(
-            rows, transform, labeled[train_labeled], codes[train_labeled], unlabeled, self.options_, validation,
-            checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, callback=callback,
-        )  # fmt: skip
-        if validation_rows is not None:
-            log_temperature = fit_temperature(map_rows(self.model_, validation_rows[0], _joint, len(self.classes_)), validation_rows[1])
-        elif self.options_.calibration_folds:
-            log_temperature = self._cross_fitted_log_temperature(rows, transform, labeled, codes, callback)
-        else:
-            log_temperature = 0.0
+        job = FoldJob(rows, transform, len(self.classes_), labeled, codes, self.options_)
+        with CalibrationFits(job, callback, beside=bool(self.options_.calibration_folds) and can_run_beside(device)) as calibration:
+            self.model_, self.history_ = train_one(
+                rows, transform, len(self.classes_), labeled[train_labeled], codes[train_labeled], unlabeled, self.options_, validation,
+                checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, callback=calibration.callback,
+            )  # fmt: skip
+            if validation_rows is not None:
+                log_temperature = fit_temperature(map_rows(self.model_, validation_rows[0], joint, len(self.classes_)), validation_rows[1])
+            elif self.options_.calibration_folds:
+                log_temperature = _cross_fitted_log_temperature(*calibration.scores())
+            else:
+                log_temperature = 0.0
         with torch.no_grad():
             self.model_.prior.log_temperature.fill_(log_temperature)
         return self
-
-    def _train_one(
-        self, rows: RowStore, transform: TransformChain, labeled: np.ndarray, codes: np.ndarray, unlabeled: np.ndarray,
-        options: TrainOptions, validation: tuple[torch.Tensor, torch.Tensor] | None = None, **run: Any,
-    ) -> tuple[FlowGMM, list[dict[str, Any]]]:  # fmt: skip
-        """One model trained on ``rows``: the rows ``labeled`` with classes ``codes``, the rows where
-        ``unlabeled`` is true without; ``run`` goes to :func:`~flowgmm_cli.training.train`."""
-        here, device = setup(resolve_device(options.device))
-        torch.manual_seed(options.random_state)
-        model = build_model(copy.deepcopy(transform), len(self.classes_), options, rows.image_shape).to(device)
-        x_labeled = rows.read_rows(labeled).to(device)
-        y_codes = torch.from_numpy(np.asarray(codes, dtype=np.int64)).to(device)
-        source = build_source(SubsetStore(rows, unlabeled), x_labeled, y_codes, model, options, here)
-        history = train(model, source, build_objective(model, options), build_schedule(options), validation, **run)
-        return model, history
-
-    def _cross_fitted_log_temperature(
-        self, rows: RowStore, transform: TransformChain, labeled: np.ndarray, codes: np.ndarray, callback: TrainingCallback | None
-    ) -> float:
-        """``log T`` fitted on out-of-fold class probabilities of the labeled rows.
-
-        Each of ``calibration_folds`` short fits (:data:`~flowgmm_cli.defaults.CALIBRATION_STEP_SHARE`
-        of the steps, same seed and options) hides one stratified fold of the labels, those rows
-        unlabeled, and scores them; ``T`` is then the temperature that calibrates those scores.
-        The held-out rows measure how sure a model trained this way is when it is wrong, which the
-        rows a model was trained on cannot show. ``T`` is at least 1: a few held-out rows that are
-        all right would shrink it toward 0 and make every probability near 0 or 1 on that evidence.
-        """
-        options = self.options_
-        folds = stratified_folds(codes, options.calibration_folds, options.random_state)
-        short = replace(options, epochs=calibration_epochs(options.epochs))
-        log_joint = np.zeros((len(labeled), len(self.classes_)))
-        for fold in range(options.calibration_folds):
-            held = folds == fold
-            if not held.any():
-                continue
-            announce = getattr(callback, "on_phase", None)  # optional: older callbacks lack it
-            if announce is not None:
-                announce(f"calibration fit {fold + 1}/{options.calibration_folds}")
-            fold_options = replace(short, labeled_batch_size=min(short.labeled_batch_size, int((~held).sum())))
-            unlabeled = np.ones(rows.n_rows, dtype=bool)
-            unlabeled[labeled[~held]] = False  # the fold's rows join the unlabeled ones
-            model, _ = self._train_one(rows, transform, labeled[~held], codes[~held], unlabeled, fold_options, callback=callback)
-            log_joint[held] = map_rows(model, rows.read_rows(labeled[held]).numpy(), _joint, len(self.classes_))
-        scored = folds >= 0
-        if len(np.unique(codes[scored])) < 2:
-            return 0.0  # one class scored: its NLL falls without bound as T shrinks
-        return max(0.0, fit_temperature(log_joint[scored], codes[scored]))
 
     def _encode(self, y: Any) -> np.ndarray:
         """Class codes of labels ``y``, every one a class seen in training."""
@@ -230,7 +176,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     def joint_log_prob(self, X: Any) -> np.ndarray:
         """``log p(x, y=k)`` per row and class: the one pass that probabilities and ``log p(x)`` share."""
         check_is_fitted(self, "model_")
-        return map_rows(self.model_, validate_data(self, _flat_images(X)[0], dtype=np.float32, reset=False), _joint, len(self.classes_))
+        return map_rows(self.model_, validate_data(self, _flat_images(X)[0], dtype=np.float32, reset=False), joint, len(self.classes_))
 
     def predict_log_proba(self, X: Any, temperature: float | None = None) -> np.ndarray:
         """``log p(y=k | x)`` per row and class, columns in the order of ``classes_``.
@@ -377,28 +323,17 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         return estimator
 
 
-def map_rows(model: FlowGMM, X: np.ndarray, function: Callable[[Any, torch.Tensor], torch.Tensor], width: int) -> np.ndarray:
-    """``function(model, rows)`` on ``X`` in blocks, without gradients, as numpy; each row's result
-    does not depend on the rows beside it in a block.
+def _cross_fitted_log_temperature(log_joint: np.ndarray, codes: np.ndarray) -> float:
+    """``log T`` fitted on the calibration fits' out-of-fold scores of the labeled rows
+    (:func:`~flowgmm_cli.crossfit.held_out_scores`).
 
-    Vector models run on a float64 copy (float32 matrix products round differently for different
-    batch shapes, by about 1e-7 relative). Image models run in float32, in blocks of exactly
-    :data:`_IMAGE_CHUNK` rows (the last one padded): convolutions in float64 are ten times slower
-    on CPU, and with one block shape each image's result is the same whatever its neighbours.
+    The held-out rows measure how sure a model trained this way is when it is wrong, which the
+    rows a model was trained on cannot show. ``T`` is at least 1: a few held-out rows that are
+    all right would shrink it toward 0 and make every probability near 0 or 1 on that evidence.
     """
-    image = getattr(model.flow, "shape", None) is not None
-    dtype, chunk = (torch.float32, _IMAGE_CHUNK) if image else (torch.float64, _PREDICT_CHUNK)
-    model = copy.deepcopy(model).to(dtype).eval()
-    device = next(model.parameters()).device
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, len(X), chunk):
-            block = torch.from_numpy(np.ascontiguousarray(X[start : start + chunk])).to(device, dtype)
-            rows = len(block)
-            if image and rows < chunk:
-                block = torch.cat([block, block.new_zeros(chunk - rows, *block.shape[1:])])
-            parts.append(function(model, block)[:rows].to(torch.float64).cpu().numpy())
-    return np.concatenate(parts) if parts else np.empty((0, width))
+    if len(np.unique(codes)) < 2:
+        return 0.0  # one class scored: its NLL falls without bound as T shrinks
+    return max(0.0, fit_temperature(log_joint, codes))
 
 
 def _flat_images(X: Any) -> tuple[Any, tuple[int, int, int] | None]:
@@ -407,11 +342,6 @@ def _flat_images(X: Any) -> tuple[Any, tuple[int, int, int] | None]:
         return X, None
     X = np.asarray(X)
     return X.reshape(len(X), -1), tuple(int(v) for v in X.shape[1:])  # type: ignore[return-value]
-
-
-def _joint(model: FlowGMM, x: torch.Tensor) -> torch.Tensor:
-    """``log p(x, y=k)``, for :func:`map_rows`."""
-    return model(x)
 
 
 _PARAM_NAMES = {spec.name for spec in option_fields()}

@@ -11,14 +11,15 @@ import torch
 from scipy.special import softmax
 from sklearn.datasets import make_blobs
 
-from flowgmm_cli import FlowGMMClassifier
+from flowgmm_cli import FlowGMMClassifier, crossfit
+from flowgmm_cli import estimator as estimator_module
 from flowgmm_cli.calibration import (
     LOG_TEMPERATURE_BOUNDS,
     fit_temperature,
     tempered_log_proba,
 )
 from flowgmm_cli.errors import InputError, OptionError
-from flowgmm_cli.estimator import map_rows
+from flowgmm_cli.inference import map_rows
 from flowgmm_cli.metrics import expected_calibration_error, negative_log_likelihood
 from flowgmm_cli.options import TrainOptions
 from flowgmm_cli.splits import stratified_folds
@@ -172,14 +173,15 @@ class _FitSpy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.fits: list[dict] = []
-        real = FlowGMMClassifier._train_one
+        real = crossfit.train_one
 
-        def spying(estimator, rows, transform, labeled, codes, unlabeled, options, *args, **kwargs):
-            model, history = real(estimator, rows, transform, labeled, codes, unlabeled, options, *args, **kwargs)
+        def spying(rows, transform, n_classes, labeled, codes, unlabeled, options, *args, **kwargs):
+            model, history = real(rows, transform, n_classes, labeled, codes, unlabeled, options, *args, **kwargs)
             self.fits.append({"labeled": np.array(labeled), "unlabeled": unlabeled.copy(), "epochs": options.epochs, "model": model})
             return model, history
 
-        monkeypatch.setattr(FlowGMMClassifier, "_train_one", spying)
+        monkeypatch.setattr(crossfit, "train_one", spying)
+        monkeypatch.setattr(estimator_module, "train_one", spying)
 
 
 def _blobs_with_labels(per_class: int = 6):

@@ -13,8 +13,7 @@ from sklearn.datasets import make_moons
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import flowgmm_cli.estimator as estimator_module
-from flowgmm_cli import FlowGMMClassifier
+from flowgmm_cli import FlowGMMClassifier, crossfit
 from flowgmm_cli.errors import InputError, OptionError
 from flowgmm_cli.metrics import negative_log_likelihood
 from flowgmm_cli.options import TrainOptions
@@ -64,11 +63,11 @@ def small_classifier(small_moons):
 
 class Spy:
     """Records what ``fit`` hands to the training loop (source, objective, schedule, validation)
-    and the model's weights after every epoch, by wrapping the estimator module's ``train``."""
+    and the model's weights after every epoch, by wrapping the ``train`` that :mod:`~flowgmm_cli.crossfit` calls."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.runs: list[dict] = []
-        real_train = estimator_module.train
+        real_train = crossfit.train
 
         def spying_train(model, source, objective, schedule, validation=None, **kwargs):
             run = {"model": model, "source": source, "objective": objective, "schedule": schedule, "validation": validation, "weights": []}
@@ -87,7 +86,7 @@ class Spy:
 
             return real_train(model, source, objective, schedule, validation, callback=Weights(), **kwargs)
 
-        monkeypatch.setattr(estimator_module, "train", spying_train)
+        monkeypatch.setattr(crossfit, "train", spying_train)
 
     @property
     def last(self) -> dict:

@@ -1,0 +1,326 @@
+"""The calibration fits: short fits that each hide one fold of the labels and score its rows, here
+or in a second process beside the model's fit.
+
+The fits do not depend on the model, so with two or more CPU threads they run in a child process
+(:class:`CalibrationFits`) while this one fits the model, each with half the threads: on two cores
+a default digits fit takes the model's time instead of the model's and the fits' added together.
+The child runs the same code with the same seeds; on the same number of threads its scores are
+the ones a sequential fit computes (``torch.set_num_threads(1)`` in both, as the tests check).
+Under ``torchrun``, on a GPU or with one thread, the fits run here after the model.
+
+Example:
+    >>> from flowgmm_cli import FlowGMMClassifier
+    >>> from sklearn.datasets import make_blobs
+    >>> X, y = make_blobs(300, centers=2, random_state=0)
+    >>> y[20:] = -1
+    >>> FlowGMMClassifier(epochs=6, hidden=8, coupling_layers=2).fit(X, y).temperature_ >= 1.0
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from .defaults import calibration_epochs
+from .devices import resolve_device
+from .distributed import setup, world
+from .factory import build_model, build_objective, build_schedule, build_source
+from .inference import joint, map_rows
+from .model import FlowGMM
+from .options import TrainOptions
+from .splits import stratified_folds
+from .stores import RowStore, SubsetStore
+from .training import EpochReport, TrainingCallback, train
+from .transforms import TransformChain
+
+__all__ = ["FoldJob", "CalibrationFits", "train_one", "held_out_scores", "serve"]
+
+#: Seconds between progress updates while the model's fit waits for the child's.
+_WAIT_TICK = 0.25
+
+
+def train_one(
+    rows: RowStore, transform: TransformChain, n_classes: int, labeled: np.ndarray, codes: np.ndarray, unlabeled: np.ndarray,
+    options: TrainOptions, validation: tuple[torch.Tensor, torch.Tensor] | None = None, **run: Any,
+) -> tuple[FlowGMM, list[dict[str, Any]]]:  # fmt: skip
+    """One model trained on ``rows``: the rows ``labeled`` with classes ``codes``, the rows where
+    ``unlabeled`` is true without; ``run`` goes to :func:`~flowgmm_cli.training.train`."""
+    here, device = setup(resolve_device(options.device))
+    torch.manual_seed(options.random_state)
+    model = build_model(copy.deepcopy(transform), n_classes, options, rows.image_shape).to(device)
+    x_labeled = rows.read_rows(labeled).to(device)
+    y_codes = torch.from_numpy(np.asarray(codes, dtype=np.int64)).to(device)
+    source = build_source(SubsetStore(rows, unlabeled), x_labeled, y_codes, model, options, here)
+    history = train(model, source, build_objective(model, options), build_schedule(options), validation, **run)
+    return model, history
+
+
+@dataclass
+class FoldJob:
+    """What the calibration fits need: the rows, the fitted input transform, the labeled rows
+    (indices into ``rows``) with their class codes, and the model's resolved options."""
+
+    rows: RowStore
+    transform: TransformChain
+    n_classes: int
+    labeled: np.ndarray
+    codes: np.ndarray
+    options: TrainOptions
+
+
+def held_out_scores(job: FoldJob, callback: TrainingCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``log p(x, y=k)`` of each labeled row that some fold holds out, from the fit that did not see
+    its label, and those rows' class codes.
+
+    Each of ``calibration_folds`` short fits (:data:`~flowgmm_cli.defaults.CALIBRATION_STEP_SHARE`
+    of the steps, same seed and options) hides one stratified fold of the labels, those rows
+    unlabeled, and scores them. A class's only labeled row is in no fold and is not scored.
+    """
+    options = job.options
+    folds = stratified_folds(job.codes, options.calibration_folds, options.random_state)
+    short = replace(options, epochs=calibration_epochs(options.epochs))
+    log_joint = np.zeros((len(job.labeled), job.n_classes))
+    for fold in range(options.calibration_folds):
+        held = folds == fold
+        if not held.any():
+            continue
+        announce = getattr(callback, "on_phase", None)  # optional: older callbacks lack it
+        if announce is not None:
+            announce(f"calibration fit {fold + 1}/{options.calibration_folds}")
+        fold_options = replace(short, labeled_batch_size=min(short.labeled_batch_size, int((~held).sum())))
+        unlabeled = np.ones(job.rows.n_rows, dtype=bool)
+        unlabeled[job.labeled[~held]] = False  # the fold's rows join the unlabeled ones
+        model, _ = train_one(job.rows, job.transform, job.n_classes, job.labeled[~held], job.codes[~held], unlabeled, fold_options, callback=callback)
+        log_joint[held] = map_rows(model, job.rows.read_rows(job.labeled[held]).numpy(), joint, job.n_classes)
+    scored = folds >= 0
+    return log_joint[scored], job.codes[scored]
+
+
+def can_run_beside(device: torch.device) -> bool:
+    """Whether the calibration fits may run in a second process: on the CPU, with at least two
+    threads to share (``--threads``), and not already one of several ``torchrun`` processes."""
+    return device.type == "cpu" and not world().distributed and torch.get_num_threads() >= 2
+
+
+class CalibrationFits:
+    """The calibration fits of one ``fit``: started beside the model's fit, or run after it.
+
+    Use as a context manager around the model's fit, passing :attr:`callback` to it; then
+    :meth:`scores`. Beside the fit, this process keeps half its threads while the child runs; the
+    progress :attr:`callback` reports counts the child's steps too, and raises the child's error as
+    soon as it arrives. If the child cannot start or dies without a word (killed for memory), the
+    fits run here instead, with a warning. Leaving the block stops a child that still runs.
+    """
+
+    def __init__(self, job: FoldJob, callback: TrainingCallback | None, beside: bool) -> None:
+        self.job, self._callback = job, callback
+        self._threads = torch.get_num_threads()
+        self._child: _Child | None = None
+        self._merged: _MergedProgress | None = None
+        self._beside = beside
+
+    def __enter__(self) -> "CalibrationFits":
+        if self._beside:
+            try:
+                self._child = _Child(self.job, threads=self._threads // 2)
+            except OSError as error:
+                warnings.warn(f"the calibration fits could not start in a second process ({error}); they run after the model instead", RuntimeWarning, stacklevel=2)
+        if self._child is not None:
+            self._merged = _MergedProgress(self._callback, self._child)
+            announce = getattr(self._callback, "on_phase", None)
+            if announce is not None:
+                announce(f"model and {self.job.options.calibration_folds} calibration fits")
+            torch.set_num_threads(self._threads - self._threads // 2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self._threads)
+        if self._child is not None:
+            self._child.stop()
+
+    @property
+    def callback(self) -> TrainingCallback | None:
+        """The callback for the model's fit: the user's, or one that adds the child's progress."""
+        return self._merged if self._merged is not None else self._callback
+
+    def scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`held_out_scores` of the job: the child's, once it is done, or computed here."""
+        torch.set_num_threads(self._threads)
+        if self._child is not None and self._merged is not None:
+            result = self._child.wait(self._merged.report)
+            if result is not None:
+                return result
+            warnings.warn(f"the calibration fits' process ended without a result ({self._child.exit_description()}); they run again here", RuntimeWarning, stacklevel=2)
+        return held_out_scores(self.job, self._callback)
+
+
+class _MergedProgress:
+    """The model's progress plus the child's steps, reported to the user's callback from this
+    thread only; raises the child's exception at the next step after it arrives."""
+
+    def __init__(self, callback: TrainingCallback | None, child: "_Child") -> None:
+        self._callback, self._child = callback, child
+        self._step = self._total = 0
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        self._step, self._total = step, total_steps
+        self.report()
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        if self._callback is not None:
+            self._callback.on_epoch_end(report)
+
+    def report(self) -> None:
+        self._child.raise_error()
+        if self._callback is not None:
+            done, total = self._child.progress
+            self._callback.on_step(self._step + done, self._total + total)
+
+
+class _Child:
+    """The child process: a thread sends it the job on its stdin, another reads its messages
+    (``("progress", done, total)``, then ``("scores", log_joint, codes)`` or ``("error", exception)``)."""
+
+    def __init__(self, job: FoldJob, threads: int) -> None:
+        self._process = subprocess.Popen(_child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._changed = threading.Condition()
+        self.progress: tuple[int, int] = (0, 0)
+        self._result: tuple[np.ndarray, np.ndarray] | None = None
+        self._error: BaseException | None = None
+        self._ended = False
+        threading.Thread(target=self._send, args=(job, threads), daemon=True).start()
+        self._reader = threading.Thread(target=self._receive, daemon=True)
+        self._reader.start()
+
+    def _send(self, job: FoldJob, threads: int) -> None:
+        assert self._process.stdin is not None
+        try:
+            with self._process.stdin as pipe:
+                pickle.dump((job, threads), pipe, protocol=pickle.HIGHEST_PROTOCOL)
+        except (OSError, pickle.PicklingError, TypeError, AttributeError):
+            self._process.kill()  # an unpicklable store, or the child already gone: it ends without a result
+
+    def _receive(self) -> None:
+        assert self._process.stdout is not None
+        try:
+            while True:
+                message = pickle.load(self._process.stdout)
+                with self._changed:
+                    if message[0] == "progress":
+                        self.progress = message[1:]
+                    elif message[0] == "scores":
+                        self._result = message[1:]
+                    else:
+                        self._error = message[1]
+        except (EOFError, OSError, pickle.UnpicklingError):
+            pass  # the child is gone
+        finally:
+            with self._changed:
+                self._ended = True
+                self._changed.notify_all()
+
+    def raise_error(self) -> None:
+        """Raise the child's exception, if it sent one."""
+        if self._error is not None:
+            raise self._error
+
+    def wait(self, tick: Callable[[], None]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The child's scores once it ends (``None`` if it ended without them); ``tick`` reports
+        progress meanwhile and raises the child's exception."""
+        with self._changed:
+            while not self._ended:
+                tick()
+                self._changed.wait(_WAIT_TICK)
+        self._process.wait()
+        tick()
+        return self._result
+
+    def exit_description(self) -> str:
+        code = self._process.poll()
+        return f"exit code {code}" if code is None or code >= 0 else f"signal {-code}"
+
+    def stop(self) -> None:
+        """Kill the child if it still runs, and reap it."""
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        self._reader.join()
+
+
+def _child_command() -> list[str]:
+    """``python -c ...`` that imports this package from where this process imported it (not from
+    whatever the working directory holds) and runs :func:`serve`. A fresh interpreter rather than
+    ``multiprocessing``: forking after torch has started its threads can hang, and spawning
+    re-imports the caller's main script, which an unguarded script cannot survive."""
+    root = str(Path(__file__).resolve().parents[1])
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); from flowgmm_cli.crossfit import serve; serve()"]
+
+
+class _Reporter:
+    """The child's callback: its steps over all folds, as messages on the channel (every 1% or so)."""
+
+    def __init__(self, channel: IO[bytes], folds: int) -> None:
+        self._channel, self._folds = channel, folds
+        self._finished_steps = self._fold = 0
+        self._last_total = self._last_sent = 0
+
+    def on_phase(self, label: str) -> None:
+        self._finished_steps += self._last_total
+        self._fold += 1
+        self._last_total = 0
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        self._last_total = total_steps
+        done = self._finished_steps + step
+        total = self._finished_steps + total_steps * (self._folds - self._fold + 1)
+        if done - self._last_sent >= max(1, total // 100) or step == total_steps:
+            _send(self._channel, ("progress", done, total))
+            self._last_sent = done
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        pass
+
+
+def _send(channel: IO[bytes], message: tuple) -> None:
+    pickle.dump(message, channel, protocol=pickle.HIGHEST_PROTOCOL)
+    channel.flush()
+
+
+def serve() -> None:
+    """The child's main: read a :class:`FoldJob` and a thread count on stdin, run
+    :func:`held_out_scores`, and write its progress and result (or its exception) on stdout.
+    Anything else the child prints goes to stderr, never into the channel. When the parent is
+    gone (killed), the next message fails to send and the child exits at once, silently."""
+    channel = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    job, threads = pickle.load(sys.stdin.buffer)
+    torch.set_num_threads(threads)
+    try:
+        message: tuple = ("scores", *held_out_scores(job, _Reporter(channel, job.options.calibration_folds)))
+    except BaseException as error:  # noqa: BLE001 - every failure goes back to the parent, which raises it
+        message = ("error", error if _picklable(error) else RuntimeError(f"the calibration fits failed: {error!r}"))
+    try:
+        _send(channel, message)
+    except OSError:
+        os._exit(1)  # the parent is gone; nobody is left to tell
+
+
+def _picklable(value: object) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:  # noqa: BLE001 - any failure to pickle means no
+        return False
+    return True

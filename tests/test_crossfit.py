@@ -1,0 +1,156 @@
+"""The calibration fits beside the model's fit, in a second process: the same model and temperature
+as one after the other, their progress in the fit's, their errors raised, nothing left running."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_blobs
+
+from flowgmm_cli import FlowGMMClassifier, crossfit
+from flowgmm_cli import estimator as estimator_module
+from flowgmm_cli.errors import TrainingDiverged
+from flowgmm_cli.features import FeatureWriter
+from flowgmm_cli.stores import FeatureStream
+from flowgmm_testutils import state_equal
+
+SMALL = {"epochs": 12, "hidden": 16, "coupling_layers": 2, "device": "cpu", "random_state": 0}
+
+
+def _blobs() -> tuple[np.ndarray, np.ndarray]:
+    X, y = make_blobs(400, centers=[[0.0, 0.0], [2.5, 0.5], [0.0, 3.0]], cluster_std=1.0, random_state=1)
+    partial = np.full_like(y, -1)
+    labeled = np.concatenate([np.flatnonzero(y == k)[:6] for k in range(3)])
+    partial[labeled] = y[labeled]
+    return X.astype(np.float32), partial
+
+
+@pytest.fixture
+def threads():
+    """``threads(n)`` sets torch's thread count for the test; the suite's one thread comes back after."""
+    previous = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(previous)
+
+
+class _Recorder:
+    """A training callback that keeps every call."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int]] = []
+        self.phases: list[str] = []
+        self.epochs = 0
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        self.steps.append((step, total_steps))
+
+    def on_epoch_end(self, report) -> None:
+        self.epochs += 1
+
+    def on_phase(self, label: str) -> None:
+        self.phases.append(label)
+
+
+class _Launches:
+    """Counts the child processes started, keeping each (to check that none is left running)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, command: list[str] | None = None) -> None:
+        self.processes: list[subprocess.Popen] = []
+        real = subprocess.Popen
+
+        def launching(args, **kwargs):
+            process = real(command or args, **kwargs)
+            self.processes.append(process)
+            return process
+
+        monkeypatch.setattr(crossfit.subprocess, "Popen", launching)
+
+
+def test_beside_the_fit_the_calibration_fits_give_what_they_give_after_it(threads, monkeypatch):
+    """Two threads: the model on one here, the four fits on one in a child; one thread: all here.
+    Each fit runs on one thread either way, so the weights and the temperature are bit for bit the same."""
+    X, partial = _blobs()
+    threads(1)
+    one_after_another = _Recorder()
+    after = FlowGMMClassifier(**SMALL).fit(X, partial, callback=one_after_another)
+    launches = _Launches(monkeypatch)
+    threads(2)
+    recorder = _Recorder()
+    beside = FlowGMMClassifier(**SMALL).fit(X, partial, callback=recorder)
+    assert len(launches.processes) == 1 and launches.processes[0].poll() == 0
+    assert torch.get_num_threads() == 2, "the fit gives its threads back"
+    assert beside.temperature_ == after.temperature_ != 1.0
+    assert state_equal(beside.model_.state_dict(), after.model_.state_dict())
+    assert recorder.phases == ["model and 4 calibration fits"] and recorder.epochs == SMALL["epochs"]
+    assert len(one_after_another.phases) == 4 and one_after_another.epochs == SMALL["epochs"] + 4 * 2
+    every_step = sum(total for step, total in one_after_another.steps if step == total)  # the model's and each fold's
+    assert recorder.steps[-1] == (every_step, every_step), "the last report counts all five fits' steps as done"
+    assert all(step <= total for step, total in recorder.steps)
+
+
+def test_a_streamed_feature_file_is_read_again_in_the_child(threads, tmp_path, monkeypatch):
+    X, partial = _blobs()
+    names = np.where(partial >= 0, np.array(["a", "b", "c"])[partial.clip(0)], "")
+    with FeatureWriter(tmp_path / "f.h5", X.shape[1], {"extractor": "tabular"}, with_labels=True) as writer:
+        writer.append([f"r{i}" for i in range(len(X))], X, names)
+    labeled = np.flatnonzero(partial >= 0)
+    threads(1)
+    after = FlowGMMClassifier(**SMALL).fit_rows(FeatureStream(tmp_path / "f.h5"), labeled, names[labeled])
+    launches = _Launches(monkeypatch)
+    threads(2)
+    beside = FlowGMMClassifier(**SMALL).fit_rows(FeatureStream(tmp_path / "f.h5"), labeled, names[labeled])
+    assert len(launches.processes) == 1
+    assert beside.temperature_ == after.temperature_ != 1.0
+
+
+def test_one_thread_a_validation_set_or_no_folds_start_no_child(threads, monkeypatch):
+    X, partial = _blobs()
+    launches = _Launches(monkeypatch)
+    threads(1)
+    FlowGMMClassifier(**SMALL).fit(X, partial)
+    threads(2)
+    FlowGMMClassifier(**SMALL, calibration_folds=0).fit(X, partial)
+    FlowGMMClassifier(**SMALL, val_fraction=0.3).fit(X, partial)
+    assert launches.processes == []
+
+
+def test_a_child_that_dies_without_a_word_is_replaced_by_the_fits_here(threads, monkeypatch):
+    """The fits then run here on all the threads, as they would after the model without a child."""
+    X, partial = _blobs()
+    threads(2)
+    monkeypatch.setattr(estimator_module, "can_run_beside", lambda device: False)
+    after = FlowGMMClassifier(**SMALL).fit(X, partial)
+    monkeypatch.undo()
+    _Launches(monkeypatch, [sys.executable, "-c", "import sys; sys.stdin.buffer.read(); sys.exit(3)"])
+    with pytest.warns(RuntimeWarning, match=r"ended without a result \(exit code 3\); they run again here"):
+        again = FlowGMMClassifier(**SMALL).fit(X, partial)
+    assert again.temperature_ == after.temperature_
+
+
+def test_the_child_s_error_is_raised_and_a_failed_fit_leaves_no_child(threads, monkeypatch):
+    X, partial = _blobs()
+    failing = (
+        "import pickle, sys; from flowgmm_cli.errors import TrainingDiverged; sys.stdin.buffer.read(); "
+        "pickle.dump(('error', TrainingDiverged('a calibration fit diverged')), sys.stdout.buffer); sys.stdout.flush()"
+    )
+    root = str(Path(crossfit.__file__).resolve().parents[1])
+    _Launches(monkeypatch, [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); " + failing])
+    threads(2)
+    with pytest.raises(TrainingDiverged, match="a calibration fit diverged"):
+        FlowGMMClassifier(**SMALL).fit(X, partial)
+
+    launches = _Launches(monkeypatch)
+
+    class Interrupt(_Recorder):
+        def on_epoch_end(self, report) -> None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        FlowGMMClassifier(**SMALL).fit(X, partial, callback=Interrupt())
+    assert launches.processes[0].poll() is not None, "the child was stopped with the fit"
+    assert torch.get_num_threads() == 2
