@@ -209,7 +209,7 @@ class _Child:
         assert self._process.stdin is not None
         try:
             with self._process.stdin as pipe:
-                pickle.dump((job, threads), pipe, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump((job, threads, torch.get_default_dtype()), pipe, protocol=pickle.HIGHEST_PROTOCOL)
         except (OSError, pickle.PicklingError, TypeError, AttributeError):
             self._process.kill()  # an unpicklable store, or the child already gone: it ends without a result
 
@@ -300,14 +300,15 @@ def _send(channel: IO[bytes], message: tuple) -> None:
 
 
 def serve() -> None:
-    """The child's main: read a :class:`FoldJob` and a thread count on stdin, run
+    """The child's main: read a :class:`FoldJob`, a thread count and torch's default dtype on stdin, run
     :func:`held_out_scores`, and write its progress and result (or its exception) on stdout.
     Anything else the child prints goes to stderr, never into the channel. When the parent is
     gone (killed), the next message fails to send and the child exits at once, silently."""
     channel = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    job, threads = pickle.load(sys.stdin.buffer)
+    job, threads, dtype = pickle.load(sys.stdin.buffer)
     torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
     try:
         message: tuple = ("scores", *held_out_scores(job, _Reporter(channel, job.options.calibration_folds)))
     except BaseException as error:  # noqa: BLE001 - every failure goes back to the parent, which raises it

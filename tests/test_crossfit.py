@@ -93,6 +93,16 @@ def test_beside_the_fit_the_calibration_fits_give_what_they_give_after_it(thread
     assert all(step <= total for step, total in recorder.steps)
 
 
+def test_the_child_computes_in_torch_s_default_dtype_as_set_here(threads, float64):
+    X, partial = _blobs()
+    threads(1)
+    after = FlowGMMClassifier(**SMALL).fit(X, partial)
+    threads(2)
+    beside = FlowGMMClassifier(**SMALL).fit(X, partial)
+    assert beside.model_.prior.means.dtype == torch.float64
+    assert beside.temperature_ == after.temperature_
+
+
 def test_a_streamed_feature_file_is_read_again_in_the_child(threads, tmp_path, monkeypatch):
     X, partial = _blobs()
     names = np.where(partial >= 0, np.array(["a", "b", "c"])[partial.clip(0)], "")
