@@ -225,8 +225,8 @@ class _Child:
                         self._result = message[1:]
                     else:
                         self._error = message[1]
-        except (EOFError, OSError, pickle.UnpicklingError):
-            pass  # the child is gone
+        except Exception:  # noqa: BLE001 - the end of the stream, or a message that cannot be read: no result from the child
+            pass
         finally:
             with self._changed:
                 self._ended = True
@@ -244,6 +244,8 @@ class _Child:
             while not self._ended:
                 tick()
                 self._changed.wait(_WAIT_TICK)
+        if self._result is None:
+            self._process.kill()  # no result is coming: a child still running would only block on a full pipe
         self._process.wait()
         tick()
         return self._result

@@ -19,6 +19,7 @@ from flowgmm_cli.features import FeatureWriter
 from flowgmm_cli.stores import FeatureStream
 from flowgmm_testutils import state_equal
 
+_POPEN = subprocess.Popen
 SMALL = {"epochs": 12, "hidden": 16, "coupling_layers": 2, "device": "cpu", "random_state": 0}
 
 
@@ -61,7 +62,7 @@ class _Launches:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, command: list[str] | None = None) -> None:
         self.processes: list[subprocess.Popen] = []
-        real = subprocess.Popen
+        real = _POPEN  # not subprocess.Popen, which an earlier _Launches of the test may have replaced
 
         def launching(args, **kwargs):
             process = real(command or args, **kwargs)
@@ -140,6 +141,11 @@ def test_a_child_that_dies_without_a_word_is_replaced_by_the_fits_here(threads, 
     with pytest.warns(RuntimeWarning, match=r"ended without a result \(exit code 3\); they run again here"):
         again = FlowGMMClassifier(**SMALL).fit(X, partial)
     assert again.temperature_ == after.temperature_
+    garbled = "import sys, time; sys.stdin.buffer.read(); sys.stdout.buffer.write(b'not a message'); sys.stdout.flush(); time.sleep(600)"
+    launches = _Launches(monkeypatch, [sys.executable, "-c", garbled])
+    with pytest.warns(RuntimeWarning, match=r"ended without a result \(signal 9\)"):
+        again = FlowGMMClassifier(**SMALL).fit(X, partial)  # not ten minutes: a child that cannot be read is stopped
+    assert again.temperature_ == after.temperature_ and launches.processes[0].poll() is not None
 
 
 def test_the_child_s_error_is_raised_and_a_failed_fit_leaves_no_child(threads, monkeypatch):
