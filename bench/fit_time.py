@@ -43,7 +43,7 @@ def one_fit(mode: str, threads: int, seed: int, epochs: int | None) -> tuple[flo
     torch.set_num_threads(1 if mode == "one_thread" else threads)
     real = estimator_module.can_run_beside
     if mode == "after":
-        estimator_module.can_run_beside = lambda device: False
+        estimator_module.can_run_beside = lambda device, rows: False
     try:
         start = time.perf_counter()
         model = FlowGMMClassifier(random_state=seed, device="cpu", **({} if epochs is None else {"epochs": epochs})).fit(X_pool, partial)

@@ -20,8 +20,10 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
-import pickle
+import struct
 import subprocess
 import sys
 import threading
@@ -37,14 +39,15 @@ import torch
 from .defaults import calibration_epochs
 from .devices import resolve_device
 from .distributed import setup, world
+from .errors import InputError, TrainingDiverged
 from .factory import build_model, build_objective, build_schedule, build_source
 from .inference import joint, map_rows
 from .model import FlowGMM
 from .options import TrainOptions
 from .splits import stratified_folds
-from .stores import RowStore, SubsetStore
+from .stores import ArrayStore, FeatureStream, RowStore, SubsetStore
 from .training import EpochReport, TrainingCallback, train
-from .transforms import TransformChain
+from .transforms import TransformChain, build_transform
 
 __all__ = ["FoldJob", "CalibrationFits", "train_one", "held_out_scores", "serve"]
 
@@ -109,10 +112,11 @@ def held_out_scores(job: FoldJob, callback: TrainingCallback | None = None) -> t
     return log_joint[scored], job.codes[scored]
 
 
-def can_run_beside(device: torch.device) -> bool:
+def can_run_beside(device: torch.device, rows: RowStore) -> bool:
     """Whether the calibration fits may run in a second process: on the CPU, with at least two
-    threads to share (``--threads``), and not already one of several ``torchrun`` processes."""
-    return device.type == "cpu" and not world().distributed and torch.get_num_threads() >= 2
+    threads to share (``--threads``), not already one of several ``torchrun`` processes, and with
+    rows the child can get (in memory, or a feature file it opens itself)."""
+    return device.type == "cpu" and not world().distributed and torch.get_num_threads() >= 2 and isinstance(rows, (ArrayStore, FeatureStream))
 
 
 class CalibrationFits:
@@ -192,7 +196,8 @@ class _MergedProgress:
 
 class _Child:
     """The child process: a thread sends it the job on its stdin, another reads its messages
-    (``("progress", done, total)``, then ``("scores", log_joint, codes)`` or ``("error", exception)``)."""
+    (:func:`_write_message`: ``progress`` with ``done`` and ``total``, then ``scores`` with the
+    arrays ``log_joint`` and ``codes``, or ``error`` with the exception's type and message)."""
 
     def __init__(self, job: FoldJob, threads: int) -> None:
         self._process = subprocess.Popen(_child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -209,22 +214,22 @@ class _Child:
         assert self._process.stdin is not None
         try:
             with self._process.stdin as pipe:
-                pickle.dump((job, threads, torch.get_default_dtype()), pipe, protocol=pickle.HIGHEST_PROTOCOL)
-        except (OSError, pickle.PicklingError, TypeError, AttributeError):
-            self._process.kill()  # an unpicklable store, or the child already gone: it ends without a result
+                _write_message(pipe, *_job_message(job, threads))
+        except OSError:
+            self._process.kill()  # the child is already gone: it ends without a result
 
     def _receive(self) -> None:
         assert self._process.stdout is not None
         try:
             while True:
-                message = pickle.load(self._process.stdout)
+                header, arrays = _read_message(self._process.stdout)
                 with self._changed:
-                    if message[0] == "progress":
-                        self.progress = message[1:]
-                    elif message[0] == "scores":
-                        self._result = message[1:]
+                    if header["kind"] == "progress":
+                        self.progress = (int(header["done"]), int(header["total"]))
+                    elif header["kind"] == "scores":
+                        self._result = (arrays["log_joint"], arrays["codes"])
                     else:
-                        self._error = message[1]
+                        self._error = _KNOWN_ERRORS.get(header["type"], RuntimeError)(header["message"])
         except Exception:  # noqa: BLE001 - the end of the stream, or a message that cannot be read: no result from the child
             pass
         finally:
@@ -289,41 +294,110 @@ class _Reporter:
         done = self._finished_steps + step
         total = self._finished_steps + total_steps * (self._folds - self._fold + 1)
         if done - self._last_sent >= max(1, total // 100) or step == total_steps:
-            _send(self._channel, ("progress", done, total))
+            _write_message(self._channel, {"kind": "progress", "done": done, "total": total})
             self._last_sent = done
 
     def on_epoch_end(self, report: EpochReport) -> None:
         pass
 
 
-def _send(channel: IO[bytes], message: tuple) -> None:
-    pickle.dump(message, channel, protocol=pickle.HIGHEST_PROTOCOL)
-    channel.flush()
+#: Exceptions a failed child's message is raised as in the parent (by name); any other is a RuntimeError.
+_KNOWN_ERRORS: dict[str, type[Exception]] = {"InputError": InputError, "OptionError": InputError, "TrainingDiverged": TrainingDiverged}
+#: Array types a message may carry (no objects), and the most JSON a message header may hold.
+_ARRAY_KINDS = "fiub"
+_MAX_HEADER = 1 << 24
+
+
+def _write_message(stream: IO[bytes], header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+    """One message: the byte length of a JSON header, the header (with each array's dtype and
+    shape), then the arrays' bytes as they are (no copy). Reading it runs no code, unlike a pickle."""
+    arrays = {name: np.ascontiguousarray(value) for name, value in (arrays or {}).items()}
+    text = json.dumps({**header, "arrays": {name: [value.dtype.str, list(value.shape)] for name, value in arrays.items()}}).encode()
+    stream.write(struct.pack("<Q", len(text)))
+    stream.write(text)
+    for value in arrays.values():
+        if value.size:
+            stream.write(value.data)
+    stream.flush()
+
+
+def _read_message(stream: IO[bytes]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A message of :func:`_write_message`; ``EOFError`` at the end of the stream, ``ValueError``
+    for anything that is not such a message."""
+    (length,) = struct.unpack("<Q", _read_exactly(stream, 8))
+    if length > _MAX_HEADER:
+        raise ValueError(f"a message header of {length} bytes is not one of this protocol")
+    header = json.loads(bytes(_read_exactly(stream, length)))
+    arrays = {}
+    for name, (dtype_text, shape) in header.pop("arrays").items():
+        dtype = np.dtype(str(dtype_text))
+        if dtype.kind not in _ARRAY_KINDS:
+            raise ValueError(f"array '{name}' has dtype {dtype}, which a message may not carry")
+        arrays[name] = np.frombuffer(_read_exactly(stream, dtype.itemsize * math.prod(shape)), dtype).reshape(shape)
+    return header, arrays
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytearray:
+    """``size`` bytes of ``stream`` into a writable buffer; ``EOFError`` if it ends first."""
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        count = stream.readinto(view[got:])  # type: ignore[attr-defined]
+        if not count:
+            raise EOFError("the stream ended within a message")
+        got += count
+    return buffer
+
+
+def _job_message(job: FoldJob, threads: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """:class:`FoldJob`, a thread count and torch's default dtype as a message: options and the
+    transform's spec in the header; the rows (unless the child reads them from their file), the
+    labeled rows, their codes and the transform's statistics as arrays."""
+    arrays = {"labeled": np.asarray(job.labeled, dtype=np.int64), "codes": np.asarray(job.codes, dtype=np.int64)}
+    arrays.update({f"transform.{name}": value.detach().cpu().numpy() for name, value in job.transform.state_dict().items()})
+    if isinstance(job.rows, FeatureStream):
+        rows: dict[str, Any] = {"path": str(job.rows.path)}
+    else:
+        rows = {"units": job.rows.units, "image_shape": job.rows.image_shape, "chunks": job.rows.chunks}
+        arrays["rows"] = job.rows.x.detach().cpu().numpy()
+    header = {
+        "kind": "job", "rows": rows, "transform": job.transform.spec(), "n_classes": job.n_classes,
+        "options": job.options.to_dict(), "threads": threads, "dtype": str(torch.get_default_dtype()).removeprefix("torch."),
+    }  # fmt: skip
+    return header, arrays
+
+
+def _job_from_message(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> FoldJob:
+    """The :class:`FoldJob` of :func:`_job_message` (this process's threads and dtype set as it says)."""
+    torch.set_num_threads(int(header["threads"]))
+    torch.set_default_dtype({"float32": torch.float32, "float64": torch.float64}[header["dtype"]])
+    spec = header["rows"]
+    if "path" in spec:
+        rows: RowStore = FeatureStream(spec["path"])
+    else:
+        shape = tuple(spec["image_shape"]) if spec["image_shape"] else None
+        rows = ArrayStore(torch.from_numpy(arrays["rows"]), chunks=int(spec["chunks"]), units=spec["units"], image_shape=shape)  # type: ignore[arg-type]
+    transform = build_transform(header["transform"])
+    prefix = "transform."
+    transform.load_state_dict({name[len(prefix) :]: torch.from_numpy(value) for name, value in arrays.items() if name.startswith(prefix)})
+    options = TrainOptions.from_dict(header["options"])
+    return FoldJob(rows, transform, int(header["n_classes"]), arrays["labeled"], arrays["codes"], options)  # type: ignore[arg-type]
 
 
 def serve() -> None:
-    """The child's main: read a :class:`FoldJob`, a thread count and torch's default dtype on stdin, run
-    :func:`held_out_scores`, and write its progress and result (or its exception) on stdout.
-    Anything else the child prints goes to stderr, never into the channel. When the parent is
-    gone (killed), the next message fails to send and the child exits at once, silently."""
+    """The child's main: read a job (:func:`_job_message`) on stdin, run :func:`held_out_scores`,
+    and write its progress and result (or its error) on stdout. Anything else the child prints
+    goes to stderr, never into the channel. When the parent is gone (killed), the next message
+    fails to send and the child exits at once, silently."""
     channel = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    job, threads, dtype = pickle.load(sys.stdin.buffer)
-    torch.set_num_threads(threads)
-    torch.set_default_dtype(dtype)
+    job = _job_from_message(*_read_message(sys.stdin.buffer))
     try:
-        message: tuple = ("scores", *held_out_scores(job, _Reporter(channel, job.options.calibration_folds)))
+        log_joint, codes = held_out_scores(job, _Reporter(channel, job.options.calibration_folds))
+        header, arrays = {"kind": "scores"}, {"log_joint": log_joint, "codes": codes}
     except BaseException as error:  # noqa: BLE001 - every failure goes back to the parent, which raises it
-        message = ("error", error if _picklable(error) else RuntimeError(f"the calibration fits failed: {error!r}"))
+        header, arrays = {"kind": "error", "type": type(error).__name__, "message": str(error)}, {}
     try:
-        _send(channel, message)
+        _write_message(channel, header, arrays)
     except OSError:
         os._exit(1)  # the parent is gone; nobody is left to tell
-
-
-def _picklable(value: object) -> bool:
-    try:
-        pickle.dumps(value)
-    except Exception:  # noqa: BLE001 - any failure to pickle means no
-        return False
-    return True

@@ -149,7 +149,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         if validation_rows is not None:
             validation = (torch.from_numpy(np.ascontiguousarray(validation_rows[0])).to(device), torch.from_numpy(validation_rows[1]).to(device))
         job = FoldJob(rows, transform, len(self.classes_), labeled, codes, self.options_)
-        with CalibrationFits(job, callback, beside=bool(self.options_.calibration_folds) and can_run_beside(device)) as calibration:
+        with CalibrationFits(job, callback, beside=bool(self.options_.calibration_folds) and can_run_beside(device, rows)) as calibration:
             self.model_, self.history_ = train_one(
                 rows, transform, len(self.classes_), labeled[train_labeled], codes[train_labeled], unlabeled, self.options_, validation,
                 checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, callback=calibration.callback,

@@ -59,16 +59,9 @@ class ArrayStore:
     """
 
     def __init__(self, x: Tensor, chunks: int = 1, units: str | None = None, image_shape: tuple[int, int, int] | None = None) -> None:
-        self.x, self.units, self.image_shape = x, units, image_shape
+        self.x, self.chunks, self.units, self.image_shape = x, chunks, units, image_shape
         self.n_rows, self.dim = x.shape[0], x.shape[1]
         self._chunk_rows = max(1, math.ceil(self.n_rows / max(chunks, 1)))
-
-    def __getstate__(self) -> dict[str, Any]:
-        # As a numpy array: pickle protocol 5 writes its buffer as it is, where a tensor's pickle copies it first.
-        return {**self.__dict__, "x": self.x.detach().cpu().numpy()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, x=torch.from_numpy(state["x"]))
 
     def chunk_bounds(self) -> list[tuple[int, int]]:
         return [(start, min(start + self._chunk_rows, self.n_rows)) for start in range(0, self.n_rows, self._chunk_rows)]

@@ -134,7 +134,7 @@ def test_a_child_that_dies_without_a_word_is_replaced_by_the_fits_here(threads, 
     """The fits then run here on all the threads, as they would after the model without a child."""
     X, partial = _blobs()
     threads(2)
-    monkeypatch.setattr(estimator_module, "can_run_beside", lambda device: False)
+    monkeypatch.setattr(estimator_module, "can_run_beside", lambda device, rows: False)
     after = FlowGMMClassifier(**SMALL).fit(X, partial)
     monkeypatch.undo()
     _Launches(monkeypatch, [sys.executable, "-c", "import sys; sys.stdin.buffer.read(); sys.exit(3)"])
@@ -151,8 +151,8 @@ def test_a_child_that_dies_without_a_word_is_replaced_by_the_fits_here(threads, 
 def test_the_child_s_error_is_raised_and_a_failed_fit_leaves_no_child(threads, monkeypatch):
     X, partial = _blobs()
     failing = (
-        "import pickle, sys; from flowgmm_cli.errors import TrainingDiverged; sys.stdin.buffer.read(); "
-        "pickle.dump(('error', TrainingDiverged('a calibration fit diverged')), sys.stdout.buffer); sys.stdout.flush()"
+        "import sys; from flowgmm_cli import crossfit; sys.stdin.buffer.read(); "
+        "crossfit._write_message(sys.stdout.buffer, {'kind': 'error', 'type': 'TrainingDiverged', 'message': 'a calibration fit diverged'})"
     )
     root = str(Path(crossfit.__file__).resolve().parents[1])
     _Launches(monkeypatch, [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); " + failing])
@@ -170,3 +170,20 @@ def test_the_child_s_error_is_raised_and_a_failed_fit_leaves_no_child(threads, m
         FlowGMMClassifier(**SMALL).fit(X, partial, callback=Interrupt())
     assert launches.processes[0].poll() is not None, "the child was stopped with the fit"
     assert torch.get_num_threads() == 2
+
+
+def test_messages_carry_json_and_plain_arrays_only():
+    """The channel runs no code when read: an object array or an oversized header is refused."""
+    import io
+
+    stream = io.BytesIO()
+    crossfit._write_message(stream, {"kind": "scores"}, {"log_joint": np.eye(2), "codes": np.array([1, 0])})
+    header, arrays = crossfit._read_message(io.BytesIO(stream.getvalue()))
+    assert header == {"kind": "scores"} and arrays["log_joint"].tolist() == [[1.0, 0.0], [0.0, 1.0]] and arrays["codes"].tolist() == [1, 0]
+    forged = b'{"kind": "scores", "arrays": {"x": ["|O", [1]]}}'
+    with pytest.raises(ValueError, match="may not carry"):
+        crossfit._read_message(io.BytesIO(len(forged).to_bytes(8, "little") + forged + bytes(8)))
+    with pytest.raises(ValueError, match="not one of this protocol"):
+        crossfit._read_message(io.BytesIO(b"not a message"))
+    with pytest.raises(EOFError):
+        crossfit._read_message(io.BytesIO(stream.getvalue()[:-3]))
