@@ -260,11 +260,13 @@ class _Child:
         return f"exit code {code}" if code is None or code >= 0 else f"signal {-code}"
 
     def stop(self) -> None:
-        """Kill the child if it still runs, and reap it."""
+        """Kill the child if it still runs, reap it, and close its pipe."""
         if self._process.poll() is None:
             self._process.kill()
         self._process.wait()
         self._reader.join()
+        assert self._process.stdout is not None
+        self._process.stdout.close()
 
 
 def _child_command() -> list[str]:
