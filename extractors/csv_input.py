@@ -111,8 +111,10 @@ class CsvSource:
         the label column, if given, must exist too.
         """
         with self._open() as stream:
+            # dtype=object keeps each field a Python str: pandas' pyarrow-backed strings (its default
+            # where pyarrow is installed) cannot hold the lone surrogates of undecodable bytes.
             reader = self._parse(lambda: pd.read_csv(
-                stream, dtype=str, keep_default_na=False, chunksize=self.chunk_rows, encoding=self.encoding,
+                stream, dtype=object, keep_default_na=False, chunksize=self.chunk_rows, encoding=self.encoding,
                 encoding_errors="surrogateescape",
             ))  # fmt: skip
             seen: set[str] = set()
