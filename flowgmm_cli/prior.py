@@ -101,9 +101,14 @@ class GaussianMixturePrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Draw ``n`` latent points and their components (drawn from π unless ``labels`` is given)."""
+        """Draw ``n`` latent points and their components (drawn from π unless ``labels`` is given).
+
+        The draws are made on the CPU (where ``generator`` lives) and moved to the mixture's device,
+        so one seed gives the same points on every device.
+        """
         if labels is None:
-            labels = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+            labels = torch.multinomial(self.log_weights.detach().exp().cpu(), n, replacement=True, generator=generator)
+        labels = labels.to(self.means.device)
         std = torch.exp(0.5 * self.log_variance)
         noise = torch.randn(len(labels), self.dim, generator=generator, dtype=self.means.dtype)
         return self.means[labels] + std * noise.to(self.means.device), labels
