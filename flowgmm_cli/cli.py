@@ -89,7 +89,7 @@ def embed(
     from extractors.streaming import ProcessFailed
 
     from . import distributed
-    from .devices import resolve_device
+    from .devices import require_gpus, resolve_device
     from .features import check_resume_world, partial_world_sizes
 
     if on_error not in ("fail", "skip"):
@@ -111,9 +111,7 @@ def embed(
         if processes > 1 and not partial_world_sizes(output):
             raise OptionError("resume", f"{{option}} found no partial files of '{output}'; run without {{option}}.")
     resolved = resolve_device(device)
-    gpus_needed = nproc if nproc > 1 else here.local_rank + 1
-    if resolved.type == "cuda" and processes > 1 and gpus_needed > torch.cuda.device_count():
-        raise InputError(f"{processes} processes on CUDA need a GPU each, but {torch.cuda.device_count()} are visible; use fewer processes or --device cpu.")
+    require_gpus(resolved, processes, nproc if nproc > 1 else here.local_rank + 1)
     if nproc > 1:
         # torchrun would give each process one thread (and say so); give each its share of the cores instead
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
@@ -199,6 +197,7 @@ def train(
     import torch
 
     from . import distributed
+    from .devices import require_gpus, resolve_device
     from .estimator import FlowGMMClassifier
     from .features import align_labels, check_dim, read_features, read_labels
     from .progress import TrainingProgress
@@ -211,6 +210,7 @@ def train(
         raise InputError("--val and --val-fraction both choose the best epoch; give one of them.")
     check_output_path(output)
     here = distributed.world()
+    require_gpus(resolve_device(options.device), max(nproc, here.size), nproc if nproc > 1 else here.local_rank + 1)
     if nproc > 1:
         if here.distributed:
             raise InputError(f"--nproc starts its own processes, but this one is already one of {here.size} (torchrun); leave --nproc out.")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .errors import OptionError
+from .errors import InputError, OptionError
 
-__all__ = ["resolve_device"]
+__all__ = ["require_gpus", "resolve_device"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -20,3 +20,13 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise OptionError("device", f"Device '{device}' was asked for but CUDA is not available; use {{option}} cpu.")
     return resolved
+
+
+def require_gpus(device: torch.device, processes: int, gpus_needed: int) -> None:
+    """Refuse, before any process starts, a CUDA run of several processes with too few GPUs:
+    each process takes the GPU of its local rank, so ``gpus_needed`` (the highest local rank + 1)
+    must be visible."""
+    if device.type == "cuda" and processes > 1 and gpus_needed > torch.cuda.device_count():
+        raise InputError(
+            f"{processes} processes on CUDA need a GPU each, but {torch.cuda.device_count()} are visible; use fewer processes or --device cpu."
+        )

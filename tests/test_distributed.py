@@ -226,7 +226,7 @@ def test_nproc_trains_through_torchrun_and_writes_one_model(tmp_path):
     X, y = _blobs(400)
     _feature_file(tmp_path / "f.h5", X, y, np.arange(0, 400, 20))
     done = subprocess.run([sys.executable, "-m", "flowgmm_cli", "train", tmp_path / "f.h5", "-o", tmp_path / "m.flowgmm", "--nproc", "2",
-                           "--epochs", "2", "--hidden", "16", "--coupling-layers", "2"], capture_output=True, text=True, timeout=300)  # fmt: skip
+                           "--epochs", "2", "--hidden", "16", "--coupling-layers", "2", "--device", "cpu"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("wrote ") == 1, done.stderr  # rank 0 speaks
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5", "m.flowgmm"]
@@ -234,11 +234,22 @@ def test_nproc_trains_through_torchrun_and_writes_one_model(tmp_path):
     assert (model.n_labeled_, model.n_unlabeled_, len(model.history_)) == (20, 380, 2)
 
 
+def test_nproc_on_cuda_is_refused_without_a_gpu_per_process(tmp_path, capsys):
+    """One sentence before any process starts, not a CUDA error from the process without a GPU."""
+    X, y = _blobs(40)
+    _feature_file(tmp_path / "f.h5", X, y, np.arange(0, 40, 4))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    code, _, err = run_cli(["train", tmp_path / "f.h5", "-o", tmp_path / "m.flowgmm", "--nproc", gpus + 1, "--device", "cuda"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert ("need a GPU each" if gpus else "CUDA is not available") in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]
+
+
 def test_a_killed_process_ends_the_run_with_exit_1_and_no_model(tmp_path):
     X, y = _blobs(20000)
     _feature_file(tmp_path / "f.h5", X, y, np.arange(0, 20000, 100))
     launcher = subprocess.Popen([sys.executable, "-m", "flowgmm_cli", "train", tmp_path / "f.h5", "-o", tmp_path / "m.flowgmm", "--nproc", "2",
-                                 "--epochs", "200", "--hidden", "16", "--coupling-layers", "2", "--threads", "1"],
+                                 "--epochs", "200", "--hidden", "16", "--coupling-layers", "2", "--threads", "1", "--device", "cpu"],
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
     workers: list[int] = []
     deadline = time.monotonic() + 120

@@ -152,7 +152,7 @@ def test_torchrun_pixels_writes_the_one_process_file(tmp_path, capsys):
     """50 images in chunks of 7 (8 chunks, the last short) over 2 processes: the same file, no parts left."""
     images = np.random.default_rng(0).integers(0, 256, (50, 1, 5, 4), dtype=np.uint8)
     np.savez(tmp_path / "p.npz", x=images, y=np.arange(50) % 3)
-    args = ["embed", "--model", "pixels", tmp_path / "p.npz", "--array-key", "x", "--label-key", "y", "--chunk-size", "7"]
+    args = ["embed", "--model", "pixels", tmp_path / "p.npz", "--array-key", "x", "--label-key", "y", "--chunk-size", "7", "--device", "cpu"]
     code, _, err = run_cli([*args, "-o", tmp_path / "one.h5"], capsys)
     assert code == 0, err
     done = torchrun(2, *args, "-o", tmp_path / "two.h5")
@@ -173,7 +173,7 @@ def test_nproc_pixels_images_skipping_unreadable_ones(tmp_path, capsys):
             (folder / f"{i}.png").write_bytes(b"broken")
         else:
             Image.fromarray(np.full((4, 3), i * 20, np.uint8)).save(folder / f"{i}.png")
-    args = ["embed", "--model", "pixels", folder, "--chunk-size", "2", "--on-error", "skip"]
+    args = ["embed", "--model", "pixels", folder, "--chunk-size", "2", "--on-error", "skip", "--device", "cpu"]
     code, _, err = run_cli([*args, "-o", tmp_path / "one.h5"], capsys)
     assert code == 0, err
     done = flowgmm(*args, "--nproc", "2", "-o", tmp_path / "two.h5")
@@ -193,7 +193,7 @@ def test_torchrun_minilm_writes_the_one_process_file(tmp_path, capsys):
     pd.DataFrame({"id": [f"t{i}" for i in range(40)], "text": texts, "label": [str(i % 2) for i in range(40)]}).to_csv(
         tmp_path / "t.csv", index=False
     )
-    args = ["embed", "--model", "minilm", tmp_path / "t.csv", "--label-column", "label", "--chunk-size", "8", "--max-length", "8"]
+    args = ["embed", "--model", "minilm", tmp_path / "t.csv", "--label-column", "label", "--chunk-size", "8", "--max-length", "8", "--device", "cpu"]
     code, _, err = run_cli([*args, "-o", tmp_path / "one.h5"], capsys)
     assert code == 0, err
     done = torchrun(2, *args, "-o", tmp_path / "two.h5")
@@ -208,7 +208,7 @@ def test_a_killed_process_leaves_parts_that_resume_with_the_same_number(tmp_path
     """Process 1 dies (SIGKILL) at its second chunk: exit 1 and no file. A resume with another number
     of processes is refused naming both; with 2 it gives the file of one uninterrupted process."""
     source = numbers_csv(tmp_path / "n.csv")
-    args = ["embed", "--model", "numbers", source, "--chunk-size", "3"]
+    args = ["embed", "--model", "numbers", source, "--chunk-size", "3", "--device", "cpu"]
     code, _, err = run_cli([*args, "-o", tmp_path / "one.h5"], capsys)
     assert code == 0, err
     out = tmp_path / "two.h5"
