@@ -3,10 +3,13 @@ schedule, best-epoch selection, and checkpoints from which a resumed run continu
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,62 +123,92 @@ def train(
         total_steps = min(total_steps, schedule.max_steps)
     epochs = math.ceil(total_steps / source.steps_per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    device_type = trainable[0].device.type if trainable else "cpu"
-    optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    device = trainable[0].device if trainable else torch.device("cpu")
+    # on a GPU the fused kernel updates every parameter in one launch
+    optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, weight_decay=schedule.weight_decay, fused=True if device.type == "cuda" else None)
     state = _State()
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = _load_checkpoint(checkpoint, model, optimizer, source, fingerprint)
     forward: torch.nn.Module = model
     check_unchanged = getattr(getattr(source, "unlabeled", None), "check_unchanged", None)
 
-    for epoch in range(state.epoch + 1, epochs + 1):
-        model.train()
-        sums = torch.zeros(1 + len(objective.terms), dtype=torch.float64)
-        steps_done = 0
-        for step_in_epoch, batch in enumerate(source.epoch()):
-            step = (epoch - 1) * source.steps_per_epoch + step_in_epoch
-            if step >= total_steps:
-                break
-            if here.distributed and forward is model:
-                forward = _data_parallel(model, batch)
-            with torch.autocast(device_type, dtype=schedule.autocast, enabled=schedule.autocast is not None):
-                loss, values = objective(forward, batch, step / total_steps)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"Training diverged in epoch {epoch}: the loss became {loss.item()}; no model was written. "
-                    "Try a lower learning rate, gradient clipping or more labeled noise."
-                )
-            for group in optimizer.param_groups:
-                group["lr"] = _cosine(schedule.lr, step, total_steps)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if schedule.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, schedule.grad_clip)
-            optimizer.step()
-            sums += torch.cat([loss.detach().reshape(1), values]).double().cpu()
-            steps_done += 1
+    check_each_step = _checks_each_step(device)
+    with _deterministic_cudnn(device.type == "cuda"):
+        for epoch in range(state.epoch + 1, epochs + 1):
+            model.train()
+            sums = torch.zeros(1 + len(objective.terms), dtype=torch.float64, device=device)
+            steps_done = 0
+            for step_in_epoch, batch in enumerate(source.epoch()):
+                step = (epoch - 1) * source.steps_per_epoch + step_in_epoch
+                if step >= total_steps:
+                    break
+                if here.distributed and forward is model:
+                    forward = _data_parallel(model, batch)
+                with torch.autocast(device.type, dtype=schedule.autocast, enabled=schedule.autocast is not None):
+                    loss, values = objective(forward, batch, step / total_steps)
+                if check_each_step and not torch.isfinite(loss):
+                    raise _diverged(epoch, loss.item())
+                for group in optimizer.param_groups:
+                    group["lr"] = _cosine(schedule.lr, step, total_steps)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if schedule.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, schedule.grad_clip)
+                optimizer.step()
+                sums += torch.cat([loss.detach().reshape(1), values]).double()
+                steps_done += 1
+                if callback is not None and here.is_main:
+                    callback.on_step(step + 1, total_steps)
+            if check_unchanged is not None:
+                check_unchanged()
+            means = (all_reduce_sum(sums) / (steps_done * here.size)).tolist()
+            if not all(math.isfinite(value) for value in means):  # every process sees the same sums
+                raise _diverged(epoch, means[0])
+            report = EpochReport(epoch, epochs, means[0], dict(zip(objective.names, means[1:])))
+            if validation is not None:
+                report.val_accuracy, report.val_nll = _validate(model, *validation)
+                score = [report.val_accuracy, -report.val_nll]
+                if state.best_score is None or score > state.best_score:
+                    state.best_score, state.best_epoch = score, epoch
+                    state.best_weights = copy.deepcopy(model.state_dict())
+            state.epoch = epoch
+            state.history.append(report.to_dict())
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, model, optimizer, source, state, fingerprint)
             if callback is not None and here.is_main:
-                callback.on_step(step + 1, total_steps)
-        if check_unchanged is not None:
-            check_unchanged()
-        means = (all_reduce_sum(sums) / (steps_done * here.size)).tolist()
-        report = EpochReport(epoch, epochs, means[0], dict(zip(objective.names, means[1:])))
-        if validation is not None:
-            report.val_accuracy, report.val_nll = _validate(model, *validation)
-            score = [report.val_accuracy, -report.val_nll]
-            if state.best_score is None or score > state.best_score:
-                state.best_score, state.best_epoch = score, epoch
-                state.best_weights = copy.deepcopy(model.state_dict())
-        state.epoch = epoch
-        state.history.append(report.to_dict())
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, optimizer, source, state, fingerprint)
-        if callback is not None and here.is_main:
-            callback.on_epoch_end(report)
+                callback.on_epoch_end(report)
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     model.eval()
     return state.history
+
+
+def _checks_each_step(device: torch.device) -> bool:
+    """Whether every step's loss is checked: on the CPU a non-finite loss then stops the run at once;
+    on a GPU the check would make the CPU wait for each step, so only the epoch's sums are checked."""
+    return device.type != "cuda"
+
+
+def _diverged(epoch: int, loss: float) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"Training diverged in epoch {epoch}: the loss became {loss}; no model was written. "
+        "Try a lower learning rate, gradient clipping or more labeled noise."
+    )
+
+
+@contextlib.contextmanager
+def _deterministic_cudnn(active: bool) -> Iterator[None]:
+    """cuDNN's fastest convolution gradients add in a varying order; while ``active``, fixed
+    algorithms make a seed (and a resumed run) give the same model on a GPU as well."""
+    if not active:
+        yield
+        return
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
 
 
 def _data_parallel(model: FlowGMM, first: Batch) -> torch.nn.Module:
@@ -192,7 +225,12 @@ def _data_parallel(model: FlowGMM, first: Batch) -> torch.nn.Module:
         with torch.no_grad():
             model(torch.cat([first.x_labeled, first.x_unlabeled]))
     device_ids = [model.prior.means.device.index] if model.prior.means.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:  # torch >= 2.13
+        return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
+    # Older torch: broadcast_buffers=False also skips the buffers' sync at wrapping; do that one here.
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def _cosine(base_lr: float, step: int, total_steps: int) -> float:

@@ -77,7 +77,7 @@ def test_predict_and_evaluate_an_image_model_with_bits_per_dimension(trained, ca
     code, out, err = run_cli(["evaluate", trained["model"], trained["test"], "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
-    model = FlowGMMClassifier.load(trained["model"])
+    model = FlowGMMClassifier.load(trained["model"], device="auto")  # where evaluate ran: its default
     x_test = np.load(trained["npz"])["x_test"].reshape(60, -1).astype(np.float32)
     expected = -model.score_samples(x_test).mean() / (64 * np.log(2))
     assert report["bits_per_dim"] == pytest.approx(expected, rel=1e-9)

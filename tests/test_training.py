@@ -16,6 +16,7 @@ from flowgmm_cli.factory import build_model, build_objective, build_schedule, bu
 from flowgmm_cli.layers import AffineCoupling
 from flowgmm_cli.model import FlowGMM
 from flowgmm_cli.options import TrainOptions
+from flowgmm_cli import training as training_module
 from flowgmm_cli.training import EpochReport, Schedule, train
 from flowgmm_cli.transforms import Standardize
 from flowgmm_testutils import state_equal
@@ -233,7 +234,11 @@ def test_resume_with_another_fingerprint_or_a_foreign_file_raises_input_error(pr
 # ------------------------------------------------------------------------------------ divergence
 
 
-def test_nan_in_the_data_raises_training_diverged_in_epoch_1(problem, tmp_path):
+@pytest.mark.parametrize("each_step", [True, False], ids=["checked-each-step", "checked-each-epoch"])
+def test_nan_in_the_data_raises_training_diverged_in_epoch_1(problem, tmp_path, monkeypatch, each_step):
+    """Caught at the step (the CPU) or from the epoch's summed losses (a GPU, where a check per step
+    would make the CPU wait for every step): either way in epoch 1, and no checkpoint."""
+    monkeypatch.setattr(training_module, "_checks_each_step", lambda device: each_step)
     x_u = problem[2].clone()
     x_u[5, 0] = float("nan")
     checkpoint = tmp_path / "run.ckpt"

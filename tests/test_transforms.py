@@ -361,7 +361,7 @@ def test_estimator_projects_wide_features_by_default_and_saves_it(tmp_path):
     assert clf.encode(X[:5]).shape == (5, 32) and clf.decode(clf.encode(X[:5])).shape == (5, 80)
     assert clf.score(X, y) > 0.9
     clf.save(tmp_path / "m.flowgmm")
-    loaded = FlowGMMClassifier.load(tmp_path / "m.flowgmm")
+    loaded = FlowGMMClassifier.load(tmp_path / "m.flowgmm", device=clf.options_.device)  # the same arithmetic
     np.testing.assert_array_equal(loaded.score_samples(X), clf.score_samples(X))
     off = FlowGMMClassifier(epochs=1, hidden=16, coupling_layers=2, projection_dim=0).fit(X, partial)
     assert off.options_.projection_dim == 0 and off.model_.latent_dim == 80
