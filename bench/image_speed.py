@@ -3,6 +3,7 @@
     python bench/image_speed.py                 # MNIST shape (1x28x28), default image options, one thread
     python bench/image_speed.py --json          # one JSON line
     python bench/image_speed.py --hidden 32 --threads 2 --shape 3,32,32
+    python bench/image_speed.py --device cuda --json  # on a GPU (the feature visualisation stays on the CPU)
 
 **real**: the project's training step: :func:`flowgmm_cli.training.train` on random pixel
 images with the default image options (32 labeled + 32 unlabeled images a step, augmentation,
@@ -35,35 +36,37 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from step_clock import StepClock  # noqa: E402 - bench/ is the script's folder
+from step_clock import StepClock, wait  # noqa: E402 - bench/ is the script's folder
 
 
-def _conv_inputs(flow, batch: int) -> list[tuple[torch.nn.Module, torch.Tensor]]:
+def _conv_inputs(flow, batch: int, device: torch.device) -> list[tuple[torch.nn.Module, torch.Tensor]]:
     """Each coupling's network and a random input of the shape it sees (captured by a forward hook)."""
     from flowgmm_cli.image_layers import ConvResNet
 
     shapes: list[tuple[torch.nn.Module, torch.Size]] = []
     hooks = [m.register_forward_hook(lambda module, args, out: shapes.append((module, args[0].shape))) for m in flow.modules() if isinstance(m, ConvResNet)]
     with torch.no_grad():
-        flow(torch.randn(2, flow.dim))
+        flow(torch.randn(2, flow.dim, device=device))
     for hook in hooks:
         hook.remove()
-    return [(net, torch.randn(batch, *shape[1:])) for net, shape in shapes]
+    return [(net, torch.randn(batch, *shape[1:], device=device)) for net, shape in shapes]
 
 
-def _bound(flow, batch: int, repeats: int) -> float:
+def _bound(flow, batch: int, repeats: int, device: torch.device) -> float:
     """Seconds per step of the networks alone, forward and backward."""
-    pairs = _conv_inputs(flow, batch)
+    pairs = _conv_inputs(flow, batch, device)
     times = []
     for _ in range(repeats + 2):
+        wait(device)
         start = time.perf_counter()
         total = sum(net(x).sum() for net, x in pairs)
         total.backward()
+        wait(device)
         times.append(time.perf_counter() - start)
     return float(np.median(times[2:]))
 
 
-def _real(options, shape, steps: int) -> tuple[float, object]:
+def _real(options, shape, steps: int, device: torch.device) -> tuple[float, object]:
     """Seconds per training step of ``train`` (median of the steps after the first two)."""
     from flowgmm_cli.factory import build_model, build_objective, build_schedule, build_source, prepare
     from flowgmm_cli.stores import ArrayStore, SubsetStore
@@ -78,20 +81,22 @@ def _real(options, shape, steps: int) -> tuple[float, object]:
     unlabeled[labeled] = False
     transform, resolved = prepare(store, len(labeled), n - len(labeled), options)
     resolved = replace(resolved, epochs=1)
-    model = build_model(transform, 10, resolved, shape)
-    source = build_source(SubsetStore(store, unlabeled), rows[labeled], torch.arange(64) % 10, model, resolved)
-    clock = StepClock()
+    model = build_model(transform, 10, resolved, shape).to(device)
+    source = build_source(SubsetStore(store, unlabeled), rows[labeled].to(device), (torch.arange(64) % 10).to(device), model, resolved)
+    clock = StepClock(device)
     train(model, source, build_objective(model, resolved), build_schedule(resolved), callback=clock)
     return float(np.median(np.diff(clock.stamps)[2:])), model
 
 
-def _inference(model, dim: int, dtype: torch.dtype, images: int = 256) -> float:
+def _inference(model, dim: int, dtype: torch.dtype, device: torch.device, images: int = 256) -> float:
     model = copy.deepcopy(model).to(dtype).eval()
-    x = torch.randint(0, 256, (images, dim)).to(dtype)
+    x = torch.randint(0, 256, (images, dim)).to(device, dtype)
     with torch.inference_mode():
         model(x[:8])
+        wait(device)
         start = time.perf_counter()
         model(x)
+        wait(device)
     return images / (time.perf_counter() - start)
 
 
@@ -102,7 +107,7 @@ def _feature_visualisation(model, shape: tuple[int, ...], repeats: int = 5) -> f
     from flowgmm_cli.visualize_images import FEATURE_IMAGES, features
 
     estimator = FlowGMMClassifier()
-    estimator.model_, estimator.classes_, estimator.n_features_in_ = model.eval(), np.arange(10), model.in_dim
+    estimator.model_, estimator.classes_, estimator.n_features_in_ = copy.deepcopy(model).cpu().eval(), np.arange(10), model.in_dim
     images = np.random.default_rng(0).integers(0, 256, (FEATURE_IMAGES, int(np.prod(shape)))).astype(np.float32)
     scene = Scene(estimator, images, np.arange(FEATURE_IMAGES), np.full(FEATURE_IMAGES, -1))
     times = []
@@ -119,25 +124,27 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=None, help="Channels of the s/t networks (default: the image default).")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=12, help="Timed training steps.")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the training steps and the inference run.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
 
     from flowgmm_cli.options import TrainOptions
 
     shape = tuple(int(v) for v in args.shape.split(","))
-    options = TrainOptions(hidden=args.hidden, device="cpu", calibration_folds=0)
-    step_seconds, model = _real(options, shape, args.steps)
-    bound_seconds = _bound(model.flow, 64, repeats=args.steps)
-    consistency_seconds, _ = _real(replace(options, consistency_weight=1.0), shape, args.steps)
+    options = TrainOptions(hidden=args.hidden, device=args.device, calibration_folds=0)
+    step_seconds, model = _real(options, shape, args.steps, device)
+    bound_seconds = _bound(model.flow, 64, args.steps, device)
+    consistency_seconds, _ = _real(replace(options, consistency_weight=1.0), shape, args.steps, device)
     result = {
-        "shape": list(shape), "hidden": model.flow.spec()["hidden"], "threads": args.threads,
+        "shape": list(shape), "hidden": model.flow.spec()["hidden"], "threads": args.threads, "device": str(device),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_images_per_s": round(64 / step_seconds, 1), "bound_images_per_s": round(64 / bound_seconds, 1),
         "ratio": round(bound_seconds / step_seconds, 3),
-        "predict_images_per_s_float64": round(_inference(model, int(np.prod(shape)), torch.float64), 1),
-        "inference_images_per_s_float32": round(_inference(model, int(np.prod(shape)), torch.float32), 1),
+        "predict_images_per_s_float64": round(_inference(model, int(np.prod(shape)), torch.float64, device), 1),
+        "inference_images_per_s_float32": round(_inference(model, int(np.prod(shape)), torch.float32, device), 1),
         "consistency_step_cost": round(consistency_seconds / step_seconds, 3),
         "feature_visualisation_seconds": round(_feature_visualisation(model, shape), 3),
     }  # fmt: skip

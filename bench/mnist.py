@@ -5,6 +5,7 @@
     python bench/mnist.py --minutes 30 --labeled-only --json           # the same flow on the labeled images alone
     python bench/mnist.py --minutes 10 --split validation --set hidden=32 --json   # for choosing defaults
     python bench/mnist.py --baselines --json                           # flowgmm benchmark's methods on the same split
+    python bench/mnist.py --minutes 5 --device cuda --json             # on a GPU
 
 Labels: ``--labels`` images (an equal number per class) drawn with ``--seed`` from the 60,000
 training images; every other training image is unlabeled. ``--split test`` scores the 10,000 test
@@ -37,6 +38,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from step_clock import wait  # noqa: E402
+
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "mnist.npz"
 VALIDATION_SEED, VALIDATION_ROWS = 1000, 10_000
 
@@ -75,9 +79,10 @@ def _draw_labels(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 
 @torch.no_grad()
 def _score(model, x: torch.Tensor, y: np.ndarray) -> tuple[float, float]:
-    """Accuracy and bits per dimension (float32, blocks of 500)."""
+    """Accuracy and bits per dimension (float32, blocks of 500, on the model's device)."""
     model.eval()
-    joints = torch.cat([model(x[i : i + 500]) for i in range(0, len(x), 500)])
+    device = next(model.parameters()).device
+    joints = torch.cat([model(x[i : i + 500].to(device)).cpu() for i in range(0, len(x), 500)])
     model.train()
     accuracy = float((joints.argmax(1).numpy() == y).mean())
     bits = float(-torch.logsumexp(joints, 1).mean() / (x.shape[1] * math.log(2)))
@@ -94,6 +99,7 @@ def main() -> None:
     parser.add_argument("--consistency-weight", type=float, default=0.0)
     parser.add_argument("--labeled-only", action="store_true", help="No unlabeled images (the supervised flow).")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the flow trains and scores.")
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="Another training option.")
     parser.add_argument("--baselines", action="store_true", help="The benchmark's methods on the same split instead.")
     parser.add_argument("--save", type=Path, default=None, help="Write the final model here (for visualize, predict).")
@@ -118,25 +124,28 @@ def main() -> None:
     if args.labeled_only:
         unlabeled[:] = False
     extra = {key: json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value for key, value in (s.split("=", 1) for s in args.set)}
-    options = TrainOptions(consistency_weight=args.consistency_weight, random_state=args.seed, device="cpu", **extra)
+    options = TrainOptions(consistency_weight=args.consistency_weight, random_state=args.seed, device=args.device, **extra)
     transform, options = prepare(store, len(labeled), int(unlabeled.sum()), options)
     torch.manual_seed(options.random_state)
-    model = build_model(transform, 10, options, store.image_shape)
-    x_labeled, y_labeled = rows[labeled], torch.from_numpy(y_train[labeled].astype(np.int64))
+    device = torch.device(args.device)
+    model = build_model(transform, 10, options, store.image_shape).to(device)
+    x_labeled, y_labeled = rows[labeled].to(device), torch.from_numpy(y_train[labeled].astype(np.int64)).to(device)
     x_test_rows = torch.from_numpy(x_test.reshape(len(x_test), -1).astype(np.float32))
 
     # Size the schedule to the budget: time a few steps of a throwaway copy.
     probe_source = build_source(SubsetStore(store, unlabeled), x_labeled, y_labeled, model, options)
-    probe = build_model(transform, 10, options, store.image_shape)
+    probe = build_model(transform, 10, options, store.image_shape).to(device)
     objective, optimizer = build_objective(probe, options), torch.optim.AdamW(probe.parameters(), lr=options.lr)
     started = None
     for index, batch in zip(range(6), probe_source.epoch()):
         if index == 1:
+            wait(device)
             started = time.perf_counter()
         loss, _ = objective(probe, batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    wait(device)
     step_seconds = (time.perf_counter() - started) / 5
     source = build_source(SubsetStore(store, unlabeled), x_labeled, y_labeled, model, options)
     steps = max(1, int(args.minutes * 60 / step_seconds))
@@ -152,7 +161,7 @@ def main() -> None:
         line = {
             "minutes": round(clock.minutes(), 2), "step": step, "accuracy": round(accuracy, 4), "bits_per_dim": round(bits, 4),
             "split": args.split, "labels": len(labeled), "consistency_weight": args.consistency_weight,
-            "labeled_only": args.labeled_only, "seed": args.seed, "set": args.set,
+            "labeled_only": args.labeled_only, "seed": args.seed, "set": args.set, "device": args.device,
         }  # fmt: skip
         lines.append(line)
         print(json.dumps(line) if args.json else f"{line['minutes']:7.2f} min  step {step:6d}  accuracy {accuracy:.4f}  {bits:.3f} bits/dim", flush=True)
@@ -177,7 +186,7 @@ def main() -> None:
     except _OutOfTime:
         history = []
     if args.save is not None:
-        _save(model.eval(), options, history, len(labeled), int(unlabeled.sum()), args.save)
+        _save(model.eval().cpu(), options, history, len(labeled), int(unlabeled.sum()), args.save)
 
 
 def _baselines(x_train, y_train, x_test, y_test, labeled: np.ndarray, args) -> None:

@@ -28,6 +28,7 @@ Usage::
     .venv/bin/python bench/train_speed.py              # table
     .venv/bin/python bench/train_speed.py --json       # one JSON line per shape + one for predict
     .venv/bin/python bench/train_speed.py --repeats 5 --threads 2
+    .venv/bin/python bench/train_speed.py --device cuda --repeats 10   # on a GPU
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import copy  # noqa: E402
+
+from step_clock import wait  # noqa: E402 - bench/ is the script's folder
 
 from flowgmm_cli.data import InMemorySource  # noqa: E402
 from flowgmm_cli.layers import RealNVP, _NarrowInputLinearFunction  # noqa: E402
@@ -112,7 +115,7 @@ SHAPES = [
 class BoundNetworks:
     """The s/t networks of a shape as raw tensors: ``[(weight (out, in), bias (out,)), ...]`` per layer."""
 
-    def __init__(self, shape: Shape, seed: int = 0) -> None:
+    def __init__(self, shape: Shape, seed: int = 0, device: torch.device = torch.device("cpu")) -> None:
         generator = torch.Generator().manual_seed(seed)
         self.layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
         for _ in range(shape.coupling_layers):
@@ -121,10 +124,10 @@ class BoundNetworks:
                 bound = 1.0 / math.sqrt(fan_in)
                 weight = (torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound
                 bias = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
-                linears.append((weight.requires_grad_(), bias.requires_grad_()))
+                linears.append((weight.to(device).requires_grad_(), bias.to(device).requires_grad_()))
             self.layers.append(linears)
         # One input per coupling layer, as each coupling sees a different x_a; no grad w.r.t. it.
-        self.inputs = [torch.randn(shape.rows, shape.split, generator=generator) for _ in self.layers]
+        self.inputs = [torch.randn(shape.rows, shape.split, generator=generator).to(device) for _ in self.layers]
 
     def parameters(self) -> list[torch.Tensor]:
         return [t for linears in self.layers for pair in linears for t in pair]
@@ -163,8 +166,8 @@ class InterleavingCallback:
     included). Step 1 and the bound step right after it are warm-up and are dropped.
     """
 
-    def __init__(self, bound: BoundNetworks) -> None:
-        self.bound = bound
+    def __init__(self, bound: BoundNetworks, device: torch.device) -> None:
+        self.bound, self.device = bound, device
         self.start = time.perf_counter()
         self.last_end: float | None = None
         self.first_step = float("nan")  # setup + step 1
@@ -173,6 +176,7 @@ class InterleavingCallback:
         self.reports: list[EpochReport] = []
 
     def on_step(self, step: int, total_steps: int) -> None:
+        wait(self.device)
         now = time.perf_counter()
         if self.last_end is not None:
             self.real_times.append(now - self.last_end)
@@ -180,6 +184,7 @@ class InterleavingCallback:
             self.first_step = now - self.start
         t0 = time.perf_counter()
         self.bound.train_step()
+        wait(self.device)
         t1 = time.perf_counter()
         if step > 1:
             self.bound_times.append(t1 - t0)
@@ -202,17 +207,17 @@ def synthetic_data(shape: Shape, steps: int, seed: int = 0) -> tuple[torch.Tenso
     return x_labeled, y_labeled, x_unlabeled
 
 
-def measure_training(shape: Shape, repeats: int) -> tuple[dict, FlowGMM]:
+def measure_training(shape: Shape, repeats: int, device: torch.device) -> tuple[dict, FlowGMM]:
     steps = repeats + 1  # one warm-up step + ``repeats`` timed ones, all in one epoch
     torch.manual_seed(0)
-    x_labeled, y_labeled, x_unlabeled = synthetic_data(shape, steps)
+    x_labeled, y_labeled, x_unlabeled = (t.to(device) for t in synthetic_data(shape, steps))
     transform = TransformChain([Standardize.fit(torch.cat([x_labeled, x_unlabeled]))])
     flow = RealNVP(shape.dim, shape.coupling_layers, shape.hidden, shape.hidden_layers)
-    model = FlowGMM(transform, flow, GaussianMixturePrior(shape.n_classes, shape.dim))
+    model = FlowGMM(transform, flow, GaussianMixturePrior(shape.n_classes, shape.dim)).to(device)
     source = InMemorySource(x_labeled, y_labeled, x_unlabeled, shape.unlabeled_batch, shape.labeled_batch)
     objective = Objective([(LabeledNLL(), 1.0), (UnlabeledNLL(), 1.0)], dim=shape.dim)
-    bound = BoundNetworks(shape)
-    callback = InterleavingCallback(bound)
+    bound = BoundNetworks(shape, device=device)
+    callback = InterleavingCallback(bound, device)
     train(model, source, objective, Schedule(epochs=1), callback=callback)
     assert len(callback.real_times) == repeats == len(callback.bound_times), (callback.real_times, callback.bound_times)
 
@@ -246,23 +251,26 @@ def measure_training(shape: Shape, repeats: int) -> tuple[dict, FlowGMM]:
 
 
 # ------------------------------------------------------------------------------ predict
-def measure_predict(shape: Shape, model: FlowGMM, rows: int, repeats: int) -> dict:
+def measure_predict(shape: Shape, model: FlowGMM, rows: int, repeats: int, device: torch.device) -> dict:
     model.eval()
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(rows, shape.dim, generator=generator)
-    bound = BoundNetworks(shape)
-    bound_x = torch.randn(rows, shape.split, generator=generator)
+    x = torch.randn(rows, shape.dim, generator=generator).to(device)
+    bound = BoundNetworks(shape, device=device)
+    bound_x = torch.randn(rows, shape.split, generator=generator).to(device)
     model64, x64 = copy.deepcopy(model).double(), x.double()
     real_times, bound_times, float64_times = [], [], []
     for index in range(repeats + 1):  # first round is warm-up
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = model.joint_log_prob(x)
+        wait(device)
         t1 = time.perf_counter()
         bound.forward_only(bound_x)
+        wait(device)
         t2 = time.perf_counter()
         with torch.inference_mode():
             model64.joint_log_prob(x64)
+        wait(device)
         t3 = time.perf_counter()
         assert out.shape == (rows, shape.n_classes)
         if index:
@@ -295,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", action="append", choices=[s.name for s in SHAPES],
                         help="only this shape (repeatable; default all)")
     parser.add_argument("--no-predict", action="store_true", help="skip the predict measurement")
+    parser.add_argument("--device", default="cpu", help="where the model, the data and the bound run: cpu (default) or cuda[:N]")
     parser.add_argument("--hidden-layers", type=int, default=2,
                         help="hidden layers per s/t network (default 2, as the paper's tabular code that the "
                              "targets were measured against; flowgmm train defaults to 1)")
@@ -303,24 +312,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     shapes = [dataclasses.replace(s, hidden_layers=args.hidden_layers) for s in SHAPES if not args.shape or s.name in args.shape]
     results, predict = [], None
     for shape in shapes:
-        result, model = measure_training(shape, args.repeats)
-        result["threads"] = args.threads
+        result, model = measure_training(shape, args.repeats, device)
+        result["threads"], result["device"] = args.threads, str(device)
         results.append(result)
         if args.json:
             print(json.dumps(result), flush=True)
         if shape.name == SHAPES[0].name and not args.no_predict:
-            predict = measure_predict(shape, model, args.predict_rows, args.repeats)
-            predict["threads"] = args.threads
+            predict = measure_predict(shape, model, args.predict_rows, args.repeats, device)
+            predict["threads"], predict["device"] = args.threads, str(device)
         del model
     if predict is not None and args.json:
         print(json.dumps(predict), flush=True)
 
     if not args.json:
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
         print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPU(s), "
-              f"{platform.processor() or platform.machine()}, repeats={args.repeats} (median per step)")
+              f"{where}, repeats={args.repeats} (median per step)")
         header = f"{'shape':<18} {'rows':>5} {'step s':>8} {'bound s':>8} {'samples/s':>10} {'bound/s':>10} " \
                  f"{'ratio':>6} {'target':>6}  {'bound GFLOP/s':>13}"
         print(f"1-min load average at the end: {os.getloadavg()[0]:.2f} (other processes share the CPUs; "
