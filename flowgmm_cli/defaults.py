@@ -35,6 +35,7 @@ __all__ = [
     "default_unlabeled_weight",
     "default_means_separation",
     "default_labeled_noise",
+    "default_perturbation",
     "default_batch_sizes",
     "default_epochs",
     "default_projection_dim",
@@ -43,6 +44,7 @@ __all__ = [
     "default_classification_weight",
     "default_learn_weights",
     "CONSISTENCY_WEIGHT",
+    "PERTURBATION_SHARE",
     "default_calibration_folds",
     "calibration_epochs",
     "CALIBRATION_FOLDS",
@@ -148,6 +150,17 @@ def default_learn_weights(units: str | None) -> bool:
 #: data's neighbour spacing, so the rule carries its own scale; the image flow keeps 0 (its views,
 #: random shifts, cost more and gained nothing at equal time on validation images).
 CONSISTENCY_WEIGHT = 3.0
+#: Above :data:`LOW_DIM` features on dense data (:func:`is_dense`), the views' noise
+#: (``perturbation``) is this share of the labeled noise, which moves a row about 1.2 × its median
+#: nearest-neighbour distance in all: a view at half of that stays nearer its row than the row's
+#: neighbour is. Validation rows, medians of four draws, full → half: MNIST as vectors 85.65 → 89.3
+#: (every draw up 3.3-4.35), UCI letter 64.5 → 65.9 and AG News 87.8 → 88.3 (every draw up). The
+#: others keep the full scale: digits (sparse, 20 rows per dimension) 94.6 → 93.65 with every draw
+#: down, HTRU2 (8 features) 97.8 → 97.6 with a test ECE of 0.053 against 0.025, and a two-moons
+#: draw of the estimator tests 1.0 → 0.976: with few dimensions or sparse rows, views at the full
+#: scale carry the few labels further. Fragile: three cases gain, and the split between them and
+#: the rest is the one the flow's width already uses, not measured on its own.
+PERTURBATION_SHARE = 0.5
 
 
 #: At least this many training rows per flow dimension get the wide flow of the low-dimensional
@@ -170,6 +183,17 @@ def is_dense(dim: int, n_rows: int) -> bool:
         (True, True, False)
     """
     return dim <= LOW_DIM or n_rows >= DENSE_ROWS_PER_DIM * dim
+
+
+def default_perturbation(labeled_noise: float, dim: int, n_rows: int) -> float:
+    """Std of the consistency views' noise: :data:`PERTURBATION_SHARE` of the labeled noise on
+    dense data (:func:`is_dense`) of more than :data:`LOW_DIM` features, else all of it.
+
+    Example:
+        >>> default_perturbation(0.8, 16, 15_000), default_perturbation(0.8, 64, 1_297), default_perturbation(0.8, 2, 1_000)
+        (0.4, 0.8, 0.8)
+    """
+    return PERTURBATION_SHARE * labeled_noise if dim > LOW_DIM and is_dense(dim, n_rows) else labeled_noise
 
 
 def default_hidden(dim: int, n_rows: int) -> int:
@@ -331,7 +355,7 @@ def resolve(options: TrainOptions, *, n_labeled: int, n_unlabeled: int, seen: np
         variance=given(options.variance, lambda: DEFAULT_VARIANCE),
         unlabeled_weight=given(options.unlabeled_weight, lambda: default_unlabeled_weight(flow_dim)),
         labeled_noise=labeled_noise,
-        perturbation=given(options.perturbation, lambda: labeled_noise),
+        perturbation=given(options.perturbation, lambda: default_perturbation(labeled_noise, flow_dim, n_rows)),
         consistency_weight=given(options.consistency_weight, lambda: CONSISTENCY_WEIGHT),
         epochs=given(options.epochs, lambda: default_epochs(epoch_rows, epoch_batch, flow_dim)),
         batch_size=batch_size,

@@ -105,7 +105,7 @@ class TrainOptions:
     labeled_noise: float | None = _option(None, Panel.loss, "Std of Gaussian noise on standardised labeled inputs.", auto="1.2 x median neighbour distance / sqrt(dim); images 0", min=0.0)
     classification_weight: float | None = _option(None, Panel.loss, "Weight of the labeled rows' cross-entropy -log p(y|x), in nats per row, beside the likelihood (the paper's code: 3); 0: off.", auto="3 for tables (columns in their own units) and the image flow, 0 for embeddings and pixels as vectors", min=0.0)
     consistency_weight: float | None = _option(None, Panel.loss, "Weight of the consistency term (FlowGMM-cons, paper eq. 7): -log p(x'|y'') for two noisy views of each unlabeled row (the row as the likelihood sees it, and one more), ramped up over the first half of training; 0: off.", auto="3 for feature vectors, 0 for images", min=0.0)
-    perturbation: float | None = _option(None, Panel.loss, "Std of the Gaussian noise that makes the two views, on standardised inputs.", auto="the labeled noise", min=0.0)
+    perturbation: float | None = _option(None, Panel.loss, "Std of the Gaussian noise that makes the two views, on standardised inputs.", auto="half the labeled noise on dense data above 8 features, else the labeled noise", min=0.0)
     translate: int | None = _option(None, Panel.loss, "Image flow: shift training images and the consistency views by up to this many pixels (zero padding; 0: none).", auto="a fourteenth of the shorter side: MNIST 2", min=0)
     flip: bool = _option(False, Panel.loss, "Image flow: flip training images and views left to right at random (natural images; leave off for digits and text).")
     # optimisation

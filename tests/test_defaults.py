@@ -207,12 +207,16 @@ EXPLICIT = TrainOptions(
 )  # fmt: skip
 
 
-def test_the_views_perturbation_defaults_to_the_labeled_noise():
-    seen = np.random.default_rng(0).normal(size=(300, 4))
-    auto = resolve(TrainOptions(), n_labeled=20, n_unlabeled=280, seen=seen)
-    assert auto.perturbation == auto.labeled_noise > 0
-    assert resolve(TrainOptions(labeled_noise=0.3), n_labeled=20, n_unlabeled=280, seen=seen).perturbation == 0.3
-    assert resolve(TrainOptions(labeled_noise=0.3, perturbation=0.1), n_labeled=20, n_unlabeled=280, seen=seen).perturbation == 0.1
+def test_the_views_perturbation_is_half_the_labeled_noise_on_dense_wide_data_else_all_of_it():
+    dense = np.random.default_rng(0).normal(size=(2000, 16))  # 125 rows per dimension
+    auto = resolve(TrainOptions(), n_labeled=20, n_unlabeled=1980, seen=dense)
+    assert auto.perturbation == 0.5 * auto.labeled_noise and auto.labeled_noise > 0
+    assert resolve(TrainOptions(labeled_noise=0.3), n_labeled=20, n_unlabeled=1980, seen=dense).perturbation == 0.15
+    sparse = dense[:300]  # 19 rows per dimension
+    assert resolve(TrainOptions(labeled_noise=0.3), n_labeled=20, n_unlabeled=280, seen=sparse).perturbation == 0.3
+    low_dimensional = dense[:, :4]  # as many rows per dimension as any, but few dimensions
+    assert resolve(TrainOptions(labeled_noise=0.3), n_labeled=20, n_unlabeled=1980, seen=low_dimensional).perturbation == 0.3
+    assert resolve(TrainOptions(labeled_noise=0.3, perturbation=0.1), n_labeled=20, n_unlabeled=1980, seen=dense).perturbation == 0.1
 
 
 @pytest.mark.parametrize("dim", [3, 100])

@@ -249,7 +249,7 @@ def test_zero_weights_and_noise_and_means_scale_are_used_as_zero():
 
 def test_feature_vectors_get_the_consistency_term_and_images_do_not():
     vectors = prepare(ArrayStore(_rows()), 10, 50, TrainOptions())[1]
-    assert vectors.consistency_weight == 3.0 and vectors.perturbation == vectors.labeled_noise > 0
+    assert vectors.consistency_weight == 3.0 and 0 < vectors.perturbation <= vectors.labeled_noise
     images = ArrayStore(torch.randint(0, 256, (40, 16)).float(), image_shape=(1, 4, 4))
     assert prepare(images, 10, 30, TrainOptions())[1].consistency_weight == 0.0
 
