@@ -38,8 +38,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from step_clock import wait  # noqa: E402
+from step_clock import wait  # noqa: E402 - bench/ is the script's folder
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "mnist.npz"
 VALIDATION_SEED, VALIDATION_ROWS = 1000, 10_000

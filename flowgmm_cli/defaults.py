@@ -186,14 +186,15 @@ def is_dense(dim: int, n_rows: int) -> bool:
 
 
 def default_perturbation(labeled_noise: float, dim: int, n_rows: int) -> float:
-    """Std of the consistency views' noise: :data:`PERTURBATION_SHARE` of the labeled noise on
-    dense data (:func:`is_dense`) of more than :data:`LOW_DIM` features, else all of it.
+    """Std of the consistency views' noise: :data:`PERTURBATION_SHARE` of the labeled noise above
+    :data:`LOW_DIM` features with at least :data:`DENSE_ROWS_PER_DIM` rows per feature (dense data,
+    as :func:`is_dense` counts it), else all of it.
 
     Example:
         >>> default_perturbation(0.8, 16, 15_000), default_perturbation(0.8, 64, 1_297), default_perturbation(0.8, 2, 1_000)
         (0.4, 0.8, 0.8)
     """
-    return PERTURBATION_SHARE * labeled_noise if dim > LOW_DIM and is_dense(dim, n_rows) else labeled_noise
+    return PERTURBATION_SHARE * labeled_noise if dim > LOW_DIM and n_rows >= DENSE_ROWS_PER_DIM * dim else labeled_noise
 
 
 def default_hidden(dim: int, n_rows: int) -> int:
