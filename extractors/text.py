@@ -165,9 +165,6 @@ class TextExtractor:
 
     def embed(self, request: EmbedRequest) -> int:
         options = request.options
-        named = options.get("checkpoint") or self.checkpoint  # None: the packaged MiniLM
-        checkpoint = named or minilm_path()
-        what = f"--checkpoint '{options['checkpoint']}'" if options.get("checkpoint") else f"--model {self.name} ({checkpoint})"
         pooling = options.get("pooling") or self.pooling
         text_column = options.get("text_column") or "text"
         chunk_size = options.get("chunk_size") or DEFAULT_CHUNK_ROWS
@@ -175,7 +172,10 @@ class TextExtractor:
         if request.resume and not source.seekable:
             raise InputError("--resume needs the input as a file; standard input cannot be read again.")
         rows = source.chunks({text_column: "--text-column"}, request.id_column, request.label_column)
-        first = next(rows)  # checks the columns before the slow model load
+        first = next(rows)  # checks the columns before the slow model load (and before missing weights)
+        named = options.get("checkpoint") or self.checkpoint  # None: the packaged MiniLM
+        checkpoint = named or minilm_path()
+        what = f"--checkpoint '{options['checkpoint']}'" if options.get("checkpoint") else f"--model {self.name} ({checkpoint})"
         encoder = TextEncoder.load(
             checkpoint, what, pooling=pooling, max_length=options.get("max_length") or DEFAULT_MAX_LENGTH,
             batch_size=options.get("batch_size") or DEFAULT_BATCH_SIZE, device=options.get("device") or "cpu",

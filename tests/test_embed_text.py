@@ -152,6 +152,25 @@ def test_bad_text_inputs_exit_2(tmp_path, capsys, content, args, expected):
     assert not (tmp_path / "out.h5").exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"id,body\n1,hello\n", "has no column 'text'"), (b"id,text\n1,hello\n1,again\n", "Id '1' appears more than once")],
+    ids=["missing-column", "duplicate-ids"],
+)
+def test_a_bad_csv_is_named_before_missing_weights(tmp_path, capsys, monkeypatch, content, expected):
+    """The CSV is checked before the weights are looked for: a user without MiniLM learns first what is wrong with the file."""
+    from flowgmm_cli.errors import InputError
+
+    def not_installed() -> str:
+        raise InputError("The minilm weights are not installed.")
+
+    monkeypatch.setattr(text, "minilm_path", not_installed)
+    source = tmp_path / "in.csv"
+    source.write_bytes(content)
+    code, _, err = run_cli(["embed", "--model", "minilm", source, "-o", tmp_path / "out.h5", "--device", "cpu"], capsys)
+    assert code == 2 and expected in err and "not installed" not in err, err
+
+
 def test_offline_bert_and_unknown_checkpoint_fail_fast(tmp_path):
     """Without the hub, bert's weights are nowhere: exit 2 naming the offline choices, without waiting
     on the network (the probe below is bounded; the subprocess's time is mostly imports)."""
