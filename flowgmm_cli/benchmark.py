@@ -28,6 +28,7 @@ __all__ = [
     "load_benchmark_data",
     "Split",
     "draw_split",
+    "default_standardize",
     "standardize_split",
     "score_run",
     "median_mad",
@@ -173,6 +174,17 @@ def draw_split(data: BenchmarkData, n_labeled: int, seed: int) -> Split:
     return Split(data.X[chosen], data.y[chosen], data.X[rest], data.X_test, data.y_test)
 
 
+def default_standardize(units: str | None) -> bool:
+    """Whether the baselines get standardised features by default: for a table (``units="per-column"``).
+
+    Each column of a table has its own unit, so unscaled distances and weights follow whichever
+    column has the largest numbers, a handicap FlowGMM does not share (it scales each column
+    inside its model). Features in one unit (embeddings, pixels) keep their scale: the baselines
+    do better on them as they are.
+    """
+    return units == "per-column"
+
+
 def standardize_split(split: Split) -> Split:
     """Every part scaled with the pool's (labeled + unlabeled rows') mean and standard deviation, as FlowGMM does.
 
@@ -234,16 +246,18 @@ def run_benchmark(
     n_labeled: int,
     seeds: int,
     on_run: RunCallback | None = None,
-    standardize: bool = False,
+    standardize: bool | None = None,
     first_seed: int = 0,
 ) -> dict[str, Any]:
     """Every method on the splits of seeds ``first_seed`` to ``first_seed + seeds - 1``; the report
     ``flowgmm benchmark --json`` prints.
 
     With ``standardize`` every method gets :func:`standardize_split`'s features; without, the
-    features as they are (FlowGMM standardises inside its model either way). ``on_run``
-    hears of each fit. ``seconds`` in a result is the median wall time of one fit and prediction.
+    features as they are (FlowGMM standardises inside its model either way); ``None`` follows the
+    data's units (:func:`default_standardize`). ``on_run`` hears of each fit. ``seconds`` in a
+    result is the median wall time of one fit and prediction.
     """
+    standardize = default_standardize(data.units) if standardize is None else standardize
     accuracies: dict[str, list[float]] = {name: [] for name in methods}
     seconds: dict[str, list[float]] = {name: [] for name in methods}
     eces: dict[str, list[float]] = {name: [] for name in methods}

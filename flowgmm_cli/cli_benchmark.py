@@ -25,9 +25,10 @@ def benchmark_command(
     seeds: int = typer.Option(4, min=1, help="Seeds 0..N-1 (from --first-seed): one labeled draw and one fit of every method each."),
     first_seed: int = typer.Option(0, min=0, help="The first seed: draws of other seeds than a reported table's, for choosing settings."),
     methods: str = typer.Option("all", help=f"'all' or a comma-separated subset of: {', '.join(benchmark.TITLES)}."),
-    standardize: bool = typer.Option(
-        False, help="Give the baselines features scaled with the pool's mean and std, as FlowGMM scales them inside its model; "
-        "for tabular features in mixed units. Without it they get the features as they are (better on pixels and embeddings).",
+    standardize: Optional[bool] = typer.Option(
+        None, show_default="on for tables (units per column), else off",
+        help="Give the baselines features scaled with the pool's mean and std, as FlowGMM scales them inside its model. "
+        "Without it they get the features as they are (better on pixels and embeddings).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
     device: str = Device,
@@ -42,6 +43,7 @@ def benchmark_command(
 
     names = benchmark.select_methods(methods)
     data = benchmark.load_benchmark_data(features, labels, test, test_labels)
+    standardize = benchmark.default_standardize(data.units) if standardize is None else standardize
     # standardised pixels are no longer pixel values: FlowGMM then takes them as vectors
     available = benchmark.default_methods(str(resolve_device(device)), data.units, None if standardize else data.image_shape)
     chosen = {name: available[name] for name in names}

@@ -92,6 +92,20 @@ def test_runner_standardizes_with_the_pool_statistics_unless_told_not_to():
         assert (rows <= raw_rows) is not standardize
 
 
+def test_by_default_the_baselines_of_a_table_get_standardised_features():
+    """Unscaled distances in a table follow its largest unit; one-unit features keep their scale."""
+    rng = np.random.default_rng(1)
+    for units, expected in (("per-column", True), ("shared", False), (None, False)):
+        data = benchmark.BenchmarkData(
+            rng.normal(5.0, 3.0, size=(40, 2)), np.repeat([0, 1], 20), rng.normal(size=(4, 2)), np.array([0, 1, 0, 1]), ["a", "b"], units=units
+        )
+        raw_rows = set(map(tuple, data.X.round(5).tolist()))
+        recorder = Recorder()
+        benchmark.run_benchmark(data, {"knn": recorder}, n_labeled=4, seeds=1)
+        (_, rows, _), = recorder.calls
+        assert (rows <= raw_rows) is not expected, units
+
+
 def test_standardize_split_uses_the_pool_statistics():
     split = benchmark.Split(np.array([[0.0], [2.0]]), np.array([0, 1]), np.array([[4.0], [6.0]]), np.array([[3.0]]), np.array([0]))
     scaled = benchmark.standardize_split(split)
