@@ -14,8 +14,8 @@ Cases, with the label counts of BENCHMARKS.md and 10 per class for the two table
 | digits | scikit-learn, 1,297 pool / 500 test, 64 pixels | 50 |
 | ag-news | MiniLM features of the AG News test split, 5,600 pool / 2,000 test, 384-D | 200 |
 | mnist | pixels as vectors, first 10,000 training images / the 10,000 test images, 784-D | 100 |
-| letter | UCI letter, 16 integer columns, 26 classes, 15,000 pool / 5,000 test | 260 |
-| htru2 | UCI HTRU2 pulsars, 8 heavy-tailed columns in mixed units, 9% positives, 13,898 pool / 4,000 test | 20 |
+| letter | UCI letter, 16 integer columns, 26 classes, 15,000 pool / 5,000 test | 10 per class (260) |
+| htru2 | UCI HTRU2 pulsars, 8 heavy-tailed columns in mixed units, 9% positives, 13,898 pool / 4,000 test | 10 per class (20) |
 
 The tables are split once (stratified, seed 0) and embedded with `flowgmm embed --model tabular`, as
 a user would. ``--split test`` scores on the test files with the labeled draws of seeds 0..N-1;
@@ -47,13 +47,14 @@ SHARED = ROOT.parent / "shared" / "data"
 LABELED_ONLY = ("knn", "logistic-regression", "mlp")
 SEMI_SUPERVISED = ("label-spreading-knn", "label-spreading-rbf", "pi-model")
 #: case → (folder under --data, pool file, test file, labels drawn)
+#: case → (folder, pool file, test file, labels, whether the labels count per class rather than in all)
 CASES = {
-    "two-moons": ("two-moons", "features.h5", "test.h5", 10),
-    "digits": ("digits", "features.h5", "test.h5", 50),
-    "ag-news": ("ag_news", "pool.h5", "test.h5", 200),
-    "mnist": ("mnist", "features.h5", "test.h5", 100),
-    "letter": ("letter", "pool.h5", "test.h5", 260),
-    "htru2": ("htru2", "pool.h5", "test.h5", 20),
+    "two-moons": ("two-moons", "features.h5", "test.h5", 10, False),
+    "digits": ("digits", "features.h5", "test.h5", 50, False),
+    "ag-news": ("ag_news", "pool.h5", "test.h5", 200, False),
+    "mnist": ("mnist", "features.h5", "test.h5", 100, False),
+    "letter": ("letter", "pool.h5", "test.h5", 10, True),
+    "htru2": ("htru2", "pool.h5", "test.h5", 10, True),
 }
 #: table → (CSV under shared/data/tabular, label column, test rows)
 TABLES = {"letter": ("letter.csv", "class", 5000), "htru2": ("htru2.csv", "Anomaly", 4000)}
@@ -120,7 +121,7 @@ def load_case(case: str, data: Path, split: str):
     """One case's pool and scored rows (``benchmark.BenchmarkData``) for ``split``, and its label count."""
     from flowgmm_cli import benchmark
 
-    folder, pool_name, test_name, n_labeled = CASES[case]
+    folder, pool_name, test_name, n_labeled, per_class = CASES[case]
     pool, test = data / folder / pool_name, data / folder / test_name
     if split == "validation":
         scratch = data / folder / "validation"
@@ -128,7 +129,7 @@ def load_case(case: str, data: Path, split: str):
         pool, pool_labels, test, test_labels = validation_files(pool, scratch)
     else:
         pool_labels, test_labels = _labels_csv(pool), _labels_csv(test)
-    return benchmark.load_benchmark_data(pool, pool_labels, test, test_labels), n_labeled
+    return benchmark.load_benchmark_data(pool, pool_labels, test, test_labels), n_labeled, per_class
 
 
 class SeedEnsemble:
@@ -148,14 +149,14 @@ def run_case(case: str, data: Path, seeds: int, split: str, methods: str, option
     ``members`` above 1 makes FlowGMM a :class:`SeedEnsemble`."""
     from flowgmm_cli import benchmark
 
-    loaded, n_labeled = load_case(case, data, split)
+    loaded, n_labeled, per_class = load_case(case, data, split)
     chosen = {name: method for name, method in benchmark.default_methods("cpu", loaded.units).items() if name in benchmark.select_methods(methods)}
     if "flowgmm" in chosen:
         chosen["flowgmm"] = benchmark.FlowGMMMethod(options=options, units=loaded.units)
         if members > 1:
             chosen["flowgmm"] = SeedEnsemble(chosen["flowgmm"], members)
     with benchmark.limited_threads(1):
-        report = benchmark.run_benchmark(loaded, chosen, n_labeled, seeds, first_seed=VALIDATION_SEED if split == "validation" else 0)
+        report = benchmark.run_benchmark(loaded, chosen, n_labeled, seeds, first_seed=VALIDATION_SEED if split == "validation" else 0, per_class=per_class)
     medians = {row["method"]: row["median"] for row in report["results"]}
     flowgmm = next((row for row in report["results"] if row["method"] == "flowgmm"), {})
     line = {"case": case, "split": split, "options": options, "members": members, "flowgmm": flowgmm.get("median"), "ece": flowgmm.get("ece"), "seconds": flowgmm.get("seconds")}

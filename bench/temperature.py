@@ -86,8 +86,8 @@ def temperature_at_confidence(log_joint: np.ndarray, confidence: float) -> float
 
 
 def one_case(case: str, seed: int, split: str, data: Path, options: dict) -> dict:
-    loaded, n_labeled = suite.load_case(case, data, split)
-    drawn = benchmark.draw_split(loaded, n_labeled, seed)
+    loaded, n_labeled, per_class = suite.load_case(case, data, split)
+    drawn = benchmark.draw_split(loaded, n_labeled, seed, per_class)
     X = np.concatenate([drawn.X_labeled, drawn.X_unlabeled])
     y = np.concatenate([drawn.y_labeled, np.full(len(drawn.X_unlabeled), UNLABELED, dtype=drawn.y_labeled.dtype)])
     folds = FoldRecorder()

@@ -13,7 +13,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .errors import InputError, OptionError
-from .splits import stratified_subset
+from .splits import pick_labeled, stratified_subset
 from .targets import UNLABELED, require_classes
 
 if TYPE_CHECKING:
@@ -165,10 +165,19 @@ class Split:
     y_test: np.ndarray
 
 
-def draw_split(data: BenchmarkData, n_labeled: int, seed: int) -> Split:
-    """A stratified draw of ``n_labeled`` of the pool's labeled rows; every other pool row is unlabeled."""
+def draw_split(data: BenchmarkData, n_labeled: int, seed: int, per_class: bool = False) -> Split:
+    """A stratified draw of ``n_labeled`` of the pool's labeled rows (class shares as in the pool),
+    or with ``per_class`` of ``n_labeled`` rows of each class (the usual protocol for imbalanced
+    classes: a rare class gets as many labels as the others); every other pool row is unlabeled."""
     has_label = np.flatnonzero(data.y != UNLABELED)
-    chosen = has_label[stratified_subset(data.y[has_label], n_labeled, seed)]
+    if not per_class:
+        chosen = has_label[stratified_subset(data.y[has_label], n_labeled, seed)]
+    else:
+        codes, counts = np.unique(data.y[has_label], return_counts=True)
+        if counts.min() < n_labeled:
+            scarce = int(codes[counts.argmin()])
+            raise OptionError("n_labeled", f"Class '{data.classes[scarce]}' has {counts.min()} labeled rows in the pool; {{option}} {n_labeled} per class needs as many.")
+        chosen = has_label[pick_labeled(data.y[has_label], n_labeled, seed)]
     rest = np.ones(len(data.y), dtype=bool)
     rest[chosen] = False
     return Split(data.X[chosen], data.y[chosen], data.X[rest], data.X_test, data.y_test)
@@ -248,13 +257,15 @@ def run_benchmark(
     on_run: RunCallback | None = None,
     standardize: bool | None = None,
     first_seed: int = 0,
+    per_class: bool = False,
 ) -> dict[str, Any]:
     """Every method on the splits of seeds ``first_seed`` to ``first_seed + seeds - 1``; the report
     ``flowgmm benchmark --json`` prints.
 
     With ``standardize`` every method gets :func:`standardize_split`'s features; without, the
     features as they are (FlowGMM standardises inside its model either way); ``None`` follows the
-    data's units (:func:`default_standardize`). ``on_run`` hears of each fit. ``seconds`` in a
+    data's units (:func:`default_standardize`). With ``per_class``, ``n_labeled`` rows of each class
+    are drawn (:func:`draw_split`). ``on_run`` hears of each fit. ``seconds`` in a
     result is the median wall time of one fit and prediction.
     """
     standardize = default_standardize(data.units) if standardize is None else standardize
@@ -262,7 +273,7 @@ def run_benchmark(
     seconds: dict[str, list[float]] = {name: [] for name in methods}
     eces: dict[str, list[float]] = {name: [] for name in methods}
     for seed in range(first_seed, first_seed + seeds):
-        split = draw_split(data, n_labeled, seed)
+        split = draw_split(data, n_labeled, seed, per_class)
         split = standardize_split(split) if standardize else split
         for name, method in methods.items():
             if on_run is not None:
@@ -280,7 +291,8 @@ def run_benchmark(
         results.append({"method": name, "median": round(median, 4), "mad": round(mad, 4), "runs": accuracies[name], "seconds": round(float(np.median(seconds[name])), 3)})
         if eces[name]:
             results[-1]["ece"] = round(float(np.median(eces[name])), 4)
-    return {"results": results, "n_labeled": n_labeled, "n_unlabeled": len(data.y) - n_labeled, "n_test": len(data.y_test), "seeds": seeds}
+    drawn = len(split.y_labeled)
+    return {"results": results, "n_labeled": drawn, "n_unlabeled": len(data.y) - drawn, "n_test": len(data.y_test), "seeds": seeds}
 
 
 def format_table(report: dict[str, Any], n_classes: int) -> str:

@@ -22,6 +22,7 @@ def benchmark_command(
     test: Path = typer.Option(..., help="Feature file (HDF5) of the test rows."),
     test_labels: Optional[Path] = typer.Option(None, help="CSV id,label of every test row (else the test file's /labels)."),
     n_labeled: int = typer.Option(..., min=1, help="Labeled rows per seed, drawn stratified from the pool's labeled rows; the rest of the pool is unlabeled."),
+    per_class: bool = typer.Option(False, "--per-class", help="--n-labeled rows of each class instead of in all (for imbalanced classes: a rare class gets as many)."),
     seeds: int = typer.Option(4, min=1, help="Seeds 0..N-1 (from --first-seed): one labeled draw and one fit of every method each."),
     first_seed: int = typer.Option(0, min=0, help="The first seed: draws of other seeds than a reported table's, for choosing settings."),
     methods: str = typer.Option("all", help=f"'all' or a comma-separated subset of: {', '.join(benchmark.TITLES)}."),
@@ -49,5 +50,5 @@ def benchmark_command(
     chosen = {name: available[name] for name in names}
     console = stderr_console(quiet)
     with benchmark.limited_threads(threads), RunProgress(console, len(chosen) * seeds) as progress:
-        report = benchmark.run_benchmark(data, chosen, n_labeled, seeds, on_run=progress, standardize=standardize, first_seed=first_seed)
+        report = benchmark.run_benchmark(data, chosen, n_labeled, seeds, on_run=progress, standardize=standardize, first_seed=first_seed, per_class=per_class)
     typer.echo(json.dumps(report) if as_json else benchmark.format_table(report, len(data.classes)))

@@ -106,6 +106,18 @@ def test_by_default_the_baselines_of_a_table_get_standardised_features():
         assert (rows <= raw_rows) is not expected, units
 
 
+def test_a_per_class_draw_gives_a_rare_class_as_many_labels_and_reports_the_total():
+    rng = np.random.default_rng(2)
+    y = np.array([0] * 90 + [1] * 10)
+    data = benchmark.BenchmarkData(rng.normal(size=(100, 2)), y, rng.normal(size=(4, 2)), np.array([0, 1, 0, 1]), ["common", "rare"])
+    for seed in (0, 1):
+        assert np.bincount(benchmark.draw_split(data, 5, seed, per_class=True).y_labeled).tolist() == [5, 5]
+    assert np.bincount(benchmark.draw_split(data, 10, 0).y_labeled).tolist() == [9, 1]  # shares as in the pool
+    recorder = Recorder()
+    report = benchmark.run_benchmark(data, {"knn": recorder}, n_labeled=5, seeds=1, per_class=True)
+    assert (report["n_labeled"], report["n_unlabeled"]) == (10, 90)
+
+
 def test_standardize_split_uses_the_pool_statistics():
     split = benchmark.Split(np.array([[0.0], [2.0]]), np.array([0, 1]), np.array([[4.0], [6.0]]), np.array([[3.0]]), np.array([0]))
     scaled = benchmark.standardize_split(split)
@@ -213,8 +225,9 @@ def test_cli_json_with_every_method(case, capsys, monkeypatch):
         (["--n-labeled", 9], {"test": "test5d"}, "5-dimensional"),
         (["--n-labeled", 9], {"test": "other"}, "Test label 'dog'"),
         (["--n-labeled", 2], {"pool": "one"}, "at least 2 classes"),
+        (["--n-labeled", 21, "--per-class"], {}, "Class 'ant' has 20 labeled rows in the pool; --n-labeled 21 per class needs as many."),
     ],
-    ids=["too-many-labeled", "fewer-than-classes", "unknown-method", "test-dim", "unknown-test-class", "one-class"],
+    ids=["too-many-labeled", "fewer-than-classes", "unknown-method", "test-dim", "unknown-test-class", "one-class", "per-class-too-many"],
 )
 def test_cli_bad_inputs_exit_2(case, capsys, extra, files, message):
     code, out, err = run_cli(args(case, *extra, **files), capsys)
