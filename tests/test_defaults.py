@@ -237,7 +237,7 @@ def test_after_both_steps_only_means_scale_is_left_to_the_model():
     assert (resolved.permutation, resolved.lr, resolved.random_state) == (Permutation.reverse, 1e-3, 0)
 
 
-@pytest.mark.parametrize(("units", "expected"), [("per-column", (True, 3.0, True)), ("shared", (False, 0.0, False)), (None, (False, 0.0, False))])
+@pytest.mark.parametrize(("units", "expected"), [("per-column", (True, 1.0, True)), ("shared", (False, 0.0, False)), (None, (False, 0.0, False))])
 def test_tables_get_the_power_map_the_cross_entropy_and_learned_weights(units, expected):
     resolved = resolve_input(TrainOptions(), 16, 1000, units=units)
     assert (resolved.power_transform, resolved.classification_weight, resolved.learn_weights) == expected
