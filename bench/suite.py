@@ -46,8 +46,7 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 LABELED_ONLY = ("knn", "logistic-regression", "mlp")
 SEMI_SUPERVISED = ("label-spreading-knn", "label-spreading-rbf", "pi-model")
-#: case → (folder under --data, pool file, test file, labels drawn)
-#: case → (folder, pool file, test file, labels, whether the labels count per class rather than in all)
+#: case → (folder under --data, pool file, test file, labels drawn, whether they count per class rather than in all)
 CASES = {
     "two-moons": ("two-moons", "features.h5", "test.h5", 10, False),
     "digits": ("digits", "features.h5", "test.h5", 50, False),
