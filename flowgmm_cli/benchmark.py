@@ -170,14 +170,10 @@ def draw_split(data: BenchmarkData, n_labeled: int, seed: int, per_class: bool =
     or with ``per_class`` of ``n_labeled`` rows of each class (the usual protocol for imbalanced
     classes: a rare class gets as many labels as the others); every other pool row is unlabeled."""
     has_label = np.flatnonzero(data.y != UNLABELED)
-    if not per_class:
-        chosen = has_label[stratified_subset(data.y[has_label], n_labeled, seed)]
+    if per_class:
+        chosen = has_label[pick_labeled(data.y[has_label], n_labeled, seed, data.classes)]
     else:
-        codes, counts = np.unique(data.y[has_label], return_counts=True)
-        if counts.min() < n_labeled:
-            scarce = int(codes[counts.argmin()])
-            raise OptionError("n_labeled", f"Class '{data.classes[scarce]}' has {counts.min()} labeled rows in the pool; {{option}} {n_labeled} per class needs as many.")
-        chosen = has_label[pick_labeled(data.y[has_label], n_labeled, seed)]
+        chosen = has_label[stratified_subset(data.y[has_label], n_labeled, seed)]
     rest = np.ones(len(data.y), dtype=bool)
     rest[chosen] = False
     return Split(data.X[chosen], data.y[chosen], data.X[rest], data.X_test, data.y_test)
@@ -291,7 +287,7 @@ def run_benchmark(
         results.append({"method": name, "median": round(median, 4), "mad": round(mad, 4), "runs": accuracies[name], "seconds": round(float(np.median(seconds[name])), 3)})
         if eces[name]:
             results[-1]["ece"] = round(float(np.median(eces[name])), 4)
-    drawn = len(split.y_labeled)
+    drawn = n_labeled * len(data.classes) if per_class else n_labeled
     return {"results": results, "n_labeled": drawn, "n_unlabeled": len(data.y) - drawn, "n_test": len(data.y_test), "seeds": seeds}
 
 

@@ -10,14 +10,21 @@ from .errors import OptionError
 __all__ = ["pick_labeled", "stratified_counts", "stratified_subset", "hold_out", "stratified_folds"]
 
 
-def pick_labeled(y: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+def pick_labeled(y: np.ndarray, per_class: int, seed: int = 0, names: list[str] | None = None) -> np.ndarray:
     """Indices of ``per_class`` random rows of each class, grouped by class.
+
+    Raises :class:`OptionError` when a class has fewer rows, naming it as ``names[class]`` when
+    given (``y`` then holds class codes), else by its value in ``y``.
 
     Example:
         >>> pick_labeled(np.array([0, 0, 0, 1, 1, 1]), 2, seed=0).shape
         (4,)
     """
-    classes = np.unique(y)
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < per_class:
+        scarce = classes[counts.argmin()]
+        name = names[int(scarce)] if names is not None else scarce
+        raise OptionError("n_labeled", f"Class '{name}' has {counts.min()} labeled rows in the pool; {{option}} {per_class} per class needs as many.")
     return _draw(y, classes, np.full(len(classes), per_class), seed)
 
 

@@ -31,6 +31,14 @@ def test_stratified_counts_refuse_impossible_draws(n, message):
         stratified_counts(np.array([60, 30, 10]), n)
 
 
+def test_a_per_class_draw_refuses_a_class_with_too_few_rows_and_names_it():
+    y = np.repeat([0, 1], [10, 3])
+    with pytest.raises(InputError, match="Class '1' has 3 labeled rows"):
+        pick_labeled(y, 4)
+    with pytest.raises(InputError, match="Class 'rare' has 3 labeled rows"):
+        pick_labeled(y, 4, names=["common", "rare"])
+
+
 def test_stratified_subset_is_stratified_seeded_and_deterministic():
     y = np.repeat([0, 1, 2], [300, 200, 100])
     rows = stratified_subset(y, 60, seed=5)
