@@ -108,6 +108,7 @@ def _feature_visualisation(model, shape: tuple[int, ...], repeats: int = 5) -> f
 
     estimator = FlowGMMClassifier()
     estimator.model_, estimator.classes_, estimator.n_features_in_ = copy.deepcopy(model).cpu().eval(), np.arange(10), model.in_dim
+    estimator.members_ = [estimator.model_]
     images = np.random.default_rng(0).integers(0, 256, (FEATURE_IMAGES, int(np.prod(shape)))).astype(np.float32)
     scene = Scene(estimator, images, np.arange(FEATURE_IMAGES), np.full(FEATURE_IMAGES, -1))
     times = []

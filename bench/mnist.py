@@ -212,6 +212,7 @@ def _save(model, options, history: list, n_labeled: int, n_unlabeled: int, path:
 
     estimator = FlowGMMClassifier(**{k: getattr(options, k) for k in ("consistency_weight", "random_state")})
     estimator.model_, estimator.classes_, estimator.n_features_in_ = model, np.arange(10), model.in_dim
+    estimator.members_ = [model]
     estimator.options_, estimator.history_, estimator.n_labeled_, estimator.n_unlabeled_ = options, history, n_labeled, n_unlabeled
     estimator.save(path, extractor="pixels")
 

@@ -4,7 +4,7 @@
     python bench/suite.py run --seeds 4 --json         # the test table: one JSON line per case
     python bench/suite.py run --split validation       # the same on validation rows (for choosing defaults)
     python bench/suite.py run --split validation --methods flowgmm --set consistency_weight=1
-    python bench/suite.py run --split validation --methods flowgmm --members 3   # a seed ensemble
+    python bench/suite.py run --split validation --methods flowgmm --set members=1   # without the tables' seed ensemble
 
 Cases, with the label counts of BENCHMARKS.md and 10 per class for the two tables:
 
@@ -131,34 +131,20 @@ def load_case(case: str, data: Path, split: str):
     return benchmark.load_benchmark_data(pool, pool_labels, test, test_labels), n_labeled, per_class
 
 
-class SeedEnsemble:
-    """FlowGMM fitted ``members`` times (seeds ``seed``, ``seed + 100``, ...), class probabilities averaged."""
-
-    def __init__(self, method, members: int) -> None:
-        self.method, self.members = method, members
-
-    def fit_predict_proba(self, X_labeled, y_labeled, X_unlabeled, X_test, seed: int) -> np.ndarray:
-        fits = [self.method.fit_predict_proba(X_labeled, y_labeled, X_unlabeled, X_test, seed + 100 * member) for member in range(self.members)]
-        return np.mean(fits, axis=0)
-
-
-def run_case(case: str, data: Path, seeds: int, split: str, methods: str, options: dict, members: int = 1) -> dict:
+def run_case(case: str, data: Path, seeds: int, split: str, methods: str, options: dict) -> dict:
     """``flowgmm benchmark``'s run (the same functions, in this process, one thread) on one case;
-    ``options`` are FlowGMM options that differ from the defaults (for choosing them on validation);
-    ``members`` above 1 makes FlowGMM a :class:`SeedEnsemble`."""
+    ``options`` are FlowGMM options that differ from the defaults (for choosing them on validation)."""
     from flowgmm_cli import benchmark
 
     loaded, n_labeled, per_class = load_case(case, data, split)
     chosen = {name: method for name, method in benchmark.default_methods("cpu", loaded.units).items() if name in benchmark.select_methods(methods)}
     if "flowgmm" in chosen:
         chosen["flowgmm"] = benchmark.FlowGMMMethod(options=options, units=loaded.units)
-        if members > 1:
-            chosen["flowgmm"] = SeedEnsemble(chosen["flowgmm"], members)
     with benchmark.limited_threads(1):
         report = benchmark.run_benchmark(loaded, chosen, n_labeled, seeds, first_seed=VALIDATION_SEED if split == "validation" else 0, per_class=per_class)
     medians = {row["method"]: row["median"] for row in report["results"]}
     flowgmm = next((row for row in report["results"] if row["method"] == "flowgmm"), {})
-    line = {"case": case, "split": split, "options": options, "members": members, "flowgmm": flowgmm.get("median"), "ece": flowgmm.get("ece"), "seconds": flowgmm.get("seconds")}
+    line = {"case": case, "split": split, "options": options, "flowgmm": flowgmm.get("median"), "ece": flowgmm.get("ece"), "seconds": flowgmm.get("seconds")}
     for group, names in (("best_labeled_only", LABELED_ONLY), ("best_semi_supervised", SEMI_SUPERVISED)):
         present = [medians[name] for name in names if name in medians]
         if present:
@@ -179,14 +165,6 @@ def parse_option(text: str) -> tuple[str, object]:
         return name, value
 
 
-def _positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _labels_csv(features: Path) -> Path | None:
     """The labels CSV written beside a feature file without /labels, or ``None``."""
     candidate = features.with_name("labels.csv" if features.name == "features.h5" else f"{features.stem}_labels.csv")
@@ -202,7 +180,6 @@ def main() -> None:
     parser.add_argument("--split", choices=["test", "validation"], default="test")
     parser.add_argument("--methods", default="all", help="as flowgmm benchmark --methods")
     parser.add_argument("--json", action="store_true", help="one JSON line per case (else a table at the end)")
-    parser.add_argument("--members", type=_positive, default=1, help="FlowGMM as a seed ensemble of this many fits, p(y|x) averaged")
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="a FlowGMM option, e.g. consistency_weight=1 (repeatable)")
     args = parser.parse_args()
     if args.step == "prepare":
@@ -210,7 +187,7 @@ def main() -> None:
         return
     lines = []
     for case in args.cases:
-        lines.append(run_case(case, args.data, args.seeds, args.split, args.methods, dict(parse_option(text) for text in args.set), args.members))
+        lines.append(run_case(case, args.data, args.seeds, args.split, args.methods, dict(parse_option(text) for text in args.set)))
         if args.json:
             print(json.dumps(lines[-1]), flush=True)
     if not args.json:

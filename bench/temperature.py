@@ -98,12 +98,12 @@ def one_case(case: str, seed: int, split: str, data: Path, options: dict) -> dic
     finally:
         estimator_module.fit_temperature = fit_temperature
     seconds = time.perf_counter() - start
-    joint = model.joint_log_prob(drawn.X_test)
+    joint = model.member_log_joints(drawn.X_test)  # (members, rows, classes)
     codes = np.searchsorted(model.classes_, drawn.y_test)
-    accuracy = float((joint.argmax(1) == codes).mean())
+    accuracy = float((tempered_log_proba(joint, 0.0).argmax(1) == codes).mean())
     cross, wanted = np.log(model.temperature_), fit_temperature(joint, codes)
-    unlabeled_joint = model.joint_log_prob(drawn.X_unlabeled)
-    right = int((folds.log_joint.argmax(1) == folds.codes).sum())
+    unlabeled_joint = model.member_log_joints(drawn.X_unlabeled)
+    right = int((tempered_log_proba(folds.log_joint, 0.0).argmax(1) == folds.codes).sum())
     accuracy_folds = right / len(folds.codes) if len(folds.codes) else float("nan")
     at_accuracy = temperature_at_confidence(unlabeled_joint, accuracy)
     at_fold_accuracy = temperature_at_confidence(unlabeled_joint, (right + 1) / (len(folds.codes) + 2))

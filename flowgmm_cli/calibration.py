@@ -5,17 +5,22 @@ The class posterior at temperature ``T`` is ``softmax_k(log p(x, y=k) / T)``: te
 scale, Bayes' rule for components ``N(μ_k, σ² T I)``; with learned weights it also tempers the
 weights, so it never changes the most probable class. The held-out NLL is convex in ``1/T``,
 hence has one minimum in ``log T``, which a bounded scalar search finds deterministically.
+
+A seed ensemble's class posterior is the mean of its members' posteriors at one shared ``T``;
+every function here takes its members' log-joints stacked on a leading axis, ``(M, N, K)``, as
+well as one model's ``(N, K)``. (The mean's NLL need not be convex in ``1/T``; the search then
+finds one of its minima, the same one each time.)
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
+from scipy.special import log_softmax, logsumexp
 
 from .metrics import negative_log_likelihood
 
-__all__ = ["LOG_TEMPERATURE_BOUNDS", "tempered_log_proba", "fit_temperature"]
+__all__ = ["LOG_TEMPERATURE_BOUNDS", "tempered_log_proba", "fit_temperature", "mixture_log_joint"]
 
 #: Search range of ``log T``: a temperature between 1e-4 and 1e4.
 LOG_TEMPERATURE_BOUNDS = (-4 * np.log(10), 4 * np.log(10))
@@ -24,16 +29,34 @@ LOG_TEMPERATURE_BOUNDS = (-4 * np.log(10), 4 * np.log(10))
 def tempered_log_proba(log_joint: np.ndarray, log_temperature: float) -> np.ndarray:
     """``log p(y=k | x)`` at temperature ``T = exp(log_temperature)`` from ``log p(x, y=k)``
     (shape ``(N, K)``; a term shared by a row's classes cancels); 0 is the model as trained.
+    From an ensemble's ``(M, N, K)``: the log of the members' mean posterior, shape ``(N, K)``.
 
     Example:
         >>> np.exp(tempered_log_proba(np.array([[-1.0, -3.0]]), np.log(2.0))).round(3)
         array([[0.731, 0.269]])
+        >>> members = np.log([[[0.9, 0.1]], [[0.5, 0.5]]])                 # two members, one row
+        >>> np.exp(tempered_log_proba(members, 0.0)).round(3)
+        array([[0.7, 0.3]])
     """
-    return log_softmax(np.asarray(log_joint, dtype=np.float64) * np.exp(-log_temperature), axis=1)
+    log_proba = log_softmax(np.asarray(log_joint, dtype=np.float64) * np.exp(-log_temperature), axis=-1)
+    return log_proba if log_proba.ndim == 2 else logsumexp(log_proba, axis=0) - np.log(len(log_proba))
+
+
+def mixture_log_joint(log_joint: np.ndarray) -> np.ndarray:
+    """``log p(x, y=k)`` of an ensemble as a density, the equal-weight mixture of its members',
+    from their ``(M, N, K)`` log-joints; one model's ``(N, K)`` is returned as it is.
+
+    Example:
+        >>> mixture_log_joint(np.log([[[0.2, 0.1]], [[0.4, 0.3]]])).round(6).tolist() == np.log([[0.3, 0.2]]).round(6).tolist()
+        True
+    """
+    log_joint = np.asarray(log_joint, dtype=np.float64)
+    return log_joint if log_joint.ndim == 2 else logsumexp(log_joint, axis=0) - np.log(len(log_joint))
 
 
 def fit_temperature(log_joint: np.ndarray, y: np.ndarray) -> float:
-    """``log T`` that minimises the mean NLL of the labels ``y`` (class indices), within
+    """``log T`` that minimises the mean NLL of the labels ``y`` (class indices) under
+    :func:`tempered_log_proba` of ``log_joint`` (one model's, or an ensemble's), within
     :data:`LOG_TEMPERATURE_BOUNDS`. With one class only, the NLL falls without bound as ``T``
     shrinks: callers check for two classes first (:func:`~flowgmm_cli.targets.require_classes`).
 

@@ -198,7 +198,7 @@ def train(
 
     from . import distributed
     from .devices import require_gpus, resolve_device
-    from .estimator import FlowGMMClassifier
+    from .estimator import FlowGMMClassifier, member_checkpoint
     from .features import align_labels, check_dim, read_features, read_labels
     from .progress import TrainingProgress
     from .stores import ArrayStore, FeatureStream
@@ -256,16 +256,19 @@ def train(
         extractor_model=streamed.attrs.get("model", ""),
         features_file=str(features),
     )
-    checkpoint.unlink(missing_ok=True)
-    last = estimator.history_[-1]
-    summary = f"wrote {output}: {len(estimator.classes_)} classes, {estimator.options_.epochs} epochs, loss {last['loss']:.3f}/dim"
+    for member in range(estimator.options_.members):
+        member_checkpoint(checkpoint, member).unlink(missing_ok=True)
+    last, members = estimator.history_[-1], estimator.options_.members
+    summary = f"wrote {output}: {len(estimator.classes_)} classes, {estimator.options_.epochs} epochs"
+    summary += f" × {members} members, last loss {last['loss']:.3f}/dim" if members > 1 else f", loss {last['loss']:.3f}/dim"
     if last.get("val_accuracy") is not None:
         best = max(estimator.history_, key=lambda h: (h["val_accuracy"], -h["val_nll"]))
-        summary += f", best epoch {best['epoch']} (val acc {best['val_accuracy']:.3f})"
+        summary += f", best epoch {best['epoch']}" + (f" of member {best['member'] + 1}" if members > 1 else "") + f" (val acc {best['val_accuracy']:.3f})"
     if X_val is not None or options.val_fraction:
         summary += f", temperature {estimator.temperature_:.3g} from the validation rows"
     elif estimator.options_.calibration_folds:
-        summary += f", temperature {estimator.temperature_:.3g} from {estimator.options_.calibration_folds} calibration fits"
+        fits = estimator.options_.calibration_folds * members
+        summary += f", temperature {estimator.temperature_:.3g} from {fits} calibration fits"
     console.print(summary)
 
 
@@ -363,7 +366,8 @@ def info(
 
 def describe_header(header: dict, name: str) -> str:
     """``flowgmm info``'s text for a model header."""
-    spec, history = header.get("model", {}), header.get("history", [])
+    members, history = header.get("members") or [{}], header.get("history", [])
+    spec = members[0]
     flow, prior = spec.get("flow", {}), spec.get("prior", {})
     transforms = spec.get("transform", {})
     parts = transforms.get("transforms", [transforms])
@@ -376,14 +380,15 @@ def describe_header(header: dict, name: str) -> str:
         f"classes      {', '.join(map(str, header.get('classes', [])))}",
         f"features     {header.get('feature_dim')}-d from extractor '{header.get('extractor') or '?'}'"
         + (f", flow on the top {projection} principal directions" if projection else ""),
-        f"flow         {_flow_summary(flow)}",
+        f"flow         {_flow_summary(flow)}" + (f"; a seed ensemble of {len(members)}, probabilities averaged" if len(members) > 1 else ""),
         f"mixture      {_means_summary(prior)}, variance {prior.get('variance')}, temperature {header.get('temperature')}",
         f"rows         {header.get('n_labeled')} labeled, {header.get('n_unlabeled')} unlabeled",
         f"options      {json.dumps(changed) if changed else 'defaults'}",
         f"resolved     {json.dumps(header.get('resolved', {}))}",
     ]
     if history:
-        lines.append(f"final loss   {history[-1]['loss']:.4f} nats/dim after {len(history)} epochs")
+        epochs = sum(epoch.get("member", 0) == history[-1].get("member", 0) for epoch in history)
+        lines.append(f"final loss   {history[-1]['loss']:.4f} nats/dim after {epochs} epochs" + (" (the last member)" if len(members) > 1 else ""))
     return "\n".join(lines)
 
 

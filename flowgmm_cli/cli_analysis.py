@@ -47,7 +47,7 @@ def evaluate(
         check_dim(ood_stream, estimator.n_features_in_, f"model '{model}'")
     classes = [str(c) for c in estimator.classes_]
     rows, y = labeled_classes(stream, labels, classes, model)
-    joint = np.concatenate([estimator.joint_log_prob(x.numpy()) for _, x in blocks(stream, rows)])
+    joint = np.concatenate([estimator.member_log_joints(x.numpy()) for _, x in blocks(stream, rows)], axis=1)
     report = classification_report(estimator.log_proba_from_joint(joint), y, classes)
     if estimator.image_shape_ is not None:  # a density of pixels: bits per dimension, as image flows report it
         report["bits_per_dim"] = float(-log_evidence(joint).mean() / (estimator.n_features_in_ * np.log(2)))

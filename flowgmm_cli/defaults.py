@@ -43,6 +43,8 @@ __all__ = [
     "default_power_transform",
     "default_classification_weight",
     "default_learn_weights",
+    "default_members",
+    "TABLE_MEMBERS",
     "CONSISTENCY_WEIGHT",
     "PERTURBATION_SHARE",
     "default_calibration_folds",
@@ -129,6 +131,21 @@ def default_classification_weight(units: str | None) -> float:
     digits gained 1 point.
     """
     return TABLE_CLASSIFICATION_WEIGHT if units == "per-column" else 0.0
+
+
+#: Members of a table's seed ensemble (see :func:`default_members`).
+TABLE_MEMBERS = 3
+
+
+def default_members(units: str | None) -> int:
+    """Flows in the seed ensemble: :data:`TABLE_MEMBERS` for tables, else 1.
+
+    A table's classes are rarely clusters of its density, so where a flow puts a boundary
+    between few labels depends on its seed, and averaging seeds removes that part of the error.
+    On one-unit features the seeds agree more (digits: 0.4 points from three members) and a fit
+    costs more, so they keep one.
+    """
+    return TABLE_MEMBERS if units == "per-column" else 1
 
 
 def default_learn_weights(units: str | None) -> bool:
@@ -310,8 +327,9 @@ def calibration_epochs(epochs: int) -> int:
 def resolve_input(options: TrainOptions, dim: int, n_rows: int, units: str | None = None) -> TrainOptions:
     """For the vector flow (``flow`` set to it; the image flow's options, which mean nothing here,
     are refused when given): ``options`` with the settings that follow the columns' ``units`` filled (``scaling``,
-    ``power_transform``, ``classification_weight``, ``learn_weights``: :func:`default_scaling`,
-    :func:`default_power_transform`, :func:`default_classification_weight`, :func:`default_learn_weights`) and ``projection_dim`` (0 when the flow sees every feature; a value of
+    ``power_transform``, ``classification_weight``, ``learn_weights``, ``members``: :func:`default_scaling`,
+    :func:`default_power_transform`, :func:`default_classification_weight`, :func:`default_learn_weights`,
+    :func:`default_members`) and ``projection_dim`` (0 when the flow sees every feature; a value of
     at least ``dim`` also means every feature)."""
     for name in ("scales", "translate", "flip"):
         if getattr(options, name):
@@ -323,8 +341,10 @@ def resolve_input(options: TrainOptions, dim: int, n_rows: int, units: str | Non
     power = default_power_transform(units) if options.power_transform is None else options.power_transform
     classification = default_classification_weight(units) if options.classification_weight is None else options.classification_weight
     learn_weights = default_learn_weights(units) if options.learn_weights is None else options.learn_weights
+    members = default_members(units) if options.members is None else options.members
     return replace(
         options, flow=FlowKind.vector, scales=0, translate=0, scaling=scaling, power_transform=power, classification_weight=classification, learn_weights=learn_weights,
+        members=members,
         projection_dim=projection if projection < dim else 0,
     )
 

@@ -10,6 +10,7 @@ import inspect
 import math
 import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,30 +19,41 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._version import __version__
-from .calibration import fit_temperature, tempered_log_proba
+from .calibration import fit_temperature, mixture_log_joint, tempered_log_proba
 from .crossfit import CalibrationFits, FoldJob, can_run_beside, train_one
 from .devices import resolve_device
 from .distributed import setup, world
 from .errors import InputError
 from .factory import prepare
 from .inference import joint, map_rows
+from .model import FlowGMM
 from .modelfile import load_model, save_model
 from .options import TrainOptions, option_fields
 from .splits import hold_out
 from .stores import ArrayStore, RowStore
 from .targets import encode_targets, require_classes, unlabeled_mask
-from .training import TrainingCallback
+from .training import EpochReport, TrainingCallback
 
-__all__ = ["FlowGMMClassifier", "log_evidence"]
+__all__ = ["FlowGMMClassifier", "log_evidence", "member_checkpoint"]
+
 
 def log_evidence(joint: np.ndarray) -> np.ndarray:
-    """``log p(x) = log Σ_k p(x, y=k)`` per row from ``log p(x, y=k)``.
+    """``log p(x) = log Σ_k p(x, y=k)`` per row from ``log p(x, y=k)`` (an ensemble's ``(M, N, K)``:
+    of the members' mixture).
 
     Example:
         >>> np.exp(log_evidence(np.log([[0.1, 0.3]]))).round(3).tolist()
         [0.4]
     """
-    return np.logaddexp.reduce(joint, axis=1)
+    return np.logaddexp.reduce(mixture_log_joint(joint), axis=1)
+
+
+def member_checkpoint(checkpoint: str | os.PathLike | None, member: int) -> Path | None:
+    """The checkpoint file of an ensemble's ``member``: ``checkpoint`` itself for the first, then
+    ``checkpoint.1``, ``checkpoint.2``, ... (a resumed fit finds each member's where it stopped)."""
+    if checkpoint is None:
+        return None
+    return Path(checkpoint) if member == 0 else Path(f"{checkpoint}.{member}")
 
 
 class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
@@ -52,6 +64,11 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     dimension (:mod:`flowgmm_cli.defaults`); 0 always means 0. A row's prediction does not depend
     on the rows predicted with it: vector models infer in float64, image models in float32 in
     blocks of one fixed shape (:func:`~flowgmm_cli.inference.map_rows`).
+
+    With ``members`` above 1 (tables' default: 3) it is a seed ensemble: ``members_`` holds flows
+    fitted with seeds ``random_state``, ``random_state + 1``, ..., their class probabilities are
+    averaged at one temperature and ``log p(x)`` is their equal mixture's. The latent space
+    (:meth:`encode`, :meth:`decode`, :attr:`means_`, :meth:`sample`) is the first member's, ``model_``.
 
     Example:
         >>> from sklearn.datasets import make_moons
@@ -148,20 +165,30 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         validation = None
         if validation_rows is not None:
             validation = (torch.from_numpy(np.ascontiguousarray(validation_rows[0])).to(device), torch.from_numpy(validation_rows[1]).to(device))
-        job = FoldJob(rows, transform, len(self.classes_), labeled, codes, self.options_)
-        with CalibrationFits(job, callback, beside=bool(self.options_.calibration_folds) and can_run_beside(device, rows)) as calibration:
-            self.model_, self.history_ = train_one(
-                rows, transform, len(self.classes_), labeled[train_labeled], codes[train_labeled], unlabeled, self.options_, validation,
-                checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, callback=calibration.callback,
-            )  # fmt: skip
-            if validation_rows is not None:
-                log_temperature = fit_temperature(map_rows(self.model_, validation_rows[0], joint, len(self.classes_)), validation_rows[1])
-            elif self.options_.calibration_folds:
-                log_temperature = _cross_fitted_log_temperature(*calibration.scores())
-            else:
-                log_temperature = 0.0
-        with torch.no_grad():
-            self.model_.prior.log_temperature.fill_(log_temperature)
+        self.members_: list[FlowGMM] = []
+        self.history_: list[dict[str, Any]] = []
+        held_out: list[tuple[np.ndarray, np.ndarray]] = []
+        for member in range(self.options_.members):
+            member_options = replace(self.options_, random_state=self.options_.random_state + member)
+            member_callback = _MemberProgress.around(callback, member, self.options_.members)
+            job = FoldJob(rows, transform, len(self.classes_), labeled, codes, member_options)
+            with CalibrationFits(job, member_callback, beside=bool(member_options.calibration_folds) and can_run_beside(device, rows)) as calibration:
+                model, history = train_one(
+                    rows, transform, len(self.classes_), labeled[train_labeled], codes[train_labeled], unlabeled, member_options, validation,
+                    checkpoint=member_checkpoint(checkpoint, member), resume=resume, fingerprint=fingerprint, callback=calibration.callback,
+                )  # fmt: skip
+                if validation_rows is None and member_options.calibration_folds:
+                    held_out.append(calibration.scores())
+            self.members_.append(model)
+            self.history_ += [{**epoch, "member": member} for epoch in history] if self.options_.members > 1 else history
+        self.model_ = self.members_[0]
+        if validation_rows is not None:
+            log_temperature = fit_temperature(self._member_joints(validation_rows[0]), validation_rows[1])
+        elif held_out:
+            log_temperature = _cross_fitted_log_temperature(np.stack([scores for scores, _ in held_out]), held_out[0][1])
+        else:
+            log_temperature = 0.0
+        self._set_temperature(log_temperature)
         return self
 
     def _encode(self, y: Any) -> np.ndarray:
@@ -174,9 +201,17 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
     # ---------------------------------------------------------------- inference
     def joint_log_prob(self, X: Any) -> np.ndarray:
-        """``log p(x, y=k)`` per row and class: the one pass that probabilities and ``log p(x)`` share."""
+        """``log p(x, y=k)`` per row and class; of a seed ensemble, its members' equal mixture."""
+        return mixture_log_joint(self.member_log_joints(X))
+
+    def member_log_joints(self, X: Any) -> np.ndarray:
+        """Each member's ``log p(x, y=k)``, shape ``(members, N, K)``: the one pass that
+        probabilities (:meth:`log_proba_from_joint`) and ``log p(x)`` (:func:`log_evidence`) share."""
         check_is_fitted(self, "model_")
-        return map_rows(self.model_, validate_data(self, _flat_images(X)[0], dtype=np.float32, reset=False), joint, len(self.classes_))
+        return self._member_joints(validate_data(self, _flat_images(X)[0], dtype=np.float32, reset=False))
+
+    def _member_joints(self, rows: np.ndarray) -> np.ndarray:
+        return np.stack([map_rows(member, rows, joint, len(self.classes_)) for member in self.members_])
 
     def predict_log_proba(self, X: Any, temperature: float | None = None) -> np.ndarray:
         """``log p(y=k | x)`` per row and class, columns in the order of ``classes_``.
@@ -186,11 +221,12 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         """
         if temperature is not None and not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        return self.log_proba_from_joint(self.joint_log_prob(X), temperature)
+        return self.log_proba_from_joint(self.member_log_joints(X), temperature)
 
     def log_proba_from_joint(self, joint: np.ndarray, temperature: float | None = None) -> np.ndarray:
-        """``log p(y | x)`` from :meth:`joint_log_prob`'s output at the model's temperature (or
-        ``temperature``), so one pass through the flow gives both ``log p(x)`` and the probabilities."""
+        """``log p(y | x)`` from :meth:`member_log_joints`' output at the model's temperature (or
+        ``temperature``): the members' mean posterior, so one pass through the flows gives both
+        ``log p(x)`` and the probabilities."""
         return tempered_log_proba(joint, math.log(self.temperature_ if temperature is None else temperature))
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -204,7 +240,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
     def score_samples(self, X: Any) -> np.ndarray:
         """``log p(x)`` per row under the trained density (low values flag unusual inputs); calibration does not change it."""
-        return log_evidence(self.joint_log_prob(X))
+        return log_evidence(self.member_log_joints(X))
 
     def sample(self, n_samples: int = 1, random_state: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n_samples`` rows from the fitted model; returns ``(X, y)`` like GaussianMixture."""
@@ -285,10 +321,14 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         codes = self._encode(y)
         require_classes(self.classes_[np.unique(codes)].tolist(), "the calibration labels", task="Calibration")
-        log_temperature = fit_temperature(self.joint_log_prob(X), codes)
-        with torch.no_grad():
-            self.model_.prior.log_temperature.fill_(log_temperature)
+        self._set_temperature(fit_temperature(self.member_log_joints(X), codes))
         return self
+
+    def _set_temperature(self, log_temperature: float) -> None:
+        """One temperature for every member (their mean posterior is what it calibrates)."""
+        with torch.no_grad():
+            for member in self.members_:
+                member.prior.log_temperature.fill_(log_temperature)
 
     # --------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike, **header: Any) -> None:
@@ -304,15 +344,15 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             "resolved": self.options_.to_dict(),
             "history": self.history_,
         }
-        save_model(self.model_, path, {**entries, **header})
+        save_model(self.members_, path, {**entries, **header})
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "FlowGMMClassifier":
         """Read a model written by :meth:`save`; no code from the file is executed."""
-        model, header = load_model(path, resolve_device(device))
+        members, header = load_model(path, resolve_device(device))
         options = TrainOptions.from_dict(header.get("options", {}))
         estimator = cls(**{spec.name: getattr(options, spec.name) for spec in option_fields()})
-        estimator.model_ = model
+        estimator.members_, estimator.model_ = members, members[0]
         classes = header["classes"]
         estimator.classes_ = np.array(classes, dtype=object if any(isinstance(c, str) for c in classes) else None)
         estimator.n_features_in_ = int(header["feature_dim"])
@@ -325,7 +365,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
 
 def _cross_fitted_log_temperature(log_joint: np.ndarray, codes: np.ndarray) -> float:
     """``log T`` fitted on the calibration fits' out-of-fold scores of the labeled rows
-    (:func:`~flowgmm_cli.crossfit.held_out_scores`).
+    (:func:`~flowgmm_cli.crossfit.held_out_scores`; an ensemble's stacked ``(M, N, K)``, each
+    member's from its own calibration fits, so ``T`` is fitted for the members' mean posterior).
 
     The held-out rows measure how sure a model trained this way is when it is wrong, which the
     rows a model was trained on cannot show. ``T`` is at least 1: a few held-out rows that are
@@ -334,6 +375,33 @@ def _cross_fitted_log_temperature(log_joint: np.ndarray, codes: np.ndarray) -> f
     if len(np.unique(codes)) < 2:
         return 0.0  # one class scored: its NLL falls without bound as T shrinks
     return max(0.0, fit_temperature(log_joint, codes))
+
+
+class _MemberProgress:
+    """A fit's callback for one member of an ensemble: the phases it reports say which member."""
+
+    def __init__(self, callback: TrainingCallback, label: str) -> None:
+        self._callback, self._label = callback, label
+
+    @classmethod
+    def around(cls, callback: TrainingCallback | None, member: int, members: int) -> TrainingCallback | None:
+        """``callback`` itself for a single model; else one that names the member, which is announced."""
+        if callback is None or members == 1:
+            return callback
+        wrapped = cls(callback, f"member {member + 1}/{members}")
+        wrapped.on_phase("")  # the member starts: its label alone until its fit names a phase
+        return wrapped
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        self._callback.on_step(step, total_steps)
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        self._callback.on_epoch_end(report)
+
+    def on_phase(self, label: str) -> None:
+        announce = getattr(self._callback, "on_phase", None)
+        if announce is not None:
+            announce(f"{self._label}, {label}" if label else self._label)
 
 
 def _flat_images(X: Any) -> tuple[Any, tuple[int, int, int] | None]:

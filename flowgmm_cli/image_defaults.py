@@ -90,4 +90,5 @@ def resolve_image(
         translate=given(options.translate, default_translate(image_shape)),
         epochs=given(options.epochs, max(1, round(IMAGE_STEPS / steps_per_epoch))),
         batch_size=batch, labeled_batch_size=labeled_batch, calibration_folds=given(options.calibration_folds, 0),
+        members=given(options.members, 1),
     )  # fmt: skip

@@ -1,14 +1,17 @@
 """The model file: tensors in safetensors, everything else in a JSON header; loading runs no code.
 
-The header's ``model`` entry is the composition's spec (:meth:`FlowGMM.spec`), so any transform,
-flow and prior that :class:`FlowGMM` can build is read back without special cases. Files of
-format version 1 (one fixed architecture) are upgraded when read.
+The header's ``members`` entry lists each model's composition spec (:meth:`FlowGMM.spec`; one
+for a single model, several for a seed ensemble), so any transform, flow and prior that
+:class:`FlowGMM` can build is read back without special cases; member ``i``'s tensors are named
+``members.i.*``. Files of format versions 1 (one fixed architecture) and 2 (one ``model``) are
+upgraded when read.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +26,27 @@ from .model import FlowGMM
 
 __all__ = ["FORMAT_VERSION", "save_model", "load_model", "read_header"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _HEADER_KEY = "flowgmm"
 #: The first byte of a pickle (protocol 2 and later).
 _PICKLE_PROTO = b"\x80"
 
 
-def save_model(model: FlowGMM, path: str | os.PathLike, header: dict[str, Any]) -> None:
-    """Write ``model`` and ``header`` (class names, extractor, training options…) atomically.
+def save_model(members: Sequence[FlowGMM], path: str | os.PathLike, header: dict[str, Any]) -> None:
+    """Write the ``members`` (one model, or a seed ensemble's) and ``header`` (class names,
+    extractor, training options…) atomically.
 
-    The entries that describe the model itself (format, composition, temperature) are taken from
-    ``model`` and win over stale copies in ``header``, so re-saving a loaded model's header is safe.
+    The entries that describe the models themselves (format, compositions, temperature) are taken
+    from ``members`` and win over stale copies in ``header``, so re-saving a loaded model's header is safe.
     """
     own = {
         "format": "flowgmm",
         "format_version": FORMAT_VERSION,
-        "model": model.spec(),
-        "temperature": float(model.prior.log_temperature.exp()),
+        "members": [member.spec() for member in members],
+        "temperature": float(members[0].prior.log_temperature.exp()),
     }
     full_header = {**own, **{key: value for key, value in header.items() if key not in own}}
-    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    tensors = {f"members.{i}.{name}": tensor.detach().cpu().contiguous() for i, member in enumerate(members) for name, tensor in member.state_dict().items()}
     text = json.dumps(full_header)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={_HEADER_KEY: text})
@@ -67,18 +71,28 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         raise _damaged(path, error) from None
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[FlowGMM, dict[str, Any]]:
-    """Rebuild the model from a file written by :func:`save_model`; returns ``(model, header)``."""
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[list[FlowGMM], dict[str, Any]]:
+    """Rebuild the models from a file written by :func:`save_model`; returns ``(members, header)``."""
     with _open(path) as handle:
         header = _header(handle, path)
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     try:
         header, tensors = _upgrade(header, tensors)
-        model = FlowGMM.from_spec(header["model"])
-        model.load_state_dict(tensors, strict=True)
+        specs = header["members"]
+        if not isinstance(specs, list) or not specs:
+            raise ValueError("no members")
+        members = [FlowGMM.from_spec(spec) for spec in specs]
+        unclaimed = set(tensors)
+        for i, member in enumerate(members):
+            prefix = f"members.{i}."
+            own = {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+            member.load_state_dict(own, strict=True)
+            unclaimed -= {prefix + name for name in own}
+        if unclaimed:
+            raise ValueError(f"tensors of no member: {sorted(unclaimed)[:3]}")
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
         raise _damaged(path, error) from None
-    return model.to(device).eval(), header
+    return [member.to(device).eval() for member in members], header
 
 
 def _damaged(path: str | os.PathLike, error: BaseException) -> InputError:
@@ -109,9 +123,18 @@ def _header(handle, path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _upgrade(header: dict[str, Any], tensors: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """A version-1 header and tensors (one fixed architecture) in today's layout; others unchanged."""
-    if header.get("format_version") != 1 or "architecture" not in header:
-        return header, tensors
+    """A version-1 or version-2 header and tensors in today's layout; others unchanged."""
+    if header.get("format_version") == 1 and "architecture" in header:
+        header, tensors = _upgrade_one(header, tensors)
+    if header.get("format_version") == 2 and "model" in header:
+        upgraded = {key: value for key, value in header.items() if key != "model"}
+        upgraded.update(format_version=FORMAT_VERSION, members=[header["model"]])
+        return upgraded, {f"members.0.{name}": tensor for name, tensor in tensors.items()}
+    return header, tensors
+
+
+def _upgrade_one(header: dict[str, Any], tensors: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A version-1 header and tensors (one fixed architecture) in the layout of version 2 (one ``model``)."""
     a = header["architecture"]
     latent = a.get("projection_dim") or a["dim"]
     transforms = [{"type": "standardize", "dim": a["dim"]}]
@@ -126,5 +149,5 @@ def _upgrade(header: dict[str, Any], tensors: dict[str, Tensor]) -> tuple[dict[s
                   **{k: a[k] for k in ("means_scale", "variance", "learn_means", "learn_weights", "seed")}},
     }  # fmt: skip
     upgraded = {key: value for key, value in header.items() if key not in ("architecture", "params", "training")}
-    upgraded.update(format_version=FORMAT_VERSION, model=spec, options=header.get("params", {}), resolved=header.get("training", {}))
+    upgraded.update(format_version=2, model=spec, options=header.get("params", {}), resolved=header.get("training", {}))
     return upgraded, {renames.get(name, name): tensor for name, tensor in tensors.items()}

@@ -99,6 +99,7 @@ class TrainOptions:
     learn_weights: bool | None = _option(None, Panel.model, "Train the mixture weights on all rows: the class shares of the data, which a draw of so many labels per class does not show (off: equal weights, as the paper).", auto="on for tables (columns in their own units), off for embeddings and pixels")
     scaling: Scaling | None = _option(None, Panel.model, "Divide the centred inputs by each feature's std, or by one scale for all (pixels, embeddings).", auto="the file's units: tables per feature, embeddings and pixels shared; unknown: shared above 8 features")
     power_transform: bool | None = _option(None, Panel.model, "A Yeo-Johnson map of each standardised feature, its exponent fitted by likelihood, for skewed and heavy-tailed columns (its log-derivative is in log p(x)).", auto="on for tables (columns in their own units), off for embeddings and pixels")
+    members: int | None = _option(None, Panel.model, "Flows fitted with seeds SEED, SEED+1, ... on the same rows; their class probabilities are averaged at one temperature, and log p(x) is their mixture's. Each member costs one fit.", auto="3 for tables (columns in their own units), else 1", min=1)
     projection_dim: int | None = _option(None, Panel.model, "Flow on this many principal directions, the rest as Gaussian noise (0: all features).", auto="32 above 64 features, else 0", min=0)
     # loss
     unlabeled_weight: float | None = _option(None, Panel.loss, "Weight of the unlabeled NLL in the loss.", auto="1 up to 8 features, else 0.3; images 1", min=0.0)

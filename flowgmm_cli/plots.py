@@ -45,7 +45,7 @@ def decision_grid(model: FlowGMMClassifier, X: np.ndarray, grid: int = 200) -> d
     lo, hi = X.min(0) - pad, X.max(0) + pad
     xx, yy = np.meshgrid(np.linspace(lo[0], hi[0], grid), np.linspace(lo[1], hi[1], grid))
     points = np.column_stack([xx.ravel(), yy.ravel()]).astype(np.float32)
-    joint = model.joint_log_prob(points)
+    joint = model.member_log_joints(points)
     return {
         "x0": xx,
         "x1": yy,

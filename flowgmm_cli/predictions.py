@@ -19,7 +19,7 @@ __all__ = ["prediction_table", "write_table", "write_predictions"]
 def prediction_table(estimator: FlowGMMClassifier, ids: Any, X: np.ndarray) -> pd.DataFrame:
     """One row per input row, in input order: the predicted class, its probability, every class's
     probability and ``log p(x)``, from a single pass through the flow."""
-    joint = estimator.joint_log_prob(X)
+    joint = estimator.member_log_joints(X)
     log_px = log_evidence(joint)
     log_proba = estimator.log_proba_from_joint(joint)
     proba = np.exp(log_proba)

@@ -66,13 +66,13 @@ class Scene:
 
     @cached_property
     def joint(self) -> np.ndarray:
-        """``log p(x, y=k)`` of each row and class."""
-        return self.estimator.joint_log_prob(self.X)
+        """``log p(x, y=k)`` of each row and class, per member (:meth:`~flowgmm_cli.estimator.FlowGMMClassifier.member_log_joints`)."""
+        return self.estimator.member_log_joints(self.X)
 
     @property
     def predicted(self) -> np.ndarray:
         """Predicted class index of each row."""
-        return self.joint.argmax(axis=1)
+        return self.estimator.log_proba_from_joint(self.joint).argmax(axis=1)
 
     @property
     def log_px(self) -> np.ndarray:

@@ -180,7 +180,7 @@ def test_info_describes_every_part_of_the_model(workspace, capsys):
     model = w["folder"] / "described.flowgmm"
     args = ["train", w["features"], "--labels", w["labels.csv"], "-o", model, "--epochs", "3", "--hidden", "8",
             "--coupling-layers", "2", "--hidden-layers", "2", "--projection-dim", "2", "--means-scale", "1.5",
-            "--variance", "2.0", "--seed", "5", "--scaling", "shared", "--actnorm", "-q"]  # fmt: skip
+            "--variance", "2.0", "--seed", "5", "--scaling", "shared", "--actnorm", "--members", "1", "-q"]  # fmt: skip
     assert run_cli(args, capsys)[0] == 0
     header = read_header(model)
     lines = _info_lines(model, capsys)
@@ -194,7 +194,7 @@ def test_info_describes_every_part_of_the_model(workspace, capsys):
     assert lines["rows"] == "20 labeled, 60 unlabeled"
     assert json.loads(lines["options"]) == {
         "coupling_layers": 2, "hidden": 8, "hidden_layers": 2, "actnorm": True, "means_scale": 1.5, "variance": 2.0,
-        "scaling": "shared", "projection_dim": 2, "epochs": 3, "random_state": 5,
+        "scaling": "shared", "projection_dim": 2, "epochs": 3, "random_state": 5, "members": 1,
     }  # fmt: skip
     assert json.loads(lines["resolved"]) == header["resolved"] and header["resolved"]["labeled_noise"] > 0
     assert lines["final loss"] == f"{header['history'][-1]['loss']:.4f} nats/dim after 3 epochs"
@@ -204,8 +204,8 @@ def test_info_of_a_model_with_data_chosen_means_and_after_calibration(workspace,
     w = workspace
     lines = _info_lines(trained, capsys)
     assert lines["features"] == "3-d from extractor 'tabular'"  # no projection
-    assert lines["flow"] == "realnvp: 4 couplings, hidden 32 x 1"
-    separation = read_header(trained)["model"]["prior"]["separation"]
+    assert lines["flow"] == "realnvp: 4 couplings, hidden 32 x 1; a seed ensemble of 3, probabilities averaged"  # a table's default
+    separation = read_header(trained)["members"][0]["prior"]["separation"]
     trained_temperature = read_header(trained)["temperature"]
     assert separation > 0 and lines["mixture"] == f"closest means {separation} std apart, variance 1.72, temperature {trained_temperature}"
     assert json.loads(lines["options"]) == {"coupling_layers": 4, "hidden": 32, "epochs": 100, "lr": 0.01}
@@ -296,7 +296,7 @@ def test_shell_completion_is_available_and_completes_choices(capsys):
 def test_resume_continues_to_the_same_model(workspace, capsys, monkeypatch):
     """Interrupt after epoch 2 of 4, resume, and get the model an uninterrupted run gives."""
     w = workspace
-    args = ["train", w["features"], "--labels", w["labels.csv"], "--epochs", "4", "--hidden", "16", "--coupling-layers", "2", "-q"]
+    args = ["train", w["features"], "--labels", w["labels.csv"], "--epochs", "4", "--hidden", "16", "--coupling-layers", "2", "--members", "1", "-q"]
     assert run_cli([*args, "-o", w["folder"] / "straight.flowgmm"], capsys)[0] == 0
 
     interrupt_after(monkeypatch, 2)
@@ -306,10 +306,43 @@ def test_resume_continues_to_the_same_model(workspace, capsys, monkeypatch):
     assert Path(str(resumed) + ".ckpt").exists()
     monkeypatch.undo()
     assert run_cli([*args, "-o", resumed, "--resume"], capsys)[0] == 0
-    straight_model, straight_header = load_model(w["folder"] / "straight.flowgmm")
-    resumed_model, resumed_header = load_model(resumed)
+    [straight_model], straight_header = load_model(w["folder"] / "straight.flowgmm")
+    [resumed_model], resumed_header = load_model(resumed)
     assert state_equal(straight_model.state_dict(), resumed_model.state_dict())
     assert resumed_header["history"] == straight_header["history"] and len(resumed_header["history"]) == 4
+
+
+def test_an_ensemble_interrupted_in_its_second_member_resumes_to_the_same_model(workspace, capsys, monkeypatch):
+    """Ctrl-C in the second member's third epoch: the resumed run keeps the finished first member,
+    continues the second from its checkpoint, and writes what an uninterrupted run writes."""
+    from flowgmm_cli import training
+
+    w = workspace
+    args = ["train", w["features"], "--labels", w["labels.csv"], "--epochs", "3", "--hidden", "8", "--coupling-layers", "2", "--members", "2", "-q"]
+    assert run_cli([*args, "-o", w["folder"] / "ensemble.flowgmm"], capsys)[0] == 0
+    real_save, saved = training._save_checkpoint, []
+
+    def save_then_stop(path, *rest):
+        real_save(path, *rest)
+        saved.append(Path(path).name)
+        if len(saved) == 5:  # three epochs of the first member, two of the second
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_checkpoint", save_then_stop)
+    resumed = w["folder"] / "ensemble-resumed.flowgmm"
+    code, _, err = run_cli([*args, "-o", resumed], capsys)
+    assert code == 130 and not resumed.exists()
+    assert saved == ["ensemble-resumed.flowgmm.ckpt"] * 3 + ["ensemble-resumed.flowgmm.ckpt.1"] * 2
+    monkeypatch.undo()
+    assert run_cli([*args, "-o", resumed, "--resume"], capsys)[0] == 0
+    straight, straight_header = load_model(w["folder"] / "ensemble.flowgmm")
+    again, resumed_header = load_model(resumed)
+    assert len(again) == 2 and all(state_equal(a.state_dict(), b.state_dict()) for a, b in zip(straight, again, strict=True))
+    assert resumed_header["history"] == straight_header["history"] and len(resumed_header["history"]) == 6
+    assert not list(w["folder"].glob("ensemble-resumed.flowgmm.ckpt*")), "the checkpoints are removed once the model is written"
+    lines = _info_lines(resumed, capsys)
+    assert lines["flow"].endswith("; a seed ensemble of 2, probabilities averaged")
+    assert lines["final loss"].endswith("after 3 epochs (the last member)")
 
 
 def test_allow_missing_warns_and_ignores_unknown_ids(workspace, capsys):
@@ -329,7 +362,7 @@ def test_allow_missing_warns_and_ignores_unknown_ids(workspace, capsys):
     assert header["classes"] == ["neg", "pos"], "the unknown ids' class is not a class of the model"
     assert (header["n_labeled"], header["n_unlabeled"]) == (4, 76)
     assert run_cli(["train", w["features"], "--labels", f / "known.csv", "-o", f / "known.flowgmm", *TINY], capsys)[0] == 0
-    assert state_equal(load_model(f / "allowed.flowgmm")[0].state_dict(), load_model(f / "known.flowgmm")[0].state_dict())
+    assert state_equal(load_model(f / "allowed.flowgmm")[0][0].state_dict(), load_model(f / "known.flowgmm")[0][0].state_dict())
 
 
 def _overlapping(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -355,7 +388,7 @@ def test_a_validation_file_chooses_the_best_epoch(workspace, capsys):
         out = f / f"val{seed}.flowgmm"
         code, _, err = run_cli(["train", f / "ov.h5", "--labels", f / "ov_labels.csv", "--val", f / "ov_val.h5", "--val-labels",
                                 f / "ov_val_labels.csv", "-o", out, "--epochs", "10", "--hidden", "16", "--coupling-layers", "2",
-                                "--lr", "0.01", "--batch-size", "8", "--seed", seed], capsys)  # fmt: skip
+                                "--lr", "0.01", "--batch-size", "8", "--seed", seed, "--members", "1"], capsys)  # fmt: skip
         assert code == 0, err
         history = read_header(out)["history"]
         assert len(history) == 10 and all(h["val_accuracy"] is not None for h in history)

@@ -204,6 +204,7 @@ EXPLICIT = TrainOptions(
     coupling_layers=3, hidden=5, hidden_layers=0, means_scale=0.0, variance=0.5, scaling="feature", projection_dim=0,
     unlabeled_weight=0.0, labeled_noise=0.0, perturbation=0.0, epochs=7, batch_size=9, labeled_batch_size=4, permutation="random",
     power_transform=False, calibration_folds=0, classification_weight=0.0, learn_weights=False, flow="vector", scales=0, translate=0, consistency_weight=0.0,
+    members=1,
 )  # fmt: skip
 
 
@@ -237,9 +238,9 @@ def test_after_both_steps_only_means_scale_is_left_to_the_model():
     assert (resolved.permutation, resolved.lr, resolved.random_state) == (Permutation.reverse, 1e-3, 0)
 
 
-@pytest.mark.parametrize(("units", "expected"), [("per-column", (True, 1.0, True)), ("shared", (False, 0.0, False)), (None, (False, 0.0, False))])
-def test_tables_get_the_power_map_the_cross_entropy_and_learned_weights(units, expected):
+@pytest.mark.parametrize(("units", "expected"), [("per-column", (True, 1.0, True, 3)), ("shared", (False, 0.0, False, 1)), (None, (False, 0.0, False, 1))])
+def test_tables_get_the_power_map_the_cross_entropy_learned_weights_and_an_ensemble(units, expected):
     resolved = resolve_input(TrainOptions(), 16, 1000, units=units)
-    assert (resolved.power_transform, resolved.classification_weight, resolved.learn_weights) == expected
-    chosen = resolve_input(TrainOptions(power_transform=False, classification_weight=0.5, learn_weights=False), 16, 1000, units=units)
-    assert (chosen.power_transform, chosen.classification_weight, chosen.learn_weights) == (False, 0.5, False)  # a choice beats the rule
+    assert (resolved.power_transform, resolved.classification_weight, resolved.learn_weights, resolved.members) == expected
+    chosen = resolve_input(TrainOptions(power_transform=False, classification_weight=0.5, learn_weights=False, members=2), 16, 1000, units=units)
+    assert (chosen.power_transform, chosen.classification_weight, chosen.learn_weights, chosen.members) == (False, 0.5, False, 2)  # a choice beats the rule

@@ -506,3 +506,72 @@ def test_classifiers_classes_check_passes_without_the_minus_one_labels(moons):
         assert clf.classes_.tolist() == ["one", "two"]
         predicted = clf.predict(X[:60])
         assert predicted.dtype == clf.classes_.dtype and set(predicted.tolist()) <= {"one", "two"}
+
+
+# ------------------------------------------------------------------------------------ seed ensembles
+
+
+@pytest.fixture(scope="module")
+def ensemble(small_moons):
+    X, _, partial, _, _ = small_moons
+    return FlowGMMClassifier(**{**SMALL, "calibration_folds": 2}, members=2).fit(X, partial)
+
+
+def test_each_member_is_the_single_model_of_its_seed(small_moons, ensemble):
+    """Member m of an ensemble with seed s is the model a single fit with seed s + m gives."""
+    X, _, partial, _, _ = small_moons
+    for member, model in enumerate(ensemble.members_):
+        single = FlowGMMClassifier(**{**SMALL, "calibration_folds": 2}, members=1, random_state=member).fit(X, partial)
+        assert state_equal({k: v for k, v in model.state_dict().items() if "log_temperature" not in k},
+                           {k: v for k, v in single.model_.state_dict().items() if "log_temperature" not in k}), member  # fmt: skip
+    assert ensemble.model_ is ensemble.members_[0]
+    assert ensemble.options_.members == 2 and {epoch["member"] for epoch in ensemble.history_} == {0, 1}
+
+
+def test_an_ensembles_probabilities_are_its_members_mean_at_one_temperature(small_moons, ensemble):
+    _, _, _, X_new, _ = small_moons
+    rows = torch.from_numpy(X_new.astype(np.float32)).double()  # the estimator reads float32 rows
+    with torch.no_grad():
+        members = [copy.deepcopy(model).double().eval() for model in ensemble.members_]
+        temperatures = {float(model.prior.log_temperature) for model in members}
+        mean = torch.stack([model.predict_log_proba(rows).exp() for model in members]).mean(0).numpy()
+        density = torch.stack([model.log_prob(rows) for model in members]).exp().mean(0).log().numpy()
+        first = members[0].predict_log_proba(rows).exp().numpy()
+    assert temperatures == {math.log(ensemble.temperature_)} and ensemble.temperature_ >= 1.0
+    assert not np.allclose(first, mean), "the members differ"
+    np.testing.assert_allclose(ensemble.predict_proba(X_new), mean, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ensemble.score_samples(X_new), density, rtol=1e-10)
+    np.testing.assert_allclose(np.logaddexp.reduce(ensemble.joint_log_prob(X_new), axis=1), density, rtol=1e-10)
+    np.testing.assert_array_equal(ensemble.predict(X_new), ensemble.classes_[mean.argmax(axis=1)])
+
+
+def test_an_ensembles_temperature_is_fitted_for_the_mean_of_its_members(small_moons, ensemble, monkeypatch):
+    """The calibration fits' held-out scores of both members are stacked and one T fitted on them."""
+    X, _, partial, _, _ = small_moons
+    seen = []
+    real = crossfit.held_out_scores
+
+    def keep(job, callback=None):
+        seen.append(real(job, callback))
+        return seen[-1]
+
+    monkeypatch.setattr(crossfit, "held_out_scores", keep)
+    fitted = FlowGMMClassifier(**{**SMALL, "calibration_folds": 2}, members=2).fit(X, partial)
+    assert len(seen) == 2 and np.array_equal(seen[0][1], seen[1][1]), "both members score the same held-out rows"
+    from flowgmm_cli.calibration import fit_temperature
+
+    stacked = np.stack([scores for scores, _ in seen])
+    assert math.log(fitted.temperature_) == pytest.approx(max(0.0, fit_temperature(stacked, seen[0][1])), abs=1e-6)  # stored in float32
+    assert fitted.temperature_ == pytest.approx(ensemble.temperature_, rel=1e-9)
+
+
+def test_an_ensemble_round_trips_through_its_file(small_moons, ensemble, tmp_path):
+    _, _, _, X_new, y_new = small_moons
+    path = tmp_path / "ensemble.safetensors"
+    ensemble.save(path)
+    loaded = FlowGMMClassifier.load(path)
+    assert len(loaded.members_) == 2 and loaded.history_ == ensemble.history_
+    for method in ("predict_proba", "score_samples", "encode"):
+        np.testing.assert_array_equal(getattr(loaded, method)(X_new), getattr(ensemble, method)(X_new), err_msg=method)
+    assert loaded.calibrate(X_new, y_new).temperature_ == pytest.approx(ensemble.calibrate(X_new, y_new).temperature_, rel=1e-9)
+    assert {float(model.prior.log_temperature) for model in loaded.members_} == {math.log(loaded.temperature_)}

@@ -59,10 +59,10 @@ def trained(files) -> dict[str, Path]:
 
 def test_train_chooses_the_image_flow_for_a_pixel_file_and_info_describes_it(trained, capsys):
     header = read_header(trained["model"])
-    assert header["model"]["flow"]["type"] == "multiscale-realnvp"
-    assert header["model"]["flow"]["shape"] == [1, 8, 8]
+    assert header["members"][0]["flow"]["type"] == "multiscale-realnvp"
+    assert header["members"][0]["flow"]["shape"] == [1, 8, 8]
     assert header["resolved"]["flow"] == "image" and header["resolved"]["scales"] == 2 and header["resolved"]["translate"] == 1
-    assert [t["type"] for t in header["model"]["transform"]["transforms"]] == ["pixel_logit", "standardize"]
+    assert [t["type"] for t in header["members"][0]["transform"]["transforms"]] == ["pixel_logit", "standardize"]
     code, out, _ = run_cli(["info", trained["model"]], capsys)
     assert code == 0 and "multiscale-realnvp on 1x8x8 images: 2 scales" in out
     assert read_header(trained["cons"])["resolved"]["consistency_weight"] == 1.0

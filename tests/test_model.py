@@ -189,14 +189,14 @@ def _saved(tmp_path: Path, **kwargs) -> tuple[FlowGMM, Path, dict]:
     model = _model(learn_weights=True, **kwargs)
     path = tmp_path / "model.safetensors"
     extra = {"classes": ["a", "b", "c"], "extractor": None, "nested": {"x": [1, 2.5]}}
-    save_model(model, path, extra)
+    save_model([model], path, extra)
     return model, path, extra
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"dim": 4, "k": 2}])
 def test_save_load_round_trip_gives_identical_outputs_and_header(tmp_path, kwargs):
     model, path, extra = _saved(tmp_path, **kwargs)
-    loaded, header = load_model(path)
+    [loaded], header = load_model(path)
     assert not loaded.training
     assert loaded.spec() == model.spec()
     x = _features(30, seed=5, dim=model.in_dim)
@@ -209,8 +209,8 @@ def test_save_load_round_trip_gives_identical_outputs_and_header(tmp_path, kwarg
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     assert header == read_header(path)
-    assert header["format"] == "flowgmm" and header["format_version"] == FORMAT_VERSION == 2
-    assert header["model"] == model.spec()
+    assert header["format"] == "flowgmm" and header["format_version"] == FORMAT_VERSION == 3
+    assert header["members"] == [model.spec()]
     assert header["temperature"] == pytest.approx(math.exp(0.3))
     for key, value in extra.items():
         assert header[key] == value
@@ -222,18 +222,18 @@ def test_save_load_round_trip_gives_identical_outputs_and_header(tmp_path, kwarg
 def test_the_model_wins_over_stale_header_entries(tmp_path):
     model = _model()
     path = tmp_path / "m.safetensors"
-    save_model(model, path, {"format_version": 99, "model": {"stale": True}, "temperature": 5.0, "classes": [1, 2, 3]})
+    save_model([model], path, {"format_version": 99, "members": [{"stale": True}], "temperature": 5.0, "classes": [1, 2, 3]})
     header = read_header(path)
-    assert header["format_version"] == 2 and header["model"] == model.spec()
+    assert header["format_version"] == 3 and header["members"] == [model.spec()]
     assert header["temperature"] == pytest.approx(math.exp(0.3)) and header["classes"] == [1, 2, 3]
 
 
 def test_saving_over_an_existing_file_replaces_it(tmp_path):
     _, path, _ = _saved(tmp_path)
     other = FlowGMM(TransformChain([Standardize(2)]), RealNVP(2, coupling_layers=1, hidden=4), GaussianMixturePrior(2, 2))
-    save_model(other, path, {"classes": [0, 1]})
-    loaded, header = load_model(path)
-    assert header["model"]["flow"]["dim"] == 2 and header["classes"] == [0, 1]
+    save_model([other], path, {"classes": [0, 1]})
+    [loaded], header = load_model(path)
+    assert header["members"][0]["flow"]["dim"] == 2 and header["classes"] == [0, 1]
     assert loaded.in_dim == 2
 
 
@@ -300,26 +300,57 @@ def _with_header(tmp_path: Path, name: str, tensors: dict, header: dict) -> Path
 def test_damaged_or_newer_model_file_raises_input_error(tmp_path):
     model, path, _ = _saved(tmp_path)
     header = read_header(path)
-    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    spec = header["model"]
+    tensors = {f"members.0.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    [spec] = header["members"]
     cases = {
-        "missing-tensor": ({k: v for k, v in tensors.items() if k != "transform.layers.0.scale"}, header),
+        "missing-tensor": ({k: v for k, v in tensors.items() if k != "members.0.transform.layers.0.scale"}, header),
         "extra-tensor": (dict(tensors, stray=torch.zeros(1)), header),
-        "wrong-width": (tensors, dict(header, model=dict(spec, flow=dict(spec["flow"], hidden=16)))),
-        "unknown-field": (tensors, dict(header, model=dict(spec, flow=dict(spec["flow"], colour="blue")))),
-        "unknown-flow": (tensors, dict(header, model=dict(spec, flow=dict(spec["flow"], type="glow")))),
-        "unknown-transform": (tensors, dict(header, model=dict(spec, transform={"type": "whiten"}))),
-        "no-model": (tensors, {k: v for k, v in header.items() if k != "model"}),
+        "second-member-without-tensors": (tensors, dict(header, members=[spec, spec])),
+        "wrong-width": (tensors, dict(header, members=[dict(spec, flow=dict(spec["flow"], hidden=16))])),
+        "unknown-field": (tensors, dict(header, members=[dict(spec, flow=dict(spec["flow"], colour="blue"))])),
+        "unknown-flow": (tensors, dict(header, members=[dict(spec, flow=dict(spec["flow"], type="glow"))])),
+        "unknown-transform": (tensors, dict(header, members=[dict(spec, transform={"type": "whiten"})])),
+        "no-members": (tensors, {k: v for k, v in header.items() if k != "members"}),
+        "empty-members": (tensors, dict(header, members=[])),
+        "members-not-a-list": (tensors, dict(header, members=spec)),
     }
     for name, (case_tensors, case_header) in cases.items():
         with pytest.raises(InputError, match="damaged or from an incompatible version"):
             load_model(_with_header(tmp_path, name, case_tensors, case_header))
 
     newer = _with_header(tmp_path, "newer", tensors, dict(header, format_version=FORMAT_VERSION + 1))
-    with pytest.raises(InputError, match="format version 3; upgrade flowgmm"):
+    with pytest.raises(InputError, match="format version 4; upgrade flowgmm"):
         load_model(newer)
-    with pytest.raises(InputError, match="format version 3; upgrade flowgmm"):
+    with pytest.raises(InputError, match="format version 4; upgrade flowgmm"):
         read_header(newer)
+
+
+def test_a_seed_ensemble_round_trips_member_by_member(tmp_path):
+    members = [_model(), _model()]
+    with torch.no_grad():
+        for parameter in members[1].flow.parameters():
+            parameter.add_(0.05)  # the second member's weights differ from the first's
+    path = tmp_path / "ensemble.safetensors"
+    save_model(members, path, {"classes": ["a", "b", "c"]})
+    loaded, header = load_model(path)
+    assert header["members"] == [member.spec() for member in members] and len(loaded) == 2
+    x = _features(20, seed=3, dim=members[0].in_dim)
+    with torch.no_grad():
+        assert not torch.equal(members[0](x), members[1](x))
+        for original, reloaded in zip(members, loaded, strict=True):
+            assert torch.equal(reloaded(x), original(x))
+
+
+def test_a_version_2_file_of_one_model_is_read(tmp_path):
+    model = _model()
+    header = {"format": "flowgmm", "format_version": 2, "model": model.spec(), "temperature": 1.0, "classes": ["a", "b", "c"]}
+    path = _with_header(tmp_path, "v2", {k: v.contiguous() for k, v in model.state_dict().items()}, header)
+    [loaded], read = load_model(path)
+    assert read["format_version"] == FORMAT_VERSION and read["members"] == [model.spec()] and "model" not in read
+    assert read == read_header(path)
+    x = _features(10, seed=4, dim=model.in_dim)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
 
 
 @pytest.mark.parametrize(
@@ -459,7 +490,7 @@ def _version_1_density(tensors: dict, x: torch.Tensor, loaded: FlowGMM) -> np.nd
 def test_version_1_file_is_read_and_gives_the_same_density(tmp_path, projection_dim, float64):
     path = tmp_path / "v1.safetensors"
     tensors = _version_1_file(path, projection_dim)
-    loaded, header = load_model(path)
+    [loaded], header = load_model(path)
 
     # The header in today's layout.
     assert header == read_header(path)
@@ -467,11 +498,11 @@ def test_version_1_file_is_read_and_gives_the_same_density(tmp_path, projection_
     assert "architecture" not in header and "params" not in header and "training" not in header
     assert header["options"] == {"epochs": 7, "hidden": 6} and header["resolved"] == {"epochs": 7, "batch_size": 64}
     assert header["classes"] == V1_CLASSES and header["extractor"] == {"name": "csv"}
-    assert header["model"] == loaded.spec()
-    flow_spec, prior_spec = header["model"]["flow"], header["model"]["prior"]
+    assert header["members"] == [loaded.spec()]
+    flow_spec, prior_spec = header["members"][0]["flow"], header["members"][0]["prior"]
     assert flow_spec["hidden_layers"] == 2 and flow_spec["permutation"] == ("random" if projection_dim else "reverse")
     assert prior_spec["separation"] == (7.0 if projection_dim else None)
-    assert [t["type"] for t in header["model"]["transform"]["transforms"]] == ["standardize"] + (["projection"] if projection_dim else [])
+    assert [t["type"] for t in header["members"][0]["transform"]["transforms"]] == ["standardize"] + (["projection"] if projection_dim else [])
     assert (loaded.in_dim, loaded.latent_dim) == (4, projection_dim or 4)
     assert float(loaded.prior.log_temperature) == pytest.approx(-0.2)
 
@@ -497,10 +528,10 @@ def test_version_1_file_is_read_and_gives_the_same_density(tmp_path, projection_
     today = FlowGMM(TransformChain(parts), flow, prior).eval()
     assert torch.equal(loaded(x), today(x))
 
-    # Saved again, it is a version-2 file with the same outputs.
+    # Saved again, it is a file of today's version with the same outputs.
     again = tmp_path / "v2.safetensors"
-    save_model(loaded, again, header)
-    reloaded, header2 = load_model(again)
+    save_model([loaded], again, header)
+    [reloaded], header2 = load_model(again)
     assert {k: v for k, v in header2.items() if k != "temperature"} == {k: v for k, v in header.items() if k != "temperature"}
     assert header2["temperature"] == pytest.approx(header["temperature"], rel=1e-6)  # from the float32 tensor
     assert torch.equal(reloaded(x), loaded(x))
@@ -515,7 +546,7 @@ def test_a_model_file_never_starts_like_a_pickle(tmp_path):
     model = _model()
     starts = set()
     for extra in range(0, 300 * 8, 8):
-        save_model(model, tmp_path / "m.flowgmm", {"note": "x" * extra})
+        save_model([model], tmp_path / "m.flowgmm", {"note": "x" * extra})
         first = (tmp_path / "m.flowgmm").read_bytes()[:1]
         starts.add(first)
         assert first != b"\x80", extra

@@ -34,6 +34,7 @@ BOUNDS = {
     "labeled_noise": (0.0, None, None),
     "classification_weight": (0.0, None, None),
     "calibration_folds": (0, None, None),
+    "members": (1, None, None),
     "consistency_weight": (0.0, None, None),
     "perturbation": (0.0, None, None),
     "epochs": (1, None, None),
@@ -50,7 +51,7 @@ BOUNDS = {
 AUTO = {
     "coupling_layers", "hidden", "hidden_layers", "means_scale", "variance", "scaling", "projection_dim",
     "unlabeled_weight", "labeled_noise", "perturbation", "epochs", "batch_size", "labeled_batch_size", "power_transform",
-    "calibration_folds", "classification_weight", "learn_weights", "flow", "scales", "translate", "consistency_weight",
+    "calibration_folds", "classification_weight", "learn_weights", "flow", "scales", "translate", "consistency_weight", "members",
 }  # fmt: skip
 
 
