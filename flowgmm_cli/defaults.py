@@ -133,7 +133,9 @@ def default_classification_weight(units: str | None) -> float:
     return TABLE_CLASSIFICATION_WEIGHT if units == "per-column" else 0.0
 
 
-#: Members of a table's seed ensemble (see :func:`default_members`).
+#: Members of a table's seed ensemble (see :func:`default_members`). Validation rows of the suite's
+#: tables at 10 labels per class (medians of four draws), one flow → three: UCI letter 66.55 → 69.55
+#: (every draw up 2.2-3.2 points), ECE 0.062 → 0.028; HTRU2 97.03 → 97.14, ECE 0.044 → 0.041.
 TABLE_MEMBERS = 3
 
 
