@@ -240,7 +240,18 @@ def test_after_both_steps_only_means_scale_is_left_to_the_model():
 
 @pytest.mark.parametrize(("units", "expected"), [("per-column", (True, 1.0, True, 3)), ("shared", (False, 0.0, False, 1)), (None, (False, 0.0, False, 1))])
 def test_tables_get_the_power_map_the_cross_entropy_learned_weights_and_an_ensemble(units, expected):
-    resolved = resolve_input(TrainOptions(), 16, 1000, units=units)
+    resolved = resolve_input(TrainOptions(), 16, 15_000, units=units)  # dense: only a table's units call for an ensemble
     assert (resolved.power_transform, resolved.classification_weight, resolved.learn_weights, resolved.members) == expected
-    chosen = resolve_input(TrainOptions(power_transform=False, classification_weight=0.5, learn_weights=False, members=2), 16, 1000, units=units)
+    chosen = resolve_input(TrainOptions(power_transform=False, classification_weight=0.5, learn_weights=False, members=2), 16, 15_000, units=units)
     assert (chosen.power_transform, chosen.classification_weight, chosen.learn_weights, chosen.members) == (False, 0.5, False, 2)  # a choice beats the rule
+
+
+@pytest.mark.parametrize(
+    ("dim", "n_rows", "members"),
+    [(64, 1_297, 3), (64, 6_400, 1), (384, 1_000, 3), (384, 5_600, 1), (2, 50, 1), (8, 100, 1)],
+)
+def test_sparse_data_gets_an_ensemble_counting_the_rows_per_dimension_of_the_flow(dim, n_rows, members):
+    """Fewer than 100 rows per flow dimension above 8 dimensions: three members, for one-unit
+    features too; wide features count the projection's 32 dimensions (1,000 rows: 31 per dimension)."""
+    assert resolve_input(TrainOptions(), dim, n_rows, units="shared").members == members
+    assert resolve_input(TrainOptions(members=1), dim, n_rows, units="shared").members == 1  # a choice beats the rule
