@@ -148,8 +148,9 @@ def default_members(units: str | None, dim: int, n_rows: int) -> int:
     and the one temperature fitted for their mean calibrates them: a table's classes are rarely
     clusters of its density, so where a boundary falls between few labels is the seed's choice;
     few rows per dimension leave the flow itself uncertain. Sparse data gets the narrow flow and
-    the least steps, so three fits cost little (digits: 23 s → 56 s on 2 cores); dense one-unit
-    data (MNIST, AG News as the suite has them) keeps one flow, whose fit costs more and whose seeds agree more.
+    few steps, so three fits cost little (digits: 23 s → 56 s on 2 cores); dense one-unit data
+    (MNIST, AG News as the suite has them) keeps one flow, whose fit costs more (AG News would
+    pass three minutes with three).
 
     Example:
         >>> default_members("per-column", 16, 15_000), default_members("shared", 64, 1_297), default_members("shared", 32, 5_600), default_members(None, 2, 50)
