@@ -38,8 +38,7 @@ def tempered_log_proba(log_joint: np.ndarray, log_temperature: float) -> np.ndar
         >>> np.exp(tempered_log_proba(members, 0.0)).round(3)
         array([[0.7, 0.3]])
     """
-    log_proba = log_softmax(np.asarray(log_joint, dtype=np.float64) * np.exp(-log_temperature), axis=-1)
-    return log_proba if log_proba.ndim == 2 else logsumexp(log_proba, axis=0) - np.log(len(log_proba))
+    return _members_mean(log_softmax(np.asarray(log_joint, dtype=np.float64) * np.exp(-log_temperature), axis=-1))
 
 
 def mixture_log_joint(log_joint: np.ndarray) -> np.ndarray:
@@ -50,8 +49,12 @@ def mixture_log_joint(log_joint: np.ndarray) -> np.ndarray:
         >>> mixture_log_joint(np.log([[[0.2, 0.1]], [[0.4, 0.3]]])).round(6).tolist() == np.log([[0.3, 0.2]]).round(6).tolist()
         True
     """
-    log_joint = np.asarray(log_joint, dtype=np.float64)
-    return log_joint if log_joint.ndim == 2 else logsumexp(log_joint, axis=0) - np.log(len(log_joint))
+    return _members_mean(np.asarray(log_joint, dtype=np.float64))
+
+
+def _members_mean(log_values: np.ndarray) -> np.ndarray:
+    """The log of the mean over the leading members axis of ``exp(log_values)``; ``(N, K)`` as it is."""
+    return log_values if log_values.ndim == 2 else logsumexp(log_values, axis=0) - np.log(len(log_values))
 
 
 def fit_temperature(log_joint: np.ndarray, y: np.ndarray) -> float:
