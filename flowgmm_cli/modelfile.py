@@ -86,6 +86,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         for i, member in enumerate(members):
             prefix = f"members.{i}."
             own = {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+            missing = sorted(set(member.state_dict()) - set(own))
+            if missing:
+                raise ValueError(f"member {i + 1} of {len(members)} lacks {len(missing)} of its tensors, '{missing[0]}' first")
             member.load_state_dict(own, strict=True)
             unclaimed -= {prefix + name for name in own}
         if unclaimed:

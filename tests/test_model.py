@@ -341,6 +341,17 @@ def test_a_seed_ensemble_round_trips_member_by_member(tmp_path):
             assert torch.equal(reloaded(x), original(x))
 
 
+def test_a_member_without_its_tensors_is_named_in_one_short_sentence(tmp_path):
+    members = [_model(), _model()]
+    path = tmp_path / "ensemble.safetensors"
+    save_model(members, path, {"classes": ["a", "b", "c"]})
+    header = read_header(path)
+    tensors = {f"members.0.{k}": v.contiguous() for k, v in members[0].state_dict().items()}
+    with pytest.raises(InputError, match=r"member 2 of 2 lacks \d+ of its tensors") as raised:
+        load_model(_with_header(tmp_path, "cut", tensors, header))
+    assert len(str(raised.value)) < 300, "one sentence, not the list of every missing tensor"
+
+
 def test_a_version_2_file_of_one_model_is_read(tmp_path):
     model = _model()
     header = {"format": "flowgmm", "format_version": 2, "model": model.spec(), "temperature": 1.0, "classes": ["a", "b", "c"]}
