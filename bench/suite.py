@@ -4,7 +4,9 @@
     python bench/suite.py run --seeds 4 --json         # the test table: one JSON line per case
     python bench/suite.py run --split validation       # the same on validation rows (for choosing defaults)
     python bench/suite.py run --split validation --methods flowgmm --set consistency_weight=1
-    python bench/suite.py run --split validation --methods flowgmm --set members=1   # without the tables' seed ensemble
+    python bench/suite.py run --split validation --methods flowgmm --set members=1   # without the seed ensemble
+    python bench/suite.py run --split validation --methods flowgmm --cases letter --classes 5   # letter's first 5 classes
+    python bench/suite.py run --cases mnist --seeds 2 --skip 2   # draws 2 and 3 (another process runs 0 and 1)
 
 Cases, with the label counts of BENCHMARKS.md and 10 per class for the two tables:
 
@@ -35,6 +37,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -131,20 +134,33 @@ def load_case(case: str, data: Path, split: str):
     return benchmark.load_benchmark_data(pool, pool_labels, test, test_labels), n_labeled, per_class
 
 
-def run_case(case: str, data: Path, seeds: int, split: str, methods: str, options: dict) -> dict:
+def first_classes(loaded, n_labeled: int, per_class: bool, n_classes: int):
+    """The case restricted to its first ``n_classes`` classes (pool and scored rows), with the label
+    count scaled to them where it counts all classes: a case with fewer classes, for rules that
+    depend on the number of classes."""
+    if not 2 <= n_classes <= len(loaded.classes):
+        raise SystemExit(f"--classes must be between 2 and the case's {len(loaded.classes)} classes.")
+    pool, scored = loaded.y < n_classes, loaded.y_test < n_classes
+    restricted = replace(loaded, X=loaded.X[pool], y=loaded.y[pool], X_test=loaded.X_test[scored], y_test=loaded.y_test[scored], classes=loaded.classes[:n_classes])
+    return restricted, n_labeled if per_class else round(n_labeled * n_classes / len(loaded.classes))
+
+
+def run_case(case: str, data: Path, seeds: int, split: str, methods: str, options: dict, skip: int = 0, n_classes: int | None = None) -> dict:
     """``flowgmm benchmark``'s run (the same functions, in this process, one thread) on one case;
     ``options`` are FlowGMM options that differ from the defaults (for choosing them on validation)."""
     from flowgmm_cli import benchmark
 
     loaded, n_labeled, per_class = load_case(case, data, split)
+    if n_classes is not None:
+        loaded, n_labeled = first_classes(loaded, n_labeled, per_class, n_classes)
     chosen = {name: method for name, method in benchmark.default_methods("cpu", loaded.units).items() if name in benchmark.select_methods(methods)}
     if "flowgmm" in chosen:
         chosen["flowgmm"] = benchmark.FlowGMMMethod(options=options, units=loaded.units)
     with benchmark.limited_threads(1):
-        report = benchmark.run_benchmark(loaded, chosen, n_labeled, seeds, first_seed=VALIDATION_SEED if split == "validation" else 0, per_class=per_class)
+        report = benchmark.run_benchmark(loaded, chosen, n_labeled, seeds, first_seed=(VALIDATION_SEED if split == "validation" else 0) + skip, per_class=per_class)
     medians = {row["method"]: row["median"] for row in report["results"]}
     flowgmm = next((row for row in report["results"] if row["method"] == "flowgmm"), {})
-    line = {"case": case, "split": split, "options": options, "flowgmm": flowgmm.get("median"), "ece": flowgmm.get("ece"), "seconds": flowgmm.get("seconds")}
+    line = {"case": case, "split": split, "classes": len(loaded.classes), "options": options, "flowgmm": flowgmm.get("median"), "ece": flowgmm.get("ece"), "seconds": flowgmm.get("seconds")}
     for group, names in (("best_labeled_only", LABELED_ONLY), ("best_semi_supervised", SEMI_SUPERVISED)):
         present = [medians[name] for name in names if name in medians]
         if present:
@@ -153,6 +169,7 @@ def run_case(case: str, data: Path, seeds: int, split: str, methods: str, option
                 line[f"margin_{group.removeprefix('best_')}"] = round(flowgmm["median"] - max(present), 2)
     line["medians"] = medians
     line["runs"] = flowgmm.get("runs")
+    line["ece_runs"] = flowgmm.get("ece_runs")
     return line
 
 
@@ -177,6 +194,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/work/flowgmm-data"))
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--skip", type=int, default=0, help="skip the first SKIP draws (to split the seeds between processes)")
+    parser.add_argument("--classes", type=int, help="only the first CLASSES classes of each case (labels scaled to them)")
     parser.add_argument("--split", choices=["test", "validation"], default="test")
     parser.add_argument("--methods", default="all", help="as flowgmm benchmark --methods")
     parser.add_argument("--json", action="store_true", help="one JSON line per case (else a table at the end)")
@@ -187,7 +206,7 @@ def main() -> None:
         return
     lines = []
     for case in args.cases:
-        lines.append(run_case(case, args.data, args.seeds, args.split, args.methods, dict(parse_option(text) for text in args.set)))
+        lines.append(run_case(case, args.data, args.seeds, args.split, args.methods, dict(parse_option(text) for text in args.set), args.skip, args.classes))
         if args.json:
             print(json.dumps(lines[-1]), flush=True)
     if not args.json:

@@ -287,6 +287,7 @@ def run_benchmark(
         results.append({"method": name, "median": round(median, 4), "mad": round(mad, 4), "runs": accuracies[name], "seconds": round(float(np.median(seconds[name])), 3)})
         if eces[name]:
             results[-1]["ece"] = round(float(np.median(eces[name])), 4)
+            results[-1]["ece_runs"] = eces[name]
     drawn = n_labeled * len(data.classes) if per_class else n_labeled
     return {"results": results, "n_labeled": drawn, "n_unlabeled": len(data.y) - drawn, "n_test": len(data.y_test), "seeds": seeds}
 
