@@ -65,7 +65,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     on the rows predicted with it: vector models infer in float64, image models in float32 in
     blocks of one fixed shape (:func:`~flowgmm_cli.inference.map_rows`).
 
-    With ``members`` above 1 (3 by default for tables and sparse data) it is a seed ensemble: ``members_`` holds flows
+    With ``members`` above 1 (3 by default for 5 or more classes) it is a seed ensemble: ``members_`` holds flows
     fitted with seeds ``random_state``, ``random_state + 1``, ..., their class probabilities are
     averaged at one temperature and ``log p(x)`` is their equal mixture's. The latent space
     (:meth:`encode`, :meth:`decode`, :attr:`means_`, :meth:`sample`) is the first member's, ``model_``.

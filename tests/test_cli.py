@@ -204,7 +204,7 @@ def test_info_of_a_model_with_data_chosen_means_and_after_calibration(workspace,
     w = workspace
     lines = _info_lines(trained, capsys)
     assert lines["features"] == "3-d from extractor 'tabular'"  # no projection
-    assert lines["flow"] == "realnvp: 4 couplings, hidden 32 x 1; a seed ensemble of 3, probabilities averaged"  # a table's default
+    assert lines["flow"] == "realnvp: 4 couplings, hidden 32 x 1"  # three classes: one flow by default
     separation = read_header(trained)["members"][0]["prior"]["separation"]
     trained_temperature = read_header(trained)["temperature"]
     assert separation > 0 and lines["mixture"] == f"closest means {separation} std apart, variance 1.72, temperature {trained_temperature}"

@@ -238,20 +238,19 @@ def test_after_both_steps_only_means_scale_is_left_to_the_model():
     assert (resolved.permutation, resolved.lr, resolved.random_state) == (Permutation.reverse, 1e-3, 0)
 
 
-@pytest.mark.parametrize(("units", "expected"), [("per-column", (True, 1.0, True, 3)), ("shared", (False, 0.0, False, 1)), (None, (False, 0.0, False, 1))])
-def test_tables_get_the_power_map_the_cross_entropy_learned_weights_and_an_ensemble(units, expected):
-    resolved = resolve_input(TrainOptions(), 16, 15_000, units=units)  # dense: only a table's units call for an ensemble
-    assert (resolved.power_transform, resolved.classification_weight, resolved.learn_weights, resolved.members) == expected
-    chosen = resolve_input(TrainOptions(power_transform=False, classification_weight=0.5, learn_weights=False, members=2), 16, 15_000, units=units)
-    assert (chosen.power_transform, chosen.classification_weight, chosen.learn_weights, chosen.members) == (False, 0.5, False, 2)  # a choice beats the rule
+@pytest.mark.parametrize(("units", "expected"), [("per-column", (True, 1.0, True)), ("shared", (False, 0.0, False)), (None, (False, 0.0, False))])
+def test_tables_get_the_power_map_the_cross_entropy_and_learned_weights(units, expected):
+    resolved = resolve_input(TrainOptions(), 16, 15_000, units=units)
+    assert (resolved.power_transform, resolved.classification_weight, resolved.learn_weights) == expected
+    chosen = resolve_input(TrainOptions(power_transform=False, classification_weight=0.5, learn_weights=False), 16, 15_000, units=units)
+    assert (chosen.power_transform, chosen.classification_weight, chosen.learn_weights) == (False, 0.5, False)  # a choice beats the rule
 
 
-@pytest.mark.parametrize(
-    ("dim", "n_rows", "members"),
-    [(64, 1_297, 3), (64, 6_400, 1), (384, 1_000, 3), (384, 5_600, 1), (2, 50, 1), (8, 100, 1)],
-)
-def test_sparse_data_gets_an_ensemble_counting_the_rows_per_dimension_of_the_flow(dim, n_rows, members):
-    """Fewer than 100 rows per flow dimension above 8 dimensions: three members, for one-unit
-    features too; wide features count the projection's 32 dimensions (1,000 rows: 31 per dimension)."""
-    assert resolve_input(TrainOptions(), dim, n_rows, units="shared").members == members
-    assert resolve_input(TrainOptions(members=1), dim, n_rows, units="shared").members == 1  # a choice beats the rule
+@pytest.mark.parametrize(("n_classes", "members"), [(2, 1), (4, 1), (5, 3), (10, 3), (26, 3)])
+def test_the_seed_ensemble_follows_the_number_of_classes(n_classes, members):
+    """Three members from five classes on, whatever the rows' units or shape; a choice beats the rule."""
+    seen = np.random.default_rng(0).normal(size=(300, 4))
+    counts = np.full(n_classes, 3)
+    assert resolve(TrainOptions(), n_labeled=3 * n_classes, n_unlabeled=300, seen=seen, class_counts=counts).members == members
+    assert resolve(TrainOptions(members=2), n_labeled=3 * n_classes, n_unlabeled=300, seen=seen, class_counts=counts).members == 2
+    assert resolve(TrainOptions(), n_labeled=3 * n_classes, n_unlabeled=300, seen=seen).members == 1  # no classes known: one flow
