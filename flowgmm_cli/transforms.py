@@ -267,7 +267,7 @@ class PrincipalProjection(InputTransform):
     residual term is the same for every class.
 
     Example:
-        >>> u = torch.randn(500, 3) * torch.tensor([3.0, 1.0, 0.1])
+        >>> u = torch.randn(500, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([3.0, 1.0, 0.1])
         >>> projection = PrincipalProjection.fit(u - u.mean(0), 1)
         >>> projection.directions.abs().argmax().item(), round(projection.residual_variance, 1)
         (0, 0.5)
