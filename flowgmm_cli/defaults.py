@@ -45,6 +45,7 @@ __all__ = [
     "default_learn_weights",
     "default_members",
     "ENSEMBLE_MEMBERS",
+    "ENSEMBLE_MIN_CLASSES",
     "CONSISTENCY_WEIGHT",
     "PERTURBATION_SHARE",
     "default_calibration_folds",

@@ -229,14 +229,19 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         ``log p(x)`` and the probabilities."""
         return tempered_log_proba(joint, math.log(self.temperature_ if temperature is None else temperature))
 
+    def predicted_from_joint(self, joint: np.ndarray) -> np.ndarray:
+        """Index in ``classes_`` of each row's most probable class from :meth:`member_log_joints`'
+        output: a seed ensemble's mean posterior decides, so the temperature can change it."""
+        return self.log_proba_from_joint(joint).argmax(axis=1)
+
     def predict_proba(self, X: Any) -> np.ndarray:
         """``p(y=k | x)`` per row and class, columns in the order of ``classes_``."""
         return np.exp(self.predict_log_proba(X))
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
-        log_proba = self.predict_log_proba(X)
-        return self.classes_[np.argmax(log_proba, axis=1)]
+        codes = self.predicted_from_joint(self.member_log_joints(X))
+        return self.classes_[codes]
 
     def score_samples(self, X: Any) -> np.ndarray:
         """``log p(x)`` per row under the trained density (low values flag unusual inputs); calibration does not change it."""

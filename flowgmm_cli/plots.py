@@ -49,7 +49,7 @@ def decision_grid(model: FlowGMMClassifier, X: np.ndarray, grid: int = 200) -> d
     return {
         "x0": xx,
         "x1": yy,
-        "region": model.log_proba_from_joint(joint).argmax(axis=1).reshape(xx.shape),
+        "region": model.predicted_from_joint(joint).reshape(xx.shape),
         "log_px": log_evidence(joint).reshape(xx.shape),
     }
 

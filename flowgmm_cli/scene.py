@@ -72,7 +72,7 @@ class Scene:
     @property
     def predicted(self) -> np.ndarray:
         """Predicted class index of each row."""
-        return self.estimator.log_proba_from_joint(self.joint).argmax(axis=1)
+        return self.estimator.predicted_from_joint(self.joint)
 
     @property
     def log_px(self) -> np.ndarray:

@@ -195,7 +195,7 @@ def interpolation(scene: Scene) -> Plot:
         dips.append(f"{name} {below_chord.max():.3g}")
         axis.plot(alpha, log_px, color=colour, marker=".", label=f"{name}: {scene.ids[i]} -> {scene.ids[j]}")
         parts.append(pd.DataFrame({"pair": name, "from_id": scene.ids[i], "to_id": scene.ids[j], "alpha": alpha, "log_px": log_px,
-                                   "below_chord": below_chord, "predicted": _names(scene, scene.estimator.log_proba_from_joint(joint).argmax(axis=1))}))  # fmt: skip
+                                   "below_chord": below_chord, "predicted": _names(scene, scene.estimator.predicted_from_joint(joint))}))  # fmt: skip
     axis.set_xlabel("α along the latent segment")
     axis.set_ylabel("log p(x)")
     axis.set_title(f"{scene.name}: latent interpolation")
@@ -207,7 +207,7 @@ def interpolation(scene: Scene) -> Plot:
 def means(scene: Scene) -> Plot:
     """The class means mapped back to feature space, f⁻¹(μ_k), as a table and a heat-map (Appendix I)."""
     decoded = scene.estimator.decode(scene.estimator.means_)
-    predicted = scene.estimator.log_proba_from_joint(scene.estimator.member_log_joints(decoded)).argmax(axis=1)
+    predicted = scene.estimator.predicted_from_joint(scene.estimator.member_log_joints(decoded))
     figure = Figure(figsize=(min(14.0, 4 + 0.15 * decoded.shape[1]), 1.5 + 0.4 * len(decoded)))
     axis = figure.subplots()
     image = axis.imshow(decoded, aspect="auto", cmap="viridis", interpolation="nearest")

@@ -60,7 +60,7 @@ def image_means(scene: Scene) -> Plot:
     """``f⁻¹(μ_k)`` of each class as an image (Appendix I), with its class as the model predicts it."""
     shape = scene.estimator.image_shape_
     decoded = scene.estimator.decode(scene.estimator.means_)
-    predicted = scene.estimator.log_proba_from_joint(scene.estimator.member_log_joints(decoded)).argmax(axis=1)
+    predicted = scene.estimator.predicted_from_joint(scene.estimator.member_log_joints(decoded))
     n = len(decoded)
     figure = Figure(figsize=(1.2 * min(n, 10), 1.4 * int(np.ceil(n / 10))))
     _grid(figure, decoded, shape, min(n, 10), [], [f"{name}" for name in scene.classes[: min(n, 10)]] if n <= 10 else None)
@@ -89,7 +89,7 @@ def image_samples(scene: Scene) -> Plot:
     _grid(figure, rows, shape, SAMPLES_PER_CLASS, scene.classes)
     figure.suptitle(f"{scene.name}: samples per class at temperature {scene.sample_temperature:g}", fontsize=9)
     names = np.array(scene.classes, dtype=object)
-    predicted = estimator.log_proba_from_joint(joint).argmax(axis=1)
+    predicted = estimator.predicted_from_joint(joint)
     table = pd.DataFrame({"class": names[codes], "predicted": names[predicted], "log_px": log_evidence(joint)})
     agree = float(np.mean(predicted == codes))
     return Plot(figure, table, f"{len(codes)} samples at temperature {scene.sample_temperature:g}; {agree:.0%} classified as the class they were drawn from")
@@ -115,7 +115,7 @@ def image_interpolation(scene: Scene) -> Plot:
         strips.append(rows)
         curve_axis.plot(alpha, log_px, color=colour, marker=".", label=f"{name}: {scene.ids[i]} -> {scene.ids[j]}")
         parts.append(pd.DataFrame({"pair": name, "from_id": scene.ids[i], "to_id": scene.ids[j], "alpha": alpha, "log_px": log_px,
-                                   "below_chord": below_chord, "predicted": np.array(scene.classes, dtype=object)[estimator.log_proba_from_joint(joint).argmax(axis=1)]}))  # fmt: skip
+                                   "below_chord": below_chord, "predicted": np.array(scene.classes, dtype=object)[estimator.predicted_from_joint(joint)]}))  # fmt: skip
     _grid(grid_figure, np.concatenate(strips), shape, len(alpha), [name for name, _, _ in pairs], [f"α={a:.2f}" for a in alpha])
     curve_axis.set_xlabel("α along the latent segment")
     curve_axis.set_ylabel("log p(x)")
