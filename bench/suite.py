@@ -6,6 +6,7 @@
     python bench/suite.py run --split validation --methods flowgmm --set consistency_weight=1
     python bench/suite.py run --split validation --methods flowgmm --set members=1   # without the seed ensemble
     python bench/suite.py run --split validation --methods flowgmm --cases letter --classes 5   # letter's first 5 classes
+    python bench/suite.py run --split validation --methods flowgmm --cases mnist --labels-per-class 5   # 5 labels of each class
     python bench/suite.py run --cases mnist --seeds 2 --skip 2   # draws 2 and 3 (another process runs 0 and 1)
 
 Cases, with the label counts of BENCHMARKS.md and 10 per class for the two tables:
@@ -145,14 +146,19 @@ def first_classes(loaded, n_labeled: int, per_class: bool, n_classes: int):
     return restricted, n_labeled if per_class else round(n_labeled * n_classes / len(loaded.classes))
 
 
-def run_case(case: str, data: Path, seeds: int, split: str, methods: str, options: dict, skip: int = 0, n_classes: int | None = None) -> dict:
+def run_case(
+    case: str, data: Path, seeds: int, split: str, methods: str, options: dict, skip: int = 0, n_classes: int | None = None, labels_per_class: int | None = None,
+) -> dict:  # fmt: skip
     """``flowgmm benchmark``'s run (the same functions, in this process, one thread) on one case;
-    ``options`` are FlowGMM options that differ from the defaults (for choosing them on validation)."""
+    ``options`` are FlowGMM options that differ from the defaults (for choosing them on validation);
+    ``labels_per_class`` replaces the case's label count (the same number of each class)."""
     from flowgmm_cli import benchmark
 
     loaded, n_labeled, per_class = load_case(case, data, split)
     if n_classes is not None:
         loaded, n_labeled = first_classes(loaded, n_labeled, per_class, n_classes)
+    if labels_per_class is not None:
+        n_labeled, per_class = labels_per_class, True
     chosen = {name: method for name, method in benchmark.default_methods("cpu", loaded.units).items() if name in benchmark.select_methods(methods)}
     if "flowgmm" in chosen:
         chosen["flowgmm"] = benchmark.FlowGMMMethod(options=options, units=loaded.units)
@@ -160,7 +166,7 @@ def run_case(case: str, data: Path, seeds: int, split: str, methods: str, option
         report = benchmark.run_benchmark(loaded, chosen, n_labeled, seeds, first_seed=(VALIDATION_SEED if split == "validation" else 0) + skip, per_class=per_class)
     medians = {row["method"]: row["median"] for row in report["results"]}
     flowgmm = next((row for row in report["results"] if row["method"] == "flowgmm"), {})
-    line = {"case": case, "split": split, "classes": len(loaded.classes), "options": options, "flowgmm": flowgmm.get("median"), "ece": flowgmm.get("ece"), "seconds": flowgmm.get("seconds")}
+    line = {"case": case, "split": split, "classes": len(loaded.classes), "labels": n_labeled * len(loaded.classes) if per_class else n_labeled, "options": options, "flowgmm": flowgmm.get("median"), "ece": flowgmm.get("ece"), "seconds": flowgmm.get("seconds")}
     for group, names in (("best_labeled_only", LABELED_ONLY), ("best_semi_supervised", SEMI_SUPERVISED)):
         present = [medians[name] for name in names if name in medians]
         if present:
@@ -196,6 +202,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--skip", type=int, default=0, help="skip the first SKIP draws (to split the seeds between processes)")
     parser.add_argument("--classes", type=int, help="only the first CLASSES classes of each case (labels scaled to them)")
+    parser.add_argument("--labels-per-class", type=int, help="this many labels of each class instead of the case's count")
     parser.add_argument("--split", choices=["test", "validation"], default="test")
     parser.add_argument("--methods", default="all", help="as flowgmm benchmark --methods")
     parser.add_argument("--json", action="store_true", help="one JSON line per case (else a table at the end)")
@@ -206,7 +213,7 @@ def main() -> None:
         return
     lines = []
     for case in args.cases:
-        lines.append(run_case(case, args.data, args.seeds, args.split, args.methods, dict(parse_option(text) for text in args.set), args.skip, args.classes))
+        lines.append(run_case(case, args.data, args.seeds, args.split, args.methods, dict(parse_option(text) for text in args.set), args.skip, args.classes, args.labels_per_class))
         if args.json:
             print(json.dumps(lines[-1]), flush=True)
     if not args.json:

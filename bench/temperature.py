@@ -15,6 +15,7 @@ needs no scored labels). ``--step-share`` sets the calibration fits' share of th
 
     python bench/temperature.py --cases digits mnist htru2 letter --seeds 1 --json
     python bench/temperature.py --cases mnist --set calibration_folds=8 --json
+    python bench/temperature.py --cases digits ag-news --labels-per-class 5 --seeds 4 --step-share 0.25 --json
 
 One JSON line per case and seed: ``case``, ``seed``, ``accuracy``, ``rows``, ``accuracy_folds``,
 ``t_cross``, ``t_wanted``, ``t_at_accuracy``, ``t_at_fold_accuracy``, ``ece_`` at each of the four,
@@ -85,8 +86,10 @@ def temperature_at_confidence(log_joint: np.ndarray, confidence: float) -> float
     return float(brentq(excess, low, high, xtol=1e-9))
 
 
-def one_case(case: str, seed: int, split: str, data: Path, options: dict) -> dict:
+def one_case(case: str, seed: int, split: str, data: Path, options: dict, labels_per_class: int | None = None) -> dict:
     loaded, n_labeled, per_class = suite.load_case(case, data, split)
+    if labels_per_class is not None:
+        n_labeled, per_class = labels_per_class, True
     drawn = benchmark.draw_split(loaded, n_labeled, seed, per_class)
     X = np.concatenate([drawn.X_labeled, drawn.X_unlabeled])
     y = np.concatenate([drawn.y_labeled, np.full(len(drawn.X_unlabeled), UNLABELED, dtype=drawn.y_labeled.dtype)])
@@ -110,7 +113,7 @@ def one_case(case: str, seed: int, split: str, data: Path, options: dict) -> dic
     temperatures = {"cross": cross, "wanted": wanted, "at_accuracy": at_accuracy, "at_fold_accuracy": at_fold_accuracy}
     proba = {name: np.exp(tempered_log_proba(joint, t)) for name, t in temperatures.items()}
     return {
-        "case": case, "seed": seed, "split": split, "options": options, "rows": len(codes),
+        "case": case, "seed": seed, "split": split, "options": options, "labels": len(drawn.y_labeled), "rows": len(codes),
         "accuracy": round(100 * accuracy, 2), "accuracy_folds": round(100 * accuracy_folds, 2),
         "t_cross": round(float(np.exp(cross)), 3), "t_wanted": round(float(np.exp(wanted)), 3),
         "t_at_accuracy": round(float(np.exp(at_accuracy)), 3), "t_at_fold_accuracy": round(float(np.exp(at_fold_accuracy)), 3),
@@ -127,6 +130,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--split", choices=["test", "validation"], default="validation")
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="a FlowGMM option (repeatable)")
+    parser.add_argument("--labels-per-class", type=int, help="this many labels of each class instead of the case's count")
     parser.add_argument("--step-share", type=float, default=defaults.CALIBRATION_STEP_SHARE, help="the calibration fits' share of the model's steps")
     parser.add_argument("--json", action="store_true", help="one JSON line per fit (else a table at the end)")
     args = parser.parse_args()
@@ -137,7 +141,7 @@ def main() -> None:
     lines = []
     for case in args.cases:
         for seed in range(first, first + args.seeds):
-            lines.append(one_case(case, seed, args.split, args.data, options))
+            lines.append(one_case(case, seed, args.split, args.data, options, args.labels_per_class))
             if args.json:
                 print(json.dumps(lines[-1]), flush=True)
     if not args.json:

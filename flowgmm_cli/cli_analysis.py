@@ -124,7 +124,7 @@ def calibrate(
         "after": {key: after[key] for key in ("nll", "ece", "accuracy")},
         "model": str(target),
     }
-    estimator.save(target, **{**estimator.header_, "calibration": {"features_file": str(features), **{k: v for k, v in result.items() if k != "model"}}})
+    estimator.save(target, **{**estimator.header_, "calibration": {**estimator.calibration_, "features_file": str(features), **{k: v for k, v in result.items() if k != "model"}}})
     console = stderr_console(quiet)
     if after["accuracy"] == 1.0:
         _say(console, "Warning: the model classifies every validation row correctly, so a lower NLL only sharpens it; "

@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._version import __version__
-from .calibration import fit_temperature, mixture_log_joint, tempered_log_proba
+from .calibration import calibration_evidence, fit_temperature, mixture_log_joint, tempered_log_proba
 from .crossfit import CalibrationFits, FoldJob, can_run_beside, train_one
 from .devices import resolve_device
 from .distributed import setup, world
@@ -182,10 +182,15 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             self.members_.append(model)
             self.history_ += [{**epoch, "member": member} for epoch in history] if self.options_.members > 1 else history
         self.model_ = self.members_[0]
+        self.calibration_: dict[str, Any] | None = None
         if validation_rows is not None:
-            log_temperature = fit_temperature(self._member_joints(validation_rows[0]), validation_rows[1])
+            joints = self._member_joints(validation_rows[0])
+            log_temperature = fit_temperature(joints, validation_rows[1])
+            self.calibration_ = calibration_evidence("validation rows", joints, validation_rows[1], log_temperature)
         elif held_out:
-            log_temperature = _cross_fitted_log_temperature(np.stack([scores for scores, _ in held_out]), held_out[0][1])
+            joints, held_codes = np.stack([scores for scores, _ in held_out]), held_out[0][1]
+            log_temperature = _cross_fitted_log_temperature(joints, held_codes)
+            self.calibration_ = calibration_evidence("calibration fits", joints, held_codes, log_temperature)
         else:
             log_temperature = 0.0
         self._set_temperature(log_temperature)
@@ -326,7 +331,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         codes = self._encode(y)
         require_classes(self.classes_[np.unique(codes)].tolist(), "the calibration labels", task="Calibration")
-        self._set_temperature(fit_temperature(self.member_log_joints(X), codes))
+        joints = self.member_log_joints(X)
+        log_temperature = fit_temperature(joints, codes)
+        self._set_temperature(log_temperature)
+        self.calibration_ = calibration_evidence("validation rows", joints, codes, log_temperature)
         return self
 
     def _set_temperature(self, log_temperature: float) -> None:
@@ -348,6 +356,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             "options": TrainOptions(**self.get_params()).to_dict(),
             "resolved": self.options_.to_dict(),
             "history": self.history_,
+            "calibration": getattr(self, "calibration_", None),
         }
         save_model(self.members_, path, {**entries, **header})
 
@@ -364,6 +373,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         estimator.options_ = TrainOptions.from_dict(header.get("resolved", {}))
         estimator.n_labeled_, estimator.n_unlabeled_ = header.get("n_labeled"), header.get("n_unlabeled")
         estimator.history_ = header.get("history", [])
+        estimator.calibration_ = header.get("calibration")
         estimator.header_ = header
         return estimator
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -190,7 +191,10 @@ def test_info_describes_every_part_of_the_model(workspace, capsys):
     assert lines["classes"] == "neg, pos"
     assert lines["features"] == "3-d from extractor 'tabular', flow on the top 2 principal directions"
     assert lines["flow"] == "realnvp: 2 couplings, hidden 8 x 2"
-    assert lines["mixture"] == f"means scale 1.5, variance 2.0, temperature {header['temperature']}"  # from the calibration fits
+    evidence = header["calibration"]
+    assert evidence["source"] == "calibration fits" and evidence["n"] == 20  # every labeled row held out once
+    right = f"{100 * evidence['accuracy']:.0f}% ± {100 * evidence['standard_error']:.0f} right"
+    assert lines["mixture"] == f"means scale 1.5, variance 2.0, temperature {header['temperature']} (20 held-out labels, {right})"
     assert lines["rows"] == "20 labeled, 60 unlabeled"
     assert json.loads(lines["options"]) == {
         "coupling_layers": 2, "hidden": 8, "hidden_layers": 2, "actnorm": True, "means_scale": 1.5, "variance": 2.0,
@@ -207,14 +211,16 @@ def test_info_of_a_model_with_data_chosen_means_and_after_calibration(workspace,
     assert lines["flow"] == "realnvp: 4 couplings, hidden 32 x 1"  # three classes: one flow by default
     separation = read_header(trained)["members"][0]["prior"]["separation"]
     trained_temperature = read_header(trained)["temperature"]
-    assert separation > 0 and lines["mixture"] == f"closest means {separation} std apart, variance 1.72, temperature {trained_temperature}"
+    assert separation > 0 and lines["mixture"].startswith(f"closest means {separation} std apart, variance 1.72, temperature {trained_temperature} (")
     assert json.loads(lines["options"]) == {"coupling_layers": 4, "hidden": 32, "epochs": 100, "lr": 0.01}
     calibrated = w["folder"] / "calibrated.flowgmm"
     code, _, err = run_cli(["calibrate", trained, w["test"], "--labels", w["test_labels.csv"], "-o", calibrated, "-q"], capsys)
     assert code == 0, err
     temperature = read_header(calibrated)["temperature"]
     assert temperature != trained_temperature
-    assert _info_lines(calibrated, capsys)["mixture"].endswith(f", temperature {temperature}")
+    evidence = read_header(calibrated)["calibration"]
+    right = f"{100 * evidence['accuracy']:.0f}% ± {100 * evidence['standard_error']:.0f} right"
+    assert evidence["n"] == 60 and _info_lines(calibrated, capsys)["mixture"].endswith(f", temperature {temperature} (60 validation rows, {right})")
     defaults = w["folder"] / "defaults.flowgmm"
     shutil.copy(w["model"], defaults)  # trained through the library with default options but three
     assert json.loads(_info_lines(defaults, capsys)["options"]) == {"coupling_layers": 2, "hidden": 16, "epochs": 2}
@@ -416,7 +422,7 @@ def test_the_training_summary_is_one_line(workspace, capsys, monkeypatch):
                             "-o", out, "--epochs", "2", "--hidden", "8", "--coupling-layers", "2"], capsys)  # fmt: skip
     assert code == 0, err
     summary = [line for line in err.splitlines() if line.startswith("wrote ")]
-    assert len(summary) == 1 and summary[0].endswith("from the validation rows") and "best epoch" in summary[0] and str(out) in summary[0]
+    assert len(summary) == 1 and re.search(r"from 60 validation rows, \d+% ± \d+ right$", summary[0]) and "best epoch" in summary[0] and str(out) in summary[0]
 
 
 # ------------------------------------------------------------------------------- bad inputs

@@ -545,9 +545,9 @@ def test_an_ensembles_probabilities_are_its_members_mean_at_one_temperature(smal
     np.testing.assert_array_equal(ensemble.predict(X_new), ensemble.classes_[mean.argmax(axis=1)])
 
 
-def test_an_ensembles_temperature_is_fitted_for_the_mean_of_its_members(small_moons, ensemble, monkeypatch):
-    """The calibration fits' held-out scores of both members are stacked and one T fitted on them."""
-    X, _, partial, _, _ = small_moons
+@pytest.fixture
+def held_out_scores_seen(monkeypatch) -> list:
+    """Every ``(log_joint, codes)`` the calibration fits return during the test, in order."""
     seen = []
     real = crossfit.held_out_scores
 
@@ -556,6 +556,13 @@ def test_an_ensembles_temperature_is_fitted_for_the_mean_of_its_members(small_mo
         return seen[-1]
 
     monkeypatch.setattr(crossfit, "held_out_scores", keep)
+    return seen
+
+
+def test_an_ensembles_temperature_is_fitted_for_the_mean_of_its_members(small_moons, ensemble, held_out_scores_seen):
+    """The calibration fits' held-out scores of both members are stacked and one T fitted on them."""
+    X, _, partial, _, _ = small_moons
+    seen = held_out_scores_seen
     fitted = FlowGMMClassifier(**{**SMALL, "calibration_folds": 2}, members=2).fit(X, partial)
     assert len(seen) == 2 and np.array_equal(seen[0][1], seen[1][1]), "both members score the same held-out rows"
     from flowgmm_cli.calibration import fit_temperature
@@ -563,6 +570,25 @@ def test_an_ensembles_temperature_is_fitted_for_the_mean_of_its_members(small_mo
     stacked = np.stack([scores for scores, _ in seen])
     assert math.log(fitted.temperature_) == pytest.approx(max(0.0, fit_temperature(stacked, seen[0][1])), abs=1e-6)  # stored in float32
     assert fitted.temperature_ == pytest.approx(ensemble.temperature_, rel=1e-9)
+
+
+def test_the_temperature_records_the_rows_it_rests_on(small_moons, held_out_scores_seen, tmp_path):
+    """``calibration_``: the held-out labels the calibration fits scored and how often they were right
+    (saved with the model); after ``calibrate``, the validation rows."""
+    X, _, partial, X_new, y_new = small_moons
+    seen = held_out_scores_seen
+    clf = FlowGMMClassifier(**{**SMALL, "calibration_folds": 2}, members=1).fit(X, partial)
+    scores, codes = seen[0]
+    right = float(np.mean(scores.argmax(axis=1) == codes))  # one flow: the temperature keeps the argmax
+    assert clf.calibration_ == {"source": "calibration fits", "n": 10, "accuracy": round(right, 4), "standard_error": round(math.sqrt(right * (1 - right) / 10), 4)}
+    path = tmp_path / "evidence.safetensors"
+    clf.save(path)
+    assert FlowGMMClassifier.load(path).calibration_ == clf.calibration_
+    clf.calibrate(X_new, y_new)
+    accuracy = float(np.mean(clf.predict(X_new) == y_new))
+    assert clf.calibration_["source"] == "validation rows" and clf.calibration_["n"] == 100 and clf.calibration_["accuracy"] == round(accuracy, 4)
+    without = FlowGMMClassifier(**SMALL).fit(X, partial)  # no calibration fits: T = 1 rests on nothing
+    assert without.calibration_ is None and without.temperature_ == 1.0
 
 
 def test_an_ensemble_round_trips_through_its_file(small_moons, ensemble, tmp_path):
