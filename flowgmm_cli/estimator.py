@@ -70,6 +70,10 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     averaged at one temperature and ``log p(x)`` is their equal mixture's. The latent space
     (:meth:`encode`, :meth:`decode`, :attr:`means_`, :meth:`sample`) is the first member's, ``model_``.
 
+    ``calibration_`` says what the temperature of the class probabilities rests on: the held-out
+    labels of the calibration fits or validation rows, how many, and how often they were classified
+    right (:func:`~flowgmm_cli.calibration.calibration_evidence`); ``None`` when nothing calibrated it.
+
     Example:
         >>> from sklearn.datasets import make_moons
         >>> X, y = make_moons(300, noise=0.05, random_state=0)
