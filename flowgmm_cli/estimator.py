@@ -360,7 +360,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             "options": TrainOptions(**self.get_params()).to_dict(),
             "resolved": self.options_.to_dict(),
             "history": self.history_,
-            "calibration": getattr(self, "calibration_", None),
+            "calibration": self.calibration_,
         }
         save_model(self.members_, path, {**entries, **header})
 
