@@ -122,7 +122,18 @@ def _header(handle, path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"'{path}' has a damaged flowgmm header; train the model again.")
     if header.get("format_version", 0) > FORMAT_VERSION:
         raise InputError(f"Model file '{path}' has format version {header['format_version']}; upgrade flowgmm to read it.")
+    if not _is_calibration_entry(header.get("calibration")):
+        raise InputError(f"'{path}' has a damaged flowgmm header (its 'calibration' entry); train the model again.")
     return header
+
+
+def _is_calibration_entry(entry: object) -> bool:
+    """Whether a header's ``calibration`` entry is absent or what ``train``/``calibrate`` write:
+    an object whose counts and rates, where present, are numbers (``info`` formats them)."""
+    if entry is None:
+        return True
+    numbers = ("n", "accuracy", "standard_error", "temperature")
+    return isinstance(entry, dict) and all(isinstance(entry[key], (int, float)) and not isinstance(entry[key], bool) for key in numbers if key in entry)
 
 
 def _upgrade(header: dict[str, Any], tensors: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:

@@ -291,6 +291,16 @@ def test_header_that_is_not_an_object_raises_input_error(tmp_path, header):
         read_header(path)
 
 
+@pytest.mark.parametrize("calibration", ["oops", [1], {"n": "many"}, {"accuracy": True}, {"source": "calibration fits", "standard_error": None}])
+def test_a_calibration_entry_info_cannot_read_is_a_damaged_header(tmp_path, calibration):
+    """The entry ``info`` formats (counts and rates) must be numbers, or the file is refused in one sentence."""
+    path = tmp_path / "odd.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(path), metadata={"flowgmm": json.dumps({"format_version": 3, "calibration": calibration})})
+    for read in (read_header, load_model):
+        with pytest.raises(InputError, match="damaged flowgmm header \\(its 'calibration' entry\\)"):
+            read(path)
+
+
 def _with_header(tmp_path: Path, name: str, tensors: dict, header: dict) -> Path:
     path = tmp_path / f"{name}.safetensors"
     save_file(tensors, str(path), metadata={"flowgmm": json.dumps(header)})
