@@ -179,6 +179,14 @@ def run_case(
     return line
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a label count)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_option(text: str) -> tuple[str, object]:
     """``name=value`` with the value read as JSON where it parses (numbers, true/false), else a string."""
     name, _, value = text.partition("=")
@@ -202,7 +210,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--skip", type=int, default=0, help="skip the first SKIP draws (to split the seeds between processes)")
     parser.add_argument("--classes", type=int, help="only the first CLASSES classes of each case (labels scaled to them)")
-    parser.add_argument("--labels-per-class", type=int, help="this many labels of each class instead of the case's count")
+    parser.add_argument("--labels-per-class", type=positive_int, help="this many labels of each class instead of the case's count")
     parser.add_argument("--split", choices=["test", "validation"], default="test")
     parser.add_argument("--methods", default="all", help="as flowgmm benchmark --methods")
     parser.add_argument("--json", action="store_true", help="one JSON line per case (else a table at the end)")

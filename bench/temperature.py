@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--split", choices=["test", "validation"], default="validation")
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="a FlowGMM option (repeatable)")
-    parser.add_argument("--labels-per-class", type=int, help="this many labels of each class instead of the case's count")
+    parser.add_argument("--labels-per-class", type=suite.positive_int, help="this many labels of each class instead of the case's count")
     parser.add_argument("--step-share", type=float, default=defaults.CALIBRATION_STEP_SHARE, help="the calibration fits' share of the model's steps")
     parser.add_argument("--json", action="store_true", help="one JSON line per fit (else a table at the end)")
     args = parser.parse_args()
