@@ -46,7 +46,7 @@ from .model import FlowGMM
 from .options import TrainOptions
 from .splits import stratified_folds
 from .stores import ArrayStore, FeatureStream, RowStore, SubsetStore
-from .training import EpochReport, TrainingCallback, train
+from .training import EpochReport, ForwardingCallback, NamedPhases, TrainingCallback, train
 from .transforms import TransformChain, build_transform
 
 __all__ = ["FoldJob", "CalibrationFits", "train_one", "held_out_scores", "serve"]
@@ -125,12 +125,15 @@ class CalibrationFits:
     Use as a context manager around the model's fit, passing :attr:`callback` to it; then
     :meth:`scores`. Beside the fit, this process keeps half its threads while the child runs; the
     progress :attr:`callback` reports counts the child's steps too, and raises the child's error as
-    soon as it arrives. If the child cannot start or dies without a word (killed for memory), the
+    soon as it arrives. A ``name`` says whose fits they are in the phases announced (by default they
+    are the model's, beside its fit). If the child cannot start or dies without a word (killed for memory), the
     fits run here instead, with a warning. Leaving the block stops a child that still runs.
     """
 
-    def __init__(self, job: FoldJob, callback: TrainingCallback | None, beside: bool) -> None:
+    def __init__(self, job: FoldJob, callback: TrainingCallback | None, beside: bool, name: str | None = None) -> None:
         self.job, self._callback = job, callback
+        self._phase = f"model and {job.options.calibration_folds} calibration fits" if name is None else f"{name}, calibration fits in a second process"
+        self._name = name
         self._threads = torch.get_num_threads()
         self._child: _Child | None = None
         self._merged: _MergedProgress | None = None
@@ -146,7 +149,7 @@ class CalibrationFits:
             self._merged = _MergedProgress(self._callback, self._child)
             announce = getattr(self._callback, "on_phase", None)
             if announce is not None:
-                announce(f"model and {self.job.options.calibration_folds} calibration fits")
+                announce(self._phase)
             torch.set_num_threads(self._threads - self._threads // 2)
         return self
 
@@ -168,24 +171,21 @@ class CalibrationFits:
             if result is not None:
                 return result
             warnings.warn(f"the calibration fits' process ended without a result ({self._child.exit_description()}); they run again here", RuntimeWarning, stacklevel=2)
-        return held_out_scores(self.job, self._callback)
+        return held_out_scores(self.job, self._callback if self._name is None else NamedPhases(self._callback, self._name))
 
 
-class _MergedProgress:
+class _MergedProgress(ForwardingCallback):
     """The model's progress plus the child's steps, reported to the user's callback from this
     thread only; raises the child's exception at the next step after it arrives."""
 
     def __init__(self, callback: TrainingCallback | None, child: "_Child") -> None:
-        self._callback, self._child = callback, child
+        super().__init__(callback)
+        self._child = child
         self._step = self._total = 0
 
     def on_step(self, step: int, total_steps: int) -> None:
         self._step, self._total = step, total_steps
         self.report()
-
-    def on_epoch_end(self, report: EpochReport) -> None:
-        if self._callback is not None:
-            self._callback.on_epoch_end(report)
 
     def report(self) -> None:
         self._child.raise_error()

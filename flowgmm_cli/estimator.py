@@ -19,20 +19,22 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._version import __version__
-from .calibration import calibration_evidence, fit_temperature, mixture_log_joint, tempered_log_proba
+from .calibration import calibration_evidence, cross_fitted_log_temperature, fit_temperature, mixture_log_joint, tempered_log_proba
 from .crossfit import CalibrationFits, FoldJob, can_run_beside, train_one
 from .devices import resolve_device
 from .distributed import setup, world
 from .errors import InputError
+from .defaults import projection_candidates
 from .factory import prepare
 from .inference import joint, map_rows
 from .model import FlowGMM
 from .modelfile import load_model, save_model
 from .options import TrainOptions, option_fields
+from .selection import choose_projection
 from .splits import hold_out
 from .stores import ArrayStore, RowStore
 from .targets import encode_targets, require_classes, unlabeled_mask
-from .training import EpochReport, TrainingCallback
+from .training import NamedPhases, TrainingCallback
 
 __all__ = ["FlowGMMClassifier", "log_evidence", "member_checkpoint"]
 
@@ -73,6 +75,9 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
     ``calibration_`` says what the temperature of the class probabilities rests on: the held-out
     labels of the calibration fits or validation rows, how many, and how often they were classified
     right (:func:`~flowgmm_cli.calibration.calibration_evidence`); ``None`` when nothing calibrated it.
+    ``projection_choice_`` is what chose the projection's size (:mod:`flowgmm_cli.selection`): the
+    sizes, their calibration fits' held-out NLL and its standard error against the lowest; ``None``
+    when the size was given or there was no choice.
 
     Example:
         >>> from sklearn.datasets import make_moons
@@ -162,6 +167,14 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         _, device = setup(resolve_device(options.device))
         class_counts = np.bincount(codes[train_labeled], minlength=len(self.classes_))
         transform, self.options_ = prepare(rows, self.n_labeled_, self.n_unlabeled_, options, class_counts)
+        first_scores, self.projection_choice_ = None, None
+        sizes = projection_candidates(rows.dim, rows.n_rows)
+        if options.projection_dim is None and self.options_.projection_dim and self.options_.calibration_folds and len(sizes) > 1:
+            choice = choose_projection(
+                rows, labeled[train_labeled], codes[train_labeled], len(self.classes_), sizes, options, class_counts, callback, can_run_beside(device, rows)
+            )  # fmt: skip
+            transform, self.options_, self.projection_choice_ = choice.transform, choice.options, choice.evidence
+            first_scores = choice.scores  # the first member's calibration fits, already run
         if validation_rows is not None:
             self.options_ = replace(self.options_, calibration_folds=0)  # the validation rows calibrate
         unlabeled = np.ones(rows.n_rows, dtype=bool)
@@ -174,15 +187,17 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         held_out: list[tuple[np.ndarray, np.ndarray]] = []
         for member in range(self.options_.members):
             member_options = replace(self.options_, random_state=self.options_.random_state + member)
-            member_callback = _MemberProgress.around(callback, member, self.options_.members)
+            member_callback = _member_callback(callback, member, self.options_.members)
+            known = first_scores if member == 0 else None
             job = FoldJob(rows, transform, len(self.classes_), labeled, codes, member_options)
-            with CalibrationFits(job, member_callback, beside=bool(member_options.calibration_folds) and can_run_beside(device, rows)) as calibration:
+            calibrates = validation_rows is None and bool(member_options.calibration_folds)
+            with CalibrationFits(job, member_callback, beside=calibrates and known is None and can_run_beside(device, rows)) as calibration:
                 model, history = train_one(
                     rows, transform, len(self.classes_), labeled[train_labeled], codes[train_labeled], unlabeled, member_options, validation,
                     checkpoint=member_checkpoint(checkpoint, member), resume=resume, fingerprint=fingerprint, callback=calibration.callback,
                 )  # fmt: skip
-                if validation_rows is None and member_options.calibration_folds:
-                    held_out.append(calibration.scores())
+                if calibrates:
+                    held_out.append(known if known is not None else calibration.scores())
             self.members_.append(model)
             self.history_ += [{**epoch, "member": member} for epoch in history] if self.options_.members > 1 else history
         self.model_ = self.members_[0]
@@ -193,7 +208,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             self.calibration_ = calibration_evidence("validation rows", joints, validation_rows[1], log_temperature)
         elif held_out:
             joints, held_codes = np.stack([scores for scores, _ in held_out]), held_out[0][1]
-            log_temperature = _cross_fitted_log_temperature(joints, held_codes)
+            log_temperature = cross_fitted_log_temperature(joints, held_codes)
             self.calibration_ = calibration_evidence("calibration fits", joints, held_codes, log_temperature)
         else:
             log_temperature = 0.0
@@ -361,6 +376,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             "resolved": self.options_.to_dict(),
             "history": self.history_,
             "calibration": self.calibration_,
+            "projection_choice": self.projection_choice_,
         }
         save_model(self.members_, path, {**entries, **header})
 
@@ -378,49 +394,18 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         estimator.n_labeled_, estimator.n_unlabeled_ = header.get("n_labeled"), header.get("n_unlabeled")
         estimator.history_ = header.get("history", [])
         estimator.calibration_ = header.get("calibration")
+        estimator.projection_choice_ = header.get("projection_choice")
         estimator.header_ = header
         return estimator
 
 
-def _cross_fitted_log_temperature(log_joint: np.ndarray, codes: np.ndarray) -> float:
-    """``log T`` fitted on the calibration fits' out-of-fold scores of the labeled rows
-    (:func:`~flowgmm_cli.crossfit.held_out_scores`; an ensemble's stacked ``(M, N, K)``, each
-    member's from its own calibration fits, so ``T`` is fitted for the members' mean posterior).
-
-    The held-out rows measure how sure a model trained this way is when it is wrong, which the
-    rows a model was trained on cannot show. ``T`` is at least 1: a few held-out rows that are
-    all right would shrink it toward 0 and make every probability near 0 or 1 on that evidence.
-    """
-    if len(np.unique(codes)) < 2:
-        return 0.0  # one class scored: its NLL falls without bound as T shrinks
-    return max(0.0, fit_temperature(log_joint, codes))
-
-
-class _MemberProgress:
-    """A fit's callback for one member of an ensemble: the phases it reports say which member."""
-
-    def __init__(self, callback: TrainingCallback, label: str) -> None:
-        self._callback, self._label = callback, label
-
-    @classmethod
-    def around(cls, callback: TrainingCallback | None, member: int, members: int) -> TrainingCallback | None:
-        """``callback`` itself for a single model; else one that names the member, which is announced."""
-        if callback is None or members == 1:
-            return callback
-        wrapped = cls(callback, f"member {member + 1}/{members}")
-        wrapped.on_phase("")  # the member starts: its label alone until its fit names a phase
-        return wrapped
-
-    def on_step(self, step: int, total_steps: int) -> None:
-        self._callback.on_step(step, total_steps)
-
-    def on_epoch_end(self, report: EpochReport) -> None:
-        self._callback.on_epoch_end(report)
-
-    def on_phase(self, label: str) -> None:
-        announce = getattr(self._callback, "on_phase", None)
-        if announce is not None:
-            announce(f"{self._label}, {label}" if label else self._label)
+def _member_callback(callback: TrainingCallback | None, member: int, members: int) -> TrainingCallback | None:
+    """``callback`` itself for a single model; else one that names the member, announced at once."""
+    if callback is None or members == 1:
+        return callback
+    named = NamedPhases(callback, f"member {member + 1}/{members}")
+    named.on_phase("")  # the member starts: its label alone until its fit names a phase
+    return named
 
 
 def _flat_images(X: Any) -> tuple[Any, tuple[int, int, int] | None]:

@@ -124,6 +124,8 @@ def _header(handle, path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"Model file '{path}' has format version {header['format_version']}; upgrade flowgmm to read it.")
     if not _is_calibration_entry(header.get("calibration")):
         raise InputError(f"'{path}' has a damaged flowgmm header (its 'calibration' entry); train the model again.")
+    if not _is_projection_choice(header.get("projection_choice")):
+        raise InputError(f"'{path}' has a damaged flowgmm header (its 'projection_choice' entry); train the model again.")
     return header
 
 
@@ -134,6 +136,21 @@ def _is_calibration_entry(entry: object) -> bool:
         return True
     numbers = ("n", "accuracy", "standard_error", "temperature")
     return isinstance(entry, dict) and all(isinstance(entry[key], (int, float)) and not isinstance(entry[key], bool) for key in numbers if key in entry)
+
+
+def _is_projection_choice(entry: object) -> bool:
+    """Whether a header's ``projection_choice`` entry is absent or what ``train`` writes: ``sizes``
+    (integers), ``held_out_nll`` and ``standard_error`` (numbers), one of each per size."""
+    if entry is None:
+        return True
+    if not isinstance(entry, dict) or not isinstance(entry.get("sizes"), list):
+        return False
+    lists = [entry["sizes"], entry.get("held_out_nll"), entry.get("standard_error")]
+    kinds = (int, (int, float), (int, float))
+    return all(
+        isinstance(values, list) and len(values) == len(entry["sizes"]) and all(isinstance(v, kind) and not isinstance(v, bool) for v in values)
+        for values, kind in zip(lists, kinds)
+    )
 
 
 def _upgrade(header: dict[str, Any], tensors: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:

@@ -100,7 +100,7 @@ class TrainOptions:
     scaling: Scaling | None = _option(None, Panel.model, "Divide the centred inputs by each feature's std, or by one scale for all (pixels, embeddings).", auto="the file's units: tables per feature, embeddings and pixels shared; unknown: shared above 8 features")
     power_transform: bool | None = _option(None, Panel.model, "A Yeo-Johnson map of each standardised feature, its exponent fitted by likelihood, for skewed and heavy-tailed columns (its log-derivative is in log p(x)).", auto="on for tables (columns in their own units), off for embeddings and pixels")
     members: int | None = _option(None, Panel.model, "Flows fitted with seeds SEED, SEED+1, ... on the same rows; their class probabilities are averaged at one temperature, and log p(x) is their mixture's. Each member costs one fit.", auto="3 for 5 or more classes, else 1 (the image flow: 1)", min=1)
-    projection_dim: int | None = _option(None, Panel.model, "Flow on this many principal directions, the rest as Gaussian noise (0: all features).", auto="32 above 64 features, else 0", min=0)
+    projection_dim: int | None = _option(None, Panel.model, "Flow on this many principal directions, the rest as Gaussian noise (0: all features).", auto="above 64 features 32 or 64, whichever the calibration fits' held-out labels favour (32 without calibration fits); else 0", min=0)
     # loss
     unlabeled_weight: float | None = _option(None, Panel.loss, "Weight of the unlabeled NLL in the loss.", auto="1 up to 8 features, else 0.3; images 1", min=0.0)
     labeled_noise: float | None = _option(None, Panel.loss, "Std of Gaussian noise on standardised labeled inputs.", auto="1.2 x median neighbour distance / sqrt(dim); images 0", min=0.0)

@@ -27,7 +27,7 @@ from .layers import ActNorm
 from .model import FlowGMM
 from .objective import Objective
 
-__all__ = ["Schedule", "EpochReport", "TrainingCallback", "train"]
+__all__ = ["Schedule", "EpochReport", "TrainingCallback", "ForwardingCallback", "NamedPhases", "train"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,38 @@ class TrainingCallback(Protocol):
     def on_phase(self, label: str) -> None:
         """Another fit of the same ``fit`` starts (``label`` says which, e.g. a calibration fit)."""
         ...
+
+
+class ForwardingCallback:
+    """A callback that passes every call on to ``callback`` (if any); subclasses change one."""
+
+    def __init__(self, callback: TrainingCallback | None) -> None:
+        self._callback = callback
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        if self._callback is not None:
+            self._callback.on_step(step, total_steps)
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        if self._callback is not None:
+            self._callback.on_epoch_end(report)
+
+    def on_phase(self, label: str) -> None:
+        announce = getattr(self._callback, "on_phase", None)  # optional: older callbacks lack it
+        if announce is not None:
+            announce(label)
+
+
+class NamedPhases(ForwardingCallback):
+    """A callback whose phases are prefixed with ``label`` (which member of an ensemble, which
+    candidate of a choice); a phase of ``""`` announces the label alone."""
+
+    def __init__(self, callback: TrainingCallback | None, label: str) -> None:
+        super().__init__(callback)
+        self._label = label
+
+    def on_phase(self, label: str) -> None:
+        super().on_phase(f"{self._label}, {label}" if label else self._label)
 
 
 @dataclass

@@ -291,14 +291,30 @@ def test_header_that_is_not_an_object_raises_input_error(tmp_path, header):
         read_header(path)
 
 
+def _refused_entry(tmp_path: Path, key: str, value: object) -> None:
+    """A header whose ``key`` entry is ``value`` is refused by both readers, naming the entry."""
+    path = tmp_path / "odd.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(path), metadata={"flowgmm": json.dumps({"format_version": 3, key: value})})
+    for read in (read_header, load_model):
+        with pytest.raises(InputError, match=f"damaged flowgmm header \\(its '{key}' entry\\)"):
+            read(path)
+
+
 @pytest.mark.parametrize("calibration", ["oops", [1], {"n": "many"}, {"accuracy": True}, {"source": "calibration fits", "standard_error": None}])
 def test_a_calibration_entry_info_cannot_read_is_a_damaged_header(tmp_path, calibration):
     """The entry ``info`` formats (counts and rates) must be numbers, or the file is refused in one sentence."""
-    path = tmp_path / "odd.safetensors"
-    save_file({"weight": torch.zeros(2)}, str(path), metadata={"flowgmm": json.dumps({"format_version": 3, "calibration": calibration})})
-    for read in (read_header, load_model):
-        with pytest.raises(InputError, match="damaged flowgmm header \\(its 'calibration' entry\\)"):
-            read(path)
+    _refused_entry(tmp_path, "calibration", calibration)
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        "oops", [32], {"sizes": 32}, {"sizes": [32, 64], "held_out_nll": [0.9], "standard_error": [0.1, 0.0]},
+        {"sizes": ["32"], "held_out_nll": [0.9], "standard_error": [0.0]}, {"sizes": [32], "held_out_nll": [True], "standard_error": [0.0]},
+    ],
+)  # fmt: skip
+def test_a_projection_choice_info_cannot_read_is_a_damaged_header(tmp_path, choice):
+    _refused_entry(tmp_path, "projection_choice", choice)
 
 
 def _with_header(tmp_path: Path, name: str, tensors: dict, header: dict) -> Path:
