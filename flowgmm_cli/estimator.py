@@ -171,7 +171,8 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         sizes = projection_candidates(rows.dim, rows.n_rows)
         if options.projection_dim is None and self.options_.projection_dim and self.options_.calibration_folds and len(sizes) > 1:
             choice = choose_projection(
-                rows, labeled[train_labeled], codes[train_labeled], len(self.classes_), sizes, options, class_counts, callback, can_run_beside(device, rows)
+                rows, labeled[train_labeled], codes[train_labeled], len(self.classes_), sizes, options, class_counts, callback,
+                beside=can_run_beside(device, rows), prepared=(transform, self.options_),
             )  # fmt: skip
             transform, self.options_, self.projection_choice_ = choice.transform, choice.options, choice.evidence
             first_scores = choice.scores  # the first member's calibration fits, already run

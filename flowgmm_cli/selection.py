@@ -8,8 +8,9 @@ How many principal directions the flow needs does not follow from the data's sha
 of the labels. Run for each candidate size, they say which size predicts hidden labels best, and
 the winner's scores are then the first member's calibration scores, so its temperature costs
 nothing more. The short fits are noisy judges (on MNIST pixels they once favoured 64 directions
-by 0.07 ± 0.08 nats, where the full model lost 2.7 points with them), hence the rule. With two or more CPU threads the costliest candidate's fits run in a second process
-beside the others' (:class:`~flowgmm_cli.crossfit.CalibrationFits`).
+by 0.07 ± 0.08 nats, where the full model lost 2.7 points with them), hence the rule. With two
+or more CPU threads the costliest candidate's fits run in a second process beside the others'
+(:class:`~flowgmm_cli.crossfit.CalibrationFits`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ProjectionChoice:
 def choose_projection(
     rows: RowStore, labeled: np.ndarray, codes: np.ndarray, n_classes: int, sizes: tuple[int, ...], options: TrainOptions,
     class_counts: np.ndarray, callback: TrainingCallback | None = None, beside: bool = False,
+    prepared: tuple[TransformChain, TrainOptions] | None = None,
 ) -> ProjectionChoice:  # fmt: skip
     """The fewest directions among ``sizes`` whose calibration fits' held-out NLL is within one
     standard error of the lowest (:func:`pick_within_one_standard_error`), with everything the
@@ -52,11 +54,13 @@ def choose_projection(
     ``options`` are the user's (``projection_dim`` unset); each candidate's transform and options
     are chosen as :func:`~flowgmm_cli.factory.prepare` would for it, on the labeled rows
     ``labeled`` (indices into ``rows``) with classes ``codes``; ``beside``: whether one
-    candidate's fits may run in a second process.
+    candidate's fits may run in a second process; ``prepared``: one size's transform and options,
+    already computed (a pass over the rows fewer where they are streamed from a file).
     """
     n_labeled, n_unlabeled = len(labeled), rows.n_rows - len(labeled)
-    prepared = [prepare(rows, n_labeled, n_unlabeled, replace(options, projection_dim=size), class_counts) for size in sizes]
-    jobs = [FoldJob(rows, transform, n_classes, labeled, codes, resolved) for transform, resolved in prepared]
+    known = {} if prepared is None else {prepared[1].projection_dim: prepared}
+    candidates = [known.get(size) or prepare(rows, n_labeled, n_unlabeled, replace(options, projection_dim=size), class_counts) for size in sizes]
+    jobs = [FoldJob(rows, transform, n_classes, labeled, codes, resolved) for transform, resolved in candidates]
     costliest = int(np.argmax([_cost(job) for job in jobs]))
     scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     with CalibrationFits(jobs[costliest], callback, beside, name=f"{sizes[costliest]} principal directions") as fits:
@@ -66,7 +70,7 @@ def choose_projection(
         scores[costliest] = fits.scores()
     losses = [held_out_losses(*scores[index]) for index in range(len(sizes))]
     chosen, evidence = pick_within_one_standard_error(losses, sizes)
-    transform, resolved = prepared[chosen]
+    transform, resolved = candidates[chosen]
     return ProjectionChoice(transform, resolved, scores[chosen], evidence)
 
 
