@@ -126,14 +126,14 @@ class CalibrationFits:
     :meth:`scores`. Beside the fit, this process keeps half its threads while the child runs; the
     progress :attr:`callback` reports counts the child's steps too, and raises the child's error as
     soon as it arrives. A ``name`` says whose fits they are in the phases announced (by default they
-    are the model's, beside its fit). If the child cannot start or dies without a word (killed for memory), the
-    fits run here instead, with a warning. Leaving the block stops a child that still runs.
+    are the model's, beside its fit). If the child cannot start or dies without a word (killed for
+    memory), the fits run here instead, with a warning. Leaving the block stops a child that still runs.
     """
 
     def __init__(self, job: FoldJob, callback: TrainingCallback | None, beside: bool, name: str | None = None) -> None:
         self.job, self._callback = job, callback
-        self._phase = f"model and {job.options.calibration_folds} calibration fits" if name is None else f"{name}, calibration fits in a second process"
         self._name = name
+        self._phase = f"model and {job.options.calibration_folds} calibration fits" if name is None else f"{name}, calibration fits in a second process"
         self._threads = torch.get_num_threads()
         self._child: _Child | None = None
         self._merged: _MergedProgress | None = None

@@ -21,10 +21,10 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from ._version import __version__
 from .calibration import calibration_evidence, cross_fitted_log_temperature, fit_temperature, mixture_log_joint, tempered_log_proba
 from .crossfit import CalibrationFits, FoldJob, can_run_beside, train_one
+from .defaults import projection_candidates
 from .devices import resolve_device
 from .distributed import setup, world
 from .errors import InputError
-from .defaults import projection_candidates
 from .factory import prepare
 from .inference import joint, map_rows
 from .model import FlowGMM
