@@ -36,7 +36,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from .defaults import calibration_epochs
+from .defaults import calibration_epochs, steps_per_epoch
 from .devices import resolve_device
 from .distributed import setup, world
 from .errors import InputError, TrainingDiverged
@@ -88,13 +88,13 @@ def held_out_scores(job: FoldJob, callback: TrainingCallback | None = None) -> t
     """``log p(x, y=k)`` of each labeled row that some fold holds out, from the fit that did not see
     its label, and those rows' class codes.
 
-    Each of ``calibration_folds`` short fits (:data:`~flowgmm_cli.defaults.CALIBRATION_STEP_SHARE`
-    of the steps, same seed and options) hides one stratified fold of the labels, those rows
-    unlabeled, and scores them. A class's only labeled row is in no fold and is not scored.
+    Each of ``calibration_folds`` short fits (:func:`~flowgmm_cli.defaults.calibration_epochs`:
+    a sixth of the steps, at least 500 behind a principal projection; same seed and options) hides
+    one stratified fold of the labels, those rows unlabeled, and scores them. A class's only
+    labeled row is in no fold and is not scored.
     """
     options = job.options
     folds = stratified_folds(job.codes, options.calibration_folds, options.random_state)
-    short = replace(options, epochs=calibration_epochs(options.epochs))
     log_joint = np.zeros((len(job.labeled), job.n_classes))
     for fold in range(options.calibration_folds):
         held = folds == fold
@@ -103,9 +103,11 @@ def held_out_scores(job: FoldJob, callback: TrainingCallback | None = None) -> t
         announce = getattr(callback, "on_phase", None)  # optional: older callbacks lack it
         if announce is not None:
             announce(f"calibration fit {fold + 1}/{options.calibration_folds}")
-        fold_options = replace(short, labeled_batch_size=min(short.labeled_batch_size, int((~held).sum())))
         unlabeled = np.ones(job.rows.n_rows, dtype=bool)
         unlabeled[job.labeled[~held]] = False  # the fold's rows join the unlabeled ones
+        labeled_batch = min(options.labeled_batch_size, int((~held).sum()))
+        epoch_steps = steps_per_epoch(int((~held).sum()), int(unlabeled.sum()), options.batch_size, labeled_batch)
+        fold_options = replace(options, epochs=calibration_epochs(options.epochs, epoch_steps, projected=bool(options.projection_dim)), labeled_batch_size=labeled_batch)
         model, _ = train_one(job.rows, job.transform, job.n_classes, job.labeled[~held], job.codes[~held], unlabeled, fold_options, callback=callback)
         log_joint[held] = map_rows(model, job.rows.read_rows(job.labeled[held]).numpy(), joint, job.n_classes)
     scored = folds >= 0

@@ -47,7 +47,7 @@ def digits_rows(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _fit_pair(X: np.ndarray, partial: np.ndarray, seed: int) -> tuple[FlowGMMClassifier, FlowGMMClassifier]:
     """FlowGMM on all rows, and the same model on the labeled rows only; without the calibration
-    fits, which would add two thirds to the demo's time and leave its accuracies as they are."""
+    fits, which would add at least two thirds to the demo's time and leave its accuracies as they are."""
     labeled = partial != UNLABELED
     semi = FlowGMMClassifier(random_state=seed, device="cpu", calibration_folds=0).fit(X, partial)
     supervised = FlowGMMClassifier(random_state=seed, device="cpu", calibration_folds=0).fit(X[labeled], partial[labeled])

@@ -221,6 +221,17 @@ def test_default_fit_cross_fits_the_scale_on_held_out_labels(monkeypatch):
     assert math.log(clf.temperature_) == pytest.approx(expected, abs=1e-5)
 
 
+def test_behind_a_projection_the_calibration_fits_run_at_least_their_least_steps(monkeypatch):
+    """With the flow on principal directions, a sixth of 12 short epochs is under the fits' least
+    steps, so each fit runs as long as the model (never longer)."""
+    spy = _FitSpy(monkeypatch)
+    X, partial = _blobs_with_labels()
+    wide = np.hstack([X, np.random.default_rng(3).normal(size=(len(X), 6))])
+    FlowGMMClassifier(**SMALL, projection_dim=3).fit(wide, partial)
+    main, *folds = spy.fits
+    assert main["epochs"] == SMALL["epochs"] and [fold["epochs"] for fold in folds] == [SMALL["epochs"]] * 4
+
+
 def test_no_folds_keep_the_trained_scale_and_validation_rows_calibrate_instead(monkeypatch):
     X, partial = _blobs_with_labels()
     assert FlowGMMClassifier(**SMALL, calibration_folds=0).fit(X, partial).temperature_ == 1.0

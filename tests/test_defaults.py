@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 from flowgmm_cli.defaults import (
+    CALIBRATION_MIN_STEPS,
+    CALIBRATION_STEP_SHARE,
     DENSE_ROWS_PER_DIM,
     DEFAULT_HIDDEN_LAYERS,
     DEFAULT_VARIANCE,
+    calibration_epochs,
     default_batch_sizes,
     default_coupling_layers,
     default_epochs,
@@ -24,6 +27,7 @@ from flowgmm_cli.defaults import (
     is_dense,
     resolve,
     resolve_input,
+    steps_per_epoch,
 )
 from flowgmm_cli.options import Permutation, Scaling, TrainOptions
 
@@ -83,7 +87,22 @@ def test_constants():
     ],
 )
 def test_epochs_aim_at_three_thousand_steps_within_ten_and_two_thousand(rows, batch, epochs):
-    assert default_epochs(rows, batch) == epochs  # low-dimensional data: always 3,000 steps
+    assert default_epochs(steps_per_epoch(0, rows, batch, batch)) == epochs  # low-dimensional data: always 3,000 steps
+
+
+@pytest.mark.parametrize("epoch_steps", [1, 4, 20, 47])
+def test_calibration_fits_run_a_sixth_of_the_model_and_behind_a_projection_never_too_few_steps(epoch_steps):
+    """A sixth of the model's steps; behind a principal projection, where a sixth would be under the
+    least (a sixth of a full-length run), that least; never longer than the model."""
+    for dim in (2, 9, 384):
+        epochs = default_epochs(epoch_steps, dim)
+        sixth = round(epochs * CALIBRATION_STEP_SHARE)
+        assert calibration_epochs(epochs, epoch_steps, projected=False) == max(1, sixth)
+        fit_epochs = calibration_epochs(epochs, epoch_steps, projected=True)
+        assert fit_epochs == min(epochs, max(sixth, round(CALIBRATION_MIN_STEPS / epoch_steps)))
+        assert fit_epochs * epoch_steps >= min(CALIBRATION_MIN_STEPS - epoch_steps / 2, epochs * epoch_steps), "none shorter than the least unless the model is"
+    assert calibration_epochs(12, 2, projected=True) == 12 and calibration_epochs(12, 2, projected=False) == 2
+    assert calibration_epochs(6000, 1, projected=True) == 1000
 
 
 @pytest.mark.parametrize(
@@ -96,7 +115,7 @@ def test_epochs_aim_at_three_thousand_steps_within_ten_and_two_thousand(rows, ba
     ],
 )
 def test_above_eight_features_small_sets_stop_after_enough_passes(rows, batch, epochs):
-    assert default_epochs(rows, batch, dim=9) == epochs
+    assert default_epochs(steps_per_epoch(0, rows, batch, batch), dim=9) == epochs
 
 
 @pytest.mark.parametrize(
