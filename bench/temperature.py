@@ -11,7 +11,8 @@ labeled rows they held out (``accuracy_folds``), and the temperature at which th
 mean confidence on its own unlabeled rows equals its accuracy on the scored rows (``t_at_accuracy``,
 an oracle: it reads the scored rows' labels), with the ECE there; and the same for the accuracy the
 calibration fits measured, ``(right + 1) / (held out + 2)`` (``t_at_fold_accuracy``: a rule that
-needs no scored labels). ``--step-share`` sets the calibration fits' share of the model's steps.
+needs no scored labels). ``--step-share`` sets the calibration fits' share of the model's steps,
+``--min-steps`` the fewest steps a fit runs (unless the model runs fewer).
 
     python bench/temperature.py --cases digits mnist htru2 letter --seeds 1 --json
     python bench/temperature.py --cases mnist --set calibration_folds=8 --json
@@ -42,7 +43,7 @@ import suite  # noqa: E402
 from flowgmm_cli import FlowGMMClassifier, benchmark  # noqa: E402
 from flowgmm_cli import defaults  # noqa: E402
 from flowgmm_cli import estimator as estimator_module  # noqa: E402
-from flowgmm_cli.calibration import LOG_TEMPERATURE_BOUNDS, fit_temperature, tempered_log_proba  # noqa: E402
+from flowgmm_cli.calibration import LOG_TEMPERATURE_BOUNDS, cross_fitted_log_temperature, fit_temperature, tempered_log_proba  # noqa: E402
 from flowgmm_cli.metrics import expected_calibration_error  # noqa: E402
 from flowgmm_cli.targets import UNLABELED  # noqa: E402
 
@@ -61,14 +62,14 @@ def ece_floor(proba: np.ndarray, seed: int = 0, draws: int = FLOOR_DRAWS) -> flo
 
 
 class FoldRecorder:
-    """Stands in for the estimator's ``fit_temperature`` to keep what the calibration fits scored."""
+    """Stands in for the estimator's ``cross_fitted_log_temperature`` to keep what the calibration fits scored."""
 
     def __init__(self) -> None:
         self.log_joint, self.codes = np.zeros((0, 0)), np.zeros(0, dtype=np.int64)
 
     def __call__(self, log_joint: np.ndarray, codes: np.ndarray) -> float:
         self.log_joint, self.codes = np.asarray(log_joint), np.asarray(codes)
-        return fit_temperature(log_joint, codes)
+        return cross_fitted_log_temperature(log_joint, codes)
 
 
 def temperature_at_confidence(log_joint: np.ndarray, confidence: float) -> float:
@@ -94,12 +95,12 @@ def one_case(case: str, seed: int, split: str, data: Path, options: dict, labels
     X = np.concatenate([drawn.X_labeled, drawn.X_unlabeled])
     y = np.concatenate([drawn.y_labeled, np.full(len(drawn.X_unlabeled), UNLABELED, dtype=drawn.y_labeled.dtype)])
     folds = FoldRecorder()
-    estimator_module.fit_temperature = folds
+    estimator_module.cross_fitted_log_temperature = folds
     start = time.perf_counter()
     try:
         model = FlowGMMClassifier(random_state=seed, device="cpu", **options).fit(X, y, units=loaded.units)
     finally:
-        estimator_module.fit_temperature = fit_temperature
+        estimator_module.cross_fitted_log_temperature = cross_fitted_log_temperature
     seconds = time.perf_counter() - start
     joint = model.member_log_joints(drawn.X_test)  # (members, rows, classes)
     codes = np.searchsorted(model.classes_, drawn.y_test)
@@ -117,7 +118,7 @@ def one_case(case: str, seed: int, split: str, data: Path, options: dict, labels
         "accuracy": round(100 * accuracy, 2), "accuracy_folds": round(100 * accuracy_folds, 2),
         "t_cross": round(float(np.exp(cross)), 3), "t_wanted": round(float(np.exp(wanted)), 3),
         "t_at_accuracy": round(float(np.exp(at_accuracy)), 3), "t_at_fold_accuracy": round(float(np.exp(at_fold_accuracy)), 3),
-        "step_share": round(defaults.CALIBRATION_STEP_SHARE, 4),
+        "step_share": round(defaults.CALIBRATION_STEP_SHARE, 4), "min_steps": defaults.CALIBRATION_MIN_STEPS,
         **{f"ece_{name}": round(expected_calibration_error(p, codes), 4) for name, p in proba.items()},
         "ece_floor": round(ece_floor(proba["wanted"]), 4), "seconds": round(seconds, 1),
     }  # fmt: skip
@@ -132,10 +133,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="a FlowGMM option (repeatable)")
     parser.add_argument("--labels-per-class", type=suite.positive_int, help="this many labels of each class instead of the case's count")
     parser.add_argument("--step-share", type=float, default=defaults.CALIBRATION_STEP_SHARE, help="the calibration fits' share of the model's steps")
+    parser.add_argument("--min-steps", type=int, default=defaults.CALIBRATION_MIN_STEPS, help="the fewest steps a calibration fit runs")
     parser.add_argument("--json", action="store_true", help="one JSON line per fit (else a table at the end)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    defaults.CALIBRATION_STEP_SHARE = args.step_share
+    defaults.CALIBRATION_STEP_SHARE, defaults.CALIBRATION_MIN_STEPS = args.step_share, args.min_steps
     options = dict(suite.parse_option(text) for text in args.set)
     first = suite.VALIDATION_SEED if args.split == "validation" else 0
     lines = []
