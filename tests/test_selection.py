@@ -131,6 +131,8 @@ def test_train_and_info_say_which_size_was_chosen_and_why(tmp_path, capsys):
     summary = next(line for line in err.splitlines() if line.startswith("wrote "))
     said = re.search(r"flow on the top 64 principal directions \(chosen of 32/64 by held-out NLL (0\.\d\d)/(0\.\d\d)\)", summary)
     assert said and float(said[2]) < float(said[1]), summary
+    last_epoch = [line for line in err.splitlines() if "epoch 12/12" in line][-1]
+    assert last_epoch.startswith("model: "), "the model's epochs are labelled as the model's, not as the choice's last fit"
     code, out, err = run_cli(["info", tmp_path / "m.flowgmm"], capsys)
     assert code == 0 and "flow on the top 64 principal directions (chosen of 32/64 by held-out NLL" in out, out + err
 
