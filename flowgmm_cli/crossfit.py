@@ -46,7 +46,7 @@ from .model import FlowGMM
 from .options import TrainOptions
 from .splits import stratified_folds
 from .stores import ArrayStore, FeatureStream, RowStore, SubsetStore
-from .training import EpochReport, ForwardingCallback, NamedPhases, TrainingCallback, train
+from .training import EpochReport, ForwardingCallback, NamedPhases, TrainingCallback, announce_phase, train
 from .transforms import TransformChain, build_transform
 
 __all__ = ["FoldJob", "CalibrationFits", "train_one", "held_out_scores", "serve"]
@@ -100,9 +100,7 @@ def held_out_scores(job: FoldJob, callback: TrainingCallback | None = None) -> t
         held = folds == fold
         if not held.any():
             continue
-        announce = getattr(callback, "on_phase", None)  # optional: older callbacks lack it
-        if announce is not None:
-            announce(f"calibration fit {fold + 1}/{options.calibration_folds}")
+        announce_phase(callback, f"calibration fit {fold + 1}/{options.calibration_folds}")
         unlabeled = np.ones(job.rows.n_rows, dtype=bool)
         unlabeled[job.labeled[~held]] = False  # the fold's rows join the unlabeled ones
         labeled_batch = min(options.labeled_batch_size, int((~held).sum()))
@@ -149,9 +147,7 @@ class CalibrationFits:
                 warnings.warn(f"the calibration fits could not start in a second process ({error}); they run after the model instead", RuntimeWarning, stacklevel=2)
         if self._child is not None:
             self._merged = _MergedProgress(self._callback, self._child)
-            announce = getattr(self._callback, "on_phase", None)
-            if announce is not None:
-                announce(self._phase)
+            announce_phase(self._callback, self._phase)
             torch.set_num_threads(self._threads - self._threads // 2)
         return self
 

@@ -34,7 +34,7 @@ from .selection import choose_projection
 from .splits import hold_out
 from .stores import ArrayStore, RowStore
 from .targets import encode_targets, require_classes, unlabeled_mask
-from .training import ForwardingCallback, NamedPhases, TrainingCallback
+from .training import NamedPhases, TrainingCallback, announce_phase
 
 __all__ = ["FlowGMMClassifier", "log_evidence", "member_checkpoint"]
 
@@ -191,7 +191,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             member_callback = _member_callback(callback, member, self.options_.members)
             known = first_scores if member == 0 else None
             if known is not None:
-                ForwardingCallback(member_callback).on_phase("model")  # not the choice's last fit
+                announce_phase(member_callback, "model")  # not the choice's last fit
             job = FoldJob(rows, transform, len(self.classes_), labeled, codes, member_options)
             calibrates = validation_rows is None and bool(member_options.calibration_folds)
             with CalibrationFits(job, member_callback, beside=calibrates and known is None and can_run_beside(device, rows)) as calibration:

@@ -27,7 +27,7 @@ from .layers import ActNorm
 from .model import FlowGMM
 from .objective import Objective
 
-__all__ = ["Schedule", "EpochReport", "TrainingCallback", "ForwardingCallback", "NamedPhases", "train"]
+__all__ = ["Schedule", "EpochReport", "TrainingCallback", "announce_phase", "ForwardingCallback", "NamedPhases", "train"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,14 @@ class TrainingCallback(Protocol):
         ...
 
 
+def announce_phase(callback: TrainingCallback | None, label: str) -> None:
+    """Tell ``callback`` that another fit of the same ``fit`` starts, if it listens for that
+    (``on_phase`` is optional: older callbacks lack it)."""
+    announce = getattr(callback, "on_phase", None)
+    if announce is not None:
+        announce(label)
+
+
 class ForwardingCallback:
     """A callback that passes every call on to ``callback`` (if any); subclasses change one."""
 
@@ -95,9 +103,7 @@ class ForwardingCallback:
             self._callback.on_epoch_end(report)
 
     def on_phase(self, label: str) -> None:
-        announce = getattr(self._callback, "on_phase", None)  # optional: older callbacks lack it
-        if announce is not None:
-            announce(label)
+        announce_phase(self._callback, label)
 
 
 class NamedPhases(ForwardingCallback):
