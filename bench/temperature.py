@@ -136,6 +136,8 @@ def main() -> None:
     parser.add_argument("--min-steps", type=int, default=defaults.CALIBRATION_MIN_STEPS, help="the fewest steps a calibration fit runs")
     parser.add_argument("--json", action="store_true", help="one JSON line per fit (else a table at the end)")
     args = parser.parse_args()
+    if args.min_steps < 0:
+        parser.error(f"--min-steps must be 0 (a sixth of the model's steps only) or more, got {args.min_steps}")
     torch.set_num_threads(1)
     defaults.CALIBRATION_STEP_SHARE, defaults.CALIBRATION_MIN_STEPS = args.step_share, args.min_steps
     options = dict(suite.parse_option(text) for text in args.set)
