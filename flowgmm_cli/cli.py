@@ -404,6 +404,7 @@ def describe_header(header: dict, name: str) -> str:
         f"format       flowgmm v{header.get('format_version')} (written by flowgmm {header.get('flowgmm_version', '?')})",
         f"classes      {', '.join(map(str, header.get('classes', [])))}",
         f"features     {header.get('feature_dim')}-d from extractor '{header.get('extractor') or '?'}'"
+        + (", square-rooted" if any(part.get("type") == "square_root" for part in parts) else "")
         + (f", flow on the top {projection} principal directions" if projection else "")
         + (f" ({describe_projection_choice(header['projection_choice'], projection)})" if header.get("projection_choice") else ""),
         f"flow         {_flow_summary(flow)}" + (f"; a seed ensemble of {len(members)}, probabilities averaged" if len(members) > 1 else ""),

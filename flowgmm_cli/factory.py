@@ -6,41 +6,49 @@ calls these in order and the training loop runs what they return.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from .augment import ImageAugment
 from .data import ShuffledSource
-from .defaults import default_means_separation, noise_sample_rows, resolve, resolve_input
+from .defaults import default_means_separation, default_square_root, noise_sample_rows, resolve, resolve_input
 from .distributed import World
 from .image_defaults import default_flow, resolve_image
 from .image_layers import MultiscaleRealNVP
 from .layers import FlowLayer, RealNVP
 from .model import FlowGMM
+from .moments import Moments
 from .objective import ConsistencyNLL, LabeledCrossEntropy, LabeledNLL, Objective, UnlabeledNLL
 from .options import FlowKind, Precision, Scaling, TrainOptions
 from .prior import GaussianMixturePrior
 from .stores import RowStore, moments_of
 from .training import Schedule
-from .transforms import InputNoise, PixelLogit, PrincipalProjection, Standardize, TransformChain, YeoJohnson
+from .transforms import InputNoise, PixelLogit, PrincipalProjection, SquareRoot, Standardize, TransformChain, YeoJohnson
 
 __all__ = ["fit_input_transform", "image_transform", "build_model", "build_source", "build_objective", "build_schedule", "prepare"]
 
 
-def fit_input_transform(rows: RowStore, options: TrainOptions) -> TransformChain:
-    """Standardisation (per feature or shared, as ``options.scaling`` says); with
-    ``options.power_transform`` a Yeo-Johnson map of the standardised columns and a second
-    standardisation; and, when ``options.projection_dim`` is positive, the principal projection.
-    One pass over ``rows`` per standardisation."""
+def fit_input_transform(rows: RowStore, options: TrainOptions, raw: Moments | None = None) -> TransformChain:
+    """With ``options.square_root`` a square root of the features; standardisation (per feature or
+    shared, as ``options.scaling`` says); with ``options.power_transform`` a Yeo-Johnson map of the
+    standardised columns and a second standardisation; and, when ``options.projection_dim`` is
+    positive, the principal projection. One pass over ``rows`` per standardisation and one for
+    the root's scale, unless ``raw`` (the moments of the rows as they are) is given."""
     shared = options.scaling == Scaling.shared
     full = bool(options.projection_dim)
-    moments = moments_of(rows, full=full and not options.power_transform)
-    parts: list = [Standardize.from_moments(moments, shared_scale=shared)]
+    moments = raw if raw is not None else moments_of(rows, full=full and not (options.power_transform or options.square_root))
+    parts: list = []
+    if options.square_root:
+        parts.append(SquareRoot.from_moments(moments))
+        moments = moments_of(rows, full=full and not options.power_transform, transform=TransformChain(list(parts)))
+    parts.append(Standardize.from_moments(moments, shared_scale=shared))
     if options.power_transform:
         sample = rows.read_rows(noise_sample_rows(rows.n_rows, options.random_state, POWER_SAMPLE))
         with torch.no_grad():
-            parts.append(YeoJohnson.fit(parts[0](sample)[0]))
+            parts.append(YeoJohnson.fit(TransformChain(list(parts))(sample)[0]))
         moments = moments_of(rows, full=full, transform=TransformChain(list(parts)))
         parts.append(Standardize.from_moments(moments, shared_scale=shared))
     if options.projection_dim:
@@ -73,7 +81,12 @@ def prepare(
         options = resolve_image(options, rows.image_shape, n_labeled, n_unlabeled, class_counts)
         return image_transform(rows), options
     options = resolve_input(options, rows.dim, rows.n_rows, rows.units)
-    transform = fit_input_transform(rows, options)
+    raw = None
+    if options.square_root is None:
+        raw = moments_of(rows, full=bool(options.projection_dim) and not options.power_transform)
+        sample = rows.read_rows(noise_sample_rows(rows.n_rows, options.random_state)).numpy()
+        options = replace(options, square_root=default_square_root(options.scaling, float(raw.minimum.min()), sample))
+    transform = fit_input_transform(rows, options, raw)
     with torch.no_grad():
         seen = transform(rows.read_rows(noise_sample_rows(rows.n_rows, options.random_state)))[0].numpy()
     return transform, resolve(options, n_labeled=n_labeled, n_unlabeled=n_unlabeled, seen=seen, class_counts=class_counts)

@@ -63,7 +63,7 @@ def resolve_image(
     """
     if image_shape is None:
         raise OptionError("flow", "{option} 'image' needs rows that are images: a feature file from 'flowgmm embed --model pixels'.")
-    for name in ("projection_dim", "power_transform"):
+    for name in ("projection_dim", "power_transform", "square_root"):
         if getattr(options, name):
             raise OptionError(name, "{option} applies to the vector flow, not to images.")
     _, height, width = image_shape
@@ -83,7 +83,7 @@ def resolve_image(
         hidden=given(options.hidden, IMAGE_HIDDEN), hidden_layers=given(options.hidden_layers, IMAGE_BLOCKS),
         means_scale=given(options.means_scale, IMAGE_MEANS_SCALE), variance=given(options.variance, IMAGE_VARIANCE),
         learn_weights=given(options.learn_weights, False), scaling=given(options.scaling, Scaling.shared),
-        power_transform=False, projection_dim=0, unlabeled_weight=given(options.unlabeled_weight, 1.0),
+        power_transform=False, square_root=False, projection_dim=0, unlabeled_weight=given(options.unlabeled_weight, 1.0),
         labeled_noise=given(options.labeled_noise, 0.0), perturbation=given(options.perturbation, 0.0),
         consistency_weight=given(options.consistency_weight, 0.0),
         classification_weight=given(options.classification_weight, IMAGE_CLASSIFICATION_WEIGHT),

@@ -14,8 +14,8 @@ __all__ = ["Moments"]
 
 
 class Moments:
-    """Running count, mean and centred co-moment matrix of the rows passed to :meth:`update`
-    (only its diagonal with ``full=False``, for when no covariance is needed).
+    """Running count, mean, least value and centred co-moment matrix of the rows passed to
+    :meth:`update` (only its diagonal with ``full=False``, for when no covariance is needed).
 
     Example:
         >>> x = torch.randn(100, 3, dtype=torch.float64) * 5 + 1e6
@@ -29,6 +29,7 @@ class Moments:
     def __init__(self, dim: int, full: bool = True) -> None:
         self.count, self.full = 0, full
         self.mean = torch.zeros(dim, dtype=torch.float64)
+        self.minimum = torch.full((dim,), torch.inf, dtype=torch.float64)
         self._comoment = torch.zeros((dim, dim) if full else (dim,), dtype=torch.float64)
 
     def update(self, block: Tensor) -> None:
@@ -46,6 +47,7 @@ class Moments:
         else:
             self._comoment += centred.pow(2).sum(dim=0) + delta.pow(2) * (self.count * n / total)
         self.mean += delta * (n / total)
+        self.minimum = torch.minimum(self.minimum, rows.amin(dim=0))
         self.count = total
 
     @property

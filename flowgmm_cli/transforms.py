@@ -19,7 +19,7 @@ from .layers import Flow
 from .moments import Moments
 
 __all__ = [
-    "InputTransform", "Standardize", "YeoJohnson", "PixelLogit", "PrincipalProjection", "TransformChain", "InputNoise", "build_transform",
+    "InputTransform", "Standardize", "YeoJohnson", "SquareRoot", "PixelLogit", "PrincipalProjection", "TransformChain", "InputNoise", "build_transform",
 ]  # fmt: skip
 
 
@@ -49,7 +49,15 @@ class InputTransform(nn.Module):
         raise NotImplementedError
 
 
-class Standardize(InputTransform):
+class ElementwiseTransform(InputTransform):
+    """A map of each feature on its own: ``u`` has the dimension of ``x``."""
+
+    @property
+    def out_dim(self) -> int:
+        return self.in_dim
+
+
+class Standardize(ElementwiseTransform):
     """``u = (x − mean) / scale`` with ``log|det| = −Σ log scale``.
 
     Example:
@@ -91,10 +99,6 @@ class Standardize(InputTransform):
     def in_dim(self) -> int:
         return self.mean.shape[0]
 
-    @property
-    def out_dim(self) -> int:
-        return self.mean.shape[0]
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         u = (x - self.mean) / self.scale
         return u, (-torch.log(self.scale).sum()).expand(x.shape[0])
@@ -106,7 +110,7 @@ class Standardize(InputTransform):
         return {"type": "standardize", "dim": self.out_dim}
 
 
-class YeoJohnson(InputTransform):
+class YeoJohnson(ElementwiseTransform):
     """A monotone power map of each feature (Yeo & Johnson, 2000) that makes skewed, heavy-tailed
     columns closer to normal; ``λ = 1`` is the identity.
 
@@ -161,10 +165,6 @@ class YeoJohnson(InputTransform):
     def in_dim(self) -> int:
         return self.lambdas.shape[0]
 
-    @property
-    def out_dim(self) -> int:
-        return self.lambdas.shape[0]
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         u, log_slope = _yeo_johnson(x, self.lambdas.to(x.dtype))
         return u, log_slope.sum(-1)
@@ -212,7 +212,61 @@ def _yeo_johnson(x: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
     return value, log_slope
 
 
-class PixelLogit(InputTransform):
+class SquareRoot(ElementwiseTransform):
+    """A variance-stabilising square root for long-tailed non-negative features in one unit (pooled
+    ReLU activations, counts): ``u = sign(x) · (√(|x|/s + c) − √c)``.
+
+    Such features pile up at zero with a long right tail, and their few large values dominate both
+    the shared scale and the principal directions; the root evens them out as it does for counts
+    (:func:`~flowgmm_cli.defaults.default_square_root` says when it is on by default). The
+    offset ``c`` (a tenth of the scale ``s``, the features' shared standard deviation) keeps the
+    slope finite at zero, so ``log|u′(x)| = −log(2s) − ½ log(|x|/s + c)`` and ``log p(x)`` stays a
+    density; the odd extension to negative values makes the map a bijection of the real line, so a
+    row below zero still has a density.
+
+    Example:
+        >>> transform = SquareRoot(2, scale=4.0)
+        >>> u, log_term = transform(torch.tensor([[0.0, 35.6]]))
+        >>> [round(value, 3) for value in u[0].tolist()], torch.allclose(transform.inverse(u), torch.tensor([[0.0, 35.6]]))
+        ([0.0, 2.684], True)
+    """
+
+    #: ``c``, in units of the scale: the map is close to linear below about ``c·s`` and a root above.
+    OFFSET = 0.1
+
+    def __init__(self, dim: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    @classmethod
+    def from_moments(cls, moments: Moments) -> "SquareRoot":
+        """The root for rows with these moments: ``s`` is their shared standard deviation (the
+        root mean variance of the features, as :class:`Standardize` with ``shared_scale``; 1 for constant rows)."""
+        scale = float(moments.variance.mean().sqrt())
+        return cls(len(moments.mean), scale if scale > 1e-8 else 1.0)
+
+    @property
+    def in_dim(self) -> int:
+        return self.dim
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        scale = self.scale.to(x.dtype)
+        positive = x >= 0
+        inner = torch.where(positive, x, -x) / scale + self.OFFSET  # where, not abs: the slope at 0 is the right one
+        magnitude = torch.sqrt(inner) - math.sqrt(self.OFFSET)
+        u = torch.where(positive, magnitude, -magnitude)
+        return u, -(torch.log(2 * scale) + 0.5 * torch.log(inner)).sum(-1)
+
+    def inverse(self, u: Tensor) -> Tensor:
+        root = u.abs() + math.sqrt(self.OFFSET)
+        return torch.sign(u) * self.scale.to(u.dtype) * (root.pow(2) - self.OFFSET)
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "square_root", "dim": self.dim}
+
+
+class PixelLogit(ElementwiseTransform):
     """Pixel values (0-255) to logits, for a flow on images (RealNVP's preprocessing).
 
     ``v = (x + 1/2) / 256`` puts a pixel in the middle of its bin of width 1/256; training rows
@@ -236,10 +290,6 @@ class PixelLogit(InputTransform):
 
     @property
     def in_dim(self) -> int:
-        return self.dim
-
-    @property
-    def out_dim(self) -> int:
         return self.dim
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -396,6 +446,8 @@ def build_transform(spec: dict[str, Any]) -> InputTransform:
         return Standardize(int(spec["dim"]))
     if kind == "yeo_johnson":
         return YeoJohnson(int(spec["dim"]))
+    if kind == "square_root":
+        return SquareRoot(int(spec["dim"]))
     if kind == "pixel_logit":
         return PixelLogit(int(spec["dim"]), float(spec["alpha"]))
     if kind == "projection":

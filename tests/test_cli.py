@@ -181,7 +181,7 @@ def test_info_describes_every_part_of_the_model(workspace, capsys):
     model = w["folder"] / "described.flowgmm"
     args = ["train", w["features"], "--labels", w["labels.csv"], "-o", model, "--epochs", "3", "--hidden", "8",
             "--coupling-layers", "2", "--hidden-layers", "2", "--projection-dim", "2", "--means-scale", "1.5",
-            "--variance", "2.0", "--seed", "5", "--scaling", "shared", "--actnorm", "--members", "1", "-q"]  # fmt: skip
+            "--variance", "2.0", "--seed", "5", "--scaling", "shared", "--square-root", "--actnorm", "--members", "1", "-q"]  # fmt: skip
     assert run_cli(args, capsys)[0] == 0
     header = read_header(model)
     lines = _info_lines(model, capsys)
@@ -189,7 +189,7 @@ def test_info_describes_every_part_of_the_model(workspace, capsys):
     assert lines["model"] == str(model)
     assert lines["format"] == f"flowgmm v{FORMAT_VERSION} (written by flowgmm {__version__})"
     assert lines["classes"] == "neg, pos"
-    assert lines["features"] == "3-d from extractor 'tabular', flow on the top 2 principal directions"
+    assert lines["features"] == "3-d from extractor 'tabular', square-rooted, flow on the top 2 principal directions"
     assert lines["flow"] == "realnvp: 2 couplings, hidden 8 x 2"
     evidence = header["calibration"]
     assert evidence["source"] == "calibration fits" and evidence["n"] == 20  # every labeled row held out once
@@ -198,7 +198,7 @@ def test_info_describes_every_part_of_the_model(workspace, capsys):
     assert lines["rows"] == "20 labeled, 60 unlabeled"
     assert json.loads(lines["options"]) == {
         "coupling_layers": 2, "hidden": 8, "hidden_layers": 2, "actnorm": True, "means_scale": 1.5, "variance": 2.0,
-        "scaling": "shared", "projection_dim": 2, "epochs": 3, "random_state": 5, "members": 1,
+        "scaling": "shared", "square_root": True, "projection_dim": 2, "epochs": 3, "random_state": 5, "members": 1,
     }  # fmt: skip
     assert json.loads(lines["resolved"]) == header["resolved"] and header["resolved"]["labeled_noise"] > 0
     assert lines["final loss"] == f"{header['history'][-1]['loss']:.4f} nats/dim after 3 epochs"

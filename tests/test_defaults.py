@@ -222,7 +222,7 @@ def test_resolve_input_projection(dim, n_rows, given, expected):
 EXPLICIT = TrainOptions(
     coupling_layers=3, hidden=5, hidden_layers=0, means_scale=0.0, variance=0.5, scaling="feature", projection_dim=0,
     unlabeled_weight=0.0, labeled_noise=0.0, perturbation=0.0, epochs=7, batch_size=9, labeled_batch_size=4, permutation="random",
-    power_transform=False, calibration_folds=0, classification_weight=0.0, learn_weights=False, flow="vector", scales=0, translate=0, consistency_weight=0.0,
+    power_transform=False, square_root=False, calibration_folds=0, classification_weight=0.0, learn_weights=False, flow="vector", scales=0, translate=0, consistency_weight=0.0,
     members=1,
 )  # fmt: skip
 
@@ -247,12 +247,14 @@ def test_explicit_values_zeros_included_are_never_replaced(dim):
     assert resolve(resolve_input(EXPLICIT, dim, 500), n_labeled=20, n_unlabeled=0, seen=seen) == EXPLICIT
 
 
-def test_after_both_steps_only_means_scale_is_left_to_the_model():
+def test_after_both_steps_only_the_square_root_and_means_scale_are_left():
+    """The square root follows the rows' least value (``factory.prepare``, which reads them); the
+    means' scale is left to the model."""
     x = np.random.default_rng(0).normal(size=(200, 5))
     options = resolve_input(TrainOptions(), 5, 200)
     resolved = resolve(options, n_labeled=10, n_unlabeled=190, seen=x)
     unset = [field.name for field in dataclasses.fields(resolved) if getattr(resolved, field.name) is None]
-    assert unset == ["means_scale"]
+    assert unset == ["means_scale", "square_root"]
     # Settings that no rule touches come through unchanged.
     assert (resolved.permutation, resolved.lr, resolved.random_state) == (Permutation.reverse, 1e-3, 0)
 

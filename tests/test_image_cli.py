@@ -124,6 +124,8 @@ def test_resume_continues_an_image_run_to_the_same_model(trained, capsys, monkey
 def test_vector_options_are_refused_for_images_and_image_options_for_vectors(trained, capsys):
     code, _, err = run_cli(["train", trained["train"], "--labels", trained["labels"], "--projection-dim", "8", "-o", trained["folder"] / "x.flowgmm"], capsys)
     assert code == 2 and "--projection-dim applies to the vector flow" in err
+    code, _, err = run_cli(["train", trained["train"], "--labels", trained["labels"], "--square-root", "-o", trained["folder"] / "x.flowgmm"], capsys)
+    assert code == 2 and "--square-root applies to the vector flow" in err
     code, _, err = run_cli(["train", trained["train"], "--labels", trained["labels"], "--scales", "3", "-o", trained["folder"] / "x.flowgmm"], capsys)
     assert code == 2 and "--scales 3 is more than images of 8x8 pixels allow (2)" in err
 

@@ -50,7 +50,7 @@ BOUNDS = {
 #: Fields whose default is chosen from the data.
 AUTO = {
     "coupling_layers", "hidden", "hidden_layers", "means_scale", "variance", "scaling", "projection_dim",
-    "unlabeled_weight", "labeled_noise", "perturbation", "epochs", "batch_size", "labeled_batch_size", "power_transform",
+    "unlabeled_weight", "labeled_noise", "perturbation", "epochs", "batch_size", "labeled_batch_size", "power_transform", "square_root",
     "calibration_folds", "classification_weight", "learn_weights", "flow", "scales", "translate", "consistency_weight", "members",
 }  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""Input transforms: standardisation, the Yeo-Johnson map and the principal projection, each an exact density term of the features."""
+"""Input transforms: standardisation, the Yeo-Johnson map, the square root and the principal projection, each an exact density term of the features."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from flowgmm_cli.layers import RealNVP
 from flowgmm_cli.model import FlowGMM
 from flowgmm_cli.options import Scaling, TrainOptions
 from flowgmm_cli.prior import GaussianMixturePrior
-from flowgmm_cli.transforms import PrincipalProjection, Standardize, TransformChain, YeoJohnson, build_transform
+from flowgmm_cli.moments import Moments
+from flowgmm_cli.transforms import PrincipalProjection, SquareRoot, Standardize, TransformChain, YeoJohnson, build_transform
 from flowgmm_testutils import perturb_
 
 
@@ -74,6 +75,7 @@ def test_standardize_log_term_is_the_log_det_of_its_jacobian(float64):
         lambda x: PrincipalProjection.fit(x - x.mean(0), 2),
         lambda x: _fitted_chain(x, 2),
         lambda x: YeoJohnson.fit(x),
+        lambda x: SquareRoot(x.shape[1], 2.0),
     ],
 )
 def test_transforms_have_no_trainable_parameters_and_keep_their_statistics_as_buffers(build, float64):
@@ -161,6 +163,65 @@ def test_power_transform_fits_between_two_standardisations_for_tables():
     assert (skew_before > 3).all() and (u.double().pow(3).mean(0).abs() < 0.1 * skew_before).all(), "most of the skew is gone"
     assert prepare(ArrayStore(x, units="per-column"), 10, 2990, TrainOptions())[1].power_transform is True
     assert prepare(ArrayStore(x, units="shared"), 10, 2990, TrainOptions())[1].power_transform is False
+
+
+# ----------------------------------------------------------------------------------- SquareRoot
+
+
+def test_square_root_log_term_is_the_log_det_of_its_jacobian(float64):
+    transform = SquareRoot(5, scale=3.0).double()
+    x = torch.tensor([[0.0, 0.2, 7.0, 300.0, -4.0], [1e-9, 0.0, -1e-9, 0.05, 12.0]], dtype=torch.float64)
+    u, log_term = transform(x)
+    for row in range(len(x)):
+        matrix = jacobian(lambda r: transform(r.unsqueeze(0))[0].squeeze(0), x[row])
+        torch.testing.assert_close(log_term[row], torch.linalg.slogdet(matrix)[1], rtol=0, atol=1e-12)
+    # At zero the slope is 1 / (2 s √c), finite: the point mass of a feature at zero keeps a density.
+    assert float(matrix[1, 1]) == pytest.approx(1 / (2 * 3.0 * math.sqrt(SquareRoot.OFFSET)))
+
+
+def test_square_root_is_an_odd_monotone_map_that_inverts(float64):
+    transform = SquareRoot(1, scale=0.5).double()
+    x = torch.linspace(-20, 50, 7001, dtype=torch.float64).unsqueeze(1)
+    u, _ = transform(x)
+    assert (u[1:] > u[:-1]).all(), "monotone increasing"
+    torch.testing.assert_close(transform(-x)[0], -u, rtol=0, atol=0)
+    torch.testing.assert_close(transform.inverse(u), x, rtol=1e-12, atol=1e-12)
+    # Far from zero it is the root: u ≈ √(x / s).
+    assert float(transform(torch.tensor([[1e6]], dtype=torch.float64))[0]) == pytest.approx(math.sqrt(2e6), rel=1e-3)
+
+
+def test_square_root_scale_is_the_rows_shared_standard_deviation(float64):
+    x = torch.tensor([[0.0, 0.0, 5.0], [2.0, 0.2, 5.0], [4.0, 0.4, 5.0]], dtype=torch.float64)
+    moments = Moments(3, full=False)
+    moments.update(x)
+    assert float(SquareRoot.from_moments(moments).scale) == pytest.approx(float(Standardize.fit(x, shared_scale=True).scale[0]))
+    constant = Moments(2, full=False)
+    constant.update(torch.ones(4, 2))
+    assert float(SquareRoot.from_moments(constant).scale) == 1.0
+
+
+def test_square_root_is_the_default_for_long_tailed_non_negative_features_in_one_unit():
+    """Activation-like rows (zero or log-normal): the root where they share one unit; not for
+    pixel-like rows (bounded), rows with a negative value, or a table's columns."""
+    generator = torch.Generator().manual_seed(6)
+    active = torch.rand(2000, 12, generator=generator) < 0.4
+    counts = torch.where(active, torch.exp(1.5 * torch.randn(2000, 12, generator=generator)), torch.zeros(()))
+    pixels = torch.randint(0, 17, (2000, 12), generator=generator).float()
+    chosen = [
+        prepare(ArrayStore(x, units=units), 10, 1990, TrainOptions(projection_dim=0))
+        for x, units in ((counts, "shared"), (counts, None), (counts - 0.5, "shared"), (counts, "per-column"), (pixels, "shared"))
+    ]
+    assert [options.square_root for _, options in chosen] == [True, True, False, False, False]
+    assert [type(part) for part in chosen[0][0].layers] == [SquareRoot, Standardize]
+    u, _ = chosen[0][0](counts)
+    torch.testing.assert_close(u.double().mean(0), torch.zeros(12, dtype=torch.float64), rtol=0, atol=1e-5)
+    # A choice beats the rule either way; with a projection the covariance is that of the roots.
+    assert prepare(ArrayStore(counts, units="shared"), 10, 1990, TrainOptions(square_root=False, projection_dim=0))[1].square_root is False
+    transform, options = prepare(ArrayStore(counts - 0.5, units="shared"), 10, 1990, TrainOptions(square_root=True, projection_dim=4))
+    assert options.square_root and [type(part) for part in transform.layers] == [SquareRoot, Standardize, PrincipalProjection]
+    roots = transform.layers[1](transform.layers[0](counts - 0.5)[0])[0].double()
+    expected = PrincipalProjection.fit(roots - roots.mean(0), 4).directions
+    torch.testing.assert_close(transform.layers[2].directions.abs(), expected.abs(), rtol=0, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- PrincipalProjection
@@ -294,6 +355,7 @@ def test_chain_adds_log_terms_and_inverts_in_reverse_order(float64):
         lambda x: _fitted_chain(x, 3),
         lambda x: TransformChain([Standardize.fit(x, shared_scale=True)]),
         lambda x: TransformChain([Standardize.fit(x), YeoJohnson.fit(Standardize.fit(x)(x)[0])]),
+        lambda x: TransformChain([SquareRoot(5, 2.5), Standardize.fit(x)]),
     ],
 )
 def test_spec_rebuilds_the_same_transform(build, float64):
@@ -367,3 +429,19 @@ def test_estimator_projects_wide_features_by_default_and_saves_it(tmp_path):
     assert off.options_.projection_dim == 0 and off.model_.latent_dim == 80
     assert [type(t) for t in off.model_.transform.layers] == [Standardize]
     assert np.isfinite(off.score_samples(X[:3])).all()
+
+
+def test_estimator_takes_square_roots_of_long_tailed_rows_and_saves_them(tmp_path):
+    """Activation-like rows (zero or log-normal, one unit): the model's first transform is the
+    root; saved and loaded it scores the same, and decoding inverts it."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 150)
+    X = ((rng.random((300, 12)) < 0.5) * rng.lognormal(1.5 * y[:, None], 1.0, (300, 12))).astype(np.float32)
+    partial = np.full(300, -1)
+    partial[[0, 1, 150, 151]] = y[[0, 1, 150, 151]]
+    clf = FlowGMMClassifier(epochs=2, hidden=16, coupling_layers=2, members=1, calibration_folds=0).fit(X, partial, units="shared")
+    assert clf.options_.square_root and isinstance(clf.model_.transform.layers[0], SquareRoot)
+    clf.save(tmp_path / "m.flowgmm")
+    loaded = FlowGMMClassifier.load(tmp_path / "m.flowgmm", device=clf.options_.device)
+    np.testing.assert_array_equal(loaded.score_samples(X), clf.score_samples(X))
+    np.testing.assert_allclose(loaded.decode(loaded.encode(X)), X, rtol=1e-4, atol=1e-4)
