@@ -18,6 +18,7 @@ from flowgmm_cli.errors import OptionError
 from flowgmm_cli.factory import build_model, build_source, prepare
 from flowgmm_cli.options import TrainOptions
 from flowgmm_cli.splits import hold_out
+from flowgmm_cli.transforms import SquareRoot, Standardize, YeoJohnson
 
 
 class FeatureNoise:
@@ -163,8 +164,25 @@ def test_labeled_noise_option_is_in_standardised_units():
     model = build_model(transform, 2, options)
     source = build_source(ArrayStore(x[10:]), x[:10], torch.tensor([0, 1] * 5), model, options)
     scale = transform.layers[0].scale
-    torch.testing.assert_close(source.labeled_noise.feature_std, 0.3 * scale)
+    assert source.labeled_noise.parts == []  # standardisation alone: no round trip
+    torch.testing.assert_close(source.labeled_noise.scale, 0.3 * scale)
     torch.testing.assert_close(scale, x.double().std(0, unbiased=False).float())
+
+
+def test_behind_a_square_root_the_noise_is_added_in_its_standardised_roots():
+    """Long-tailed rows in one unit take the root: the noise goes through the root alone (the
+    standardisation after it only scales it) and is Gaussian of the given std where the flow sees
+    the rows, at zero and far in the tail alike."""
+    generator = torch.Generator().manual_seed(3)
+    x = (torch.rand(3000, 4, generator=generator) < 0.5) * torch.exp(1.5 * torch.randn(3000, 4, generator=generator))
+    transform, options = prepare(ArrayStore(x, units="shared"), 10, 2990, TrainOptions(labeled_noise=0.1, projection_dim=0, hidden=8, coupling_layers=1))
+    assert options.square_root
+    noise = build_source(ArrayStore(x[10:]), x[:10], torch.tensor([0, 1] * 5), build_model(transform, 2, options), options).labeled_noise
+    assert [type(part) for part in noise.parts] == [SquareRoot]
+    for point in (torch.zeros(1, 4), torch.full((1, 4), 40.0)):
+        moved = noise(point.expand(4000, 4), torch.Generator().manual_seed(4))
+        seen = transform(moved)[0] - transform(point)[0]
+        torch.testing.assert_close(seen.double().std(0), torch.full((4,), 0.1, dtype=torch.float64), rtol=0.1, atol=0)
 
 
 def test_with_a_power_transform_the_noise_is_added_where_the_flow_sees_the_rows():
@@ -175,7 +193,8 @@ def test_with_a_power_transform_the_noise_is_added_where_the_flow_sees_the_rows(
     transform, options = prepare(ArrayStore(x), 10, 1990, TrainOptions(labeled_noise=0.1, power_transform=True, hidden=8, coupling_layers=1))
     model = build_model(transform, 2, options)
     noise = build_source(ArrayStore(x[10:]), x[:10], torch.tensor([0, 1] * 5), model, options).labeled_noise
-    assert noise.feature_std is None
+    # the second standardisation only scales the noise; the map before it is inverted
+    assert [type(part) for part in noise.parts] == [Standardize, YeoJohnson]
     for point in (torch.tensor([[0.5, 0.5]]), torch.tensor([[50.0, 50.0]])):
         moved = noise(point.expand(4000, 2), torch.Generator().manual_seed(2))
         seen = transform(moved)[0] - transform(point)[0]

@@ -312,7 +312,7 @@ def test_options_reach_the_model_source_objective_and_schedule(small_moons, monk
     assert [weight for _, weight in run["objective"].terms] == [1.0, 0.4, 0.5]
     source = run["source"]
     assert (source.unlabeled_batch, source.labeled_batch, source.steps_per_epoch) == (50, 4, math.ceil(290 / 50))
-    torch.testing.assert_close(source.labeled_noise.feature_std, 0.1 * torch.from_numpy(X.std(0)).float(), rtol=1e-4, atol=0)
+    torch.testing.assert_close(source.labeled_noise.scale, 0.1 * torch.from_numpy(X.std(0)).float(), rtol=1e-4, atol=0)
     model = clf.model_
     spec = model.flow.spec()
     assert (spec["coupling_layers"], spec["hidden"], spec["hidden_layers"], spec["dropout"], spec["seed"]) == (3, 24, 2, 0.2, 7)

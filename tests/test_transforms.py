@@ -18,9 +18,9 @@ from flowgmm_cli import FlowGMMClassifier
 from flowgmm_cli.factory import fit_input_transform, prepare
 from flowgmm_cli.layers import RealNVP
 from flowgmm_cli.model import FlowGMM
+from flowgmm_cli.moments import Moments
 from flowgmm_cli.options import Scaling, TrainOptions
 from flowgmm_cli.prior import GaussianMixturePrior
-from flowgmm_cli.moments import Moments
 from flowgmm_cli.transforms import PrincipalProjection, SquareRoot, Standardize, TransformChain, YeoJohnson, build_transform
 from flowgmm_testutils import perturb_
 
