@@ -35,15 +35,15 @@ def fit_input_transform(rows: RowStore, options: TrainOptions, raw: Moments | No
     """With ``options.square_root`` a square root of the features; standardisation (per feature or
     shared, as ``options.scaling`` says); with ``options.power_transform`` a Yeo-Johnson map of the
     standardised columns and a second standardisation; and, when ``options.projection_dim`` is
-    positive, the principal projection. One pass over ``rows`` per standardisation and one for
-    the root's scale, unless ``raw`` (the moments of the rows as they are) is given."""
+    positive, the principal projection. One pass over ``rows`` per standardisation, and one for
+    the root's scale unless ``raw`` (the rows' moments as they are, which :func:`prepare` has when
+    it chose the root) is given."""
     shared = options.scaling == Scaling.shared
     full = bool(options.projection_dim)
-    moments = raw if raw is not None else moments_of(rows, full=full and not (options.power_transform or options.square_root))
     parts: list = []
     if options.square_root:
-        parts.append(SquareRoot.from_moments(moments))
-        moments = moments_of(rows, full=full and not options.power_transform, transform=TransformChain(list(parts)))
+        parts.append(SquareRoot.from_moments(raw if raw is not None else moments_of(rows, full=False)))
+    moments = moments_of(rows, full=full and not options.power_transform, transform=TransformChain(list(parts)) if parts else None)
     parts.append(Standardize.from_moments(moments, shared_scale=shared))
     if options.power_transform:
         sample = rows.read_rows(noise_sample_rows(rows.n_rows, options.random_state, POWER_SAMPLE))
@@ -81,14 +81,18 @@ def prepare(
         options = resolve_image(options, rows.image_shape, n_labeled, n_unlabeled, class_counts)
         return image_transform(rows), options
     options = resolve_input(options, rows.dim, rows.n_rows, rows.units)
+    sample = rows.read_rows(noise_sample_rows(rows.n_rows, options.random_state))
     raw = None
     if options.square_root is None:
-        raw = moments_of(rows, full=bool(options.projection_dim) and not options.power_transform)
-        sample = rows.read_rows(noise_sample_rows(rows.n_rows, options.random_state)).numpy()
-        options = replace(options, square_root=default_square_root(options.scaling, float(raw.minimum.min()), sample))
+        values = sample.numpy()
+        chosen = default_square_root(options.scaling, float(values.min()), values)
+        if chosen:  # the sample says yes: every row must agree that none is negative (the root's scale pass)
+            raw = moments_of(rows, full=False)
+            chosen = default_square_root(options.scaling, float(raw.minimum.min()), values)
+        options = replace(options, square_root=chosen)
     transform = fit_input_transform(rows, options, raw)
     with torch.no_grad():
-        seen = transform(rows.read_rows(noise_sample_rows(rows.n_rows, options.random_state)))[0].numpy()
+        seen = transform(sample)[0].numpy()
     return transform, resolve(options, n_labeled=n_labeled, n_unlabeled=n_unlabeled, seen=seen, class_counts=class_counts)
 
 

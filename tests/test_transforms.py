@@ -15,6 +15,7 @@ from scipy.stats import multivariate_normal
 from torch.autograd.functional import jacobian
 
 from flowgmm_cli import FlowGMMClassifier
+from flowgmm_cli.defaults import noise_sample_rows
 from flowgmm_cli.factory import fit_input_transform, prepare
 from flowgmm_cli.layers import RealNVP
 from flowgmm_cli.model import FlowGMM
@@ -223,6 +224,17 @@ def test_square_root_is_the_default_for_long_tailed_non_negative_features_in_one
     expected = PrincipalProjection.fit(roots - roots.mean(0), 4).directions
     torch.testing.assert_close(transform.layers[2].directions.abs(), expected.abs(), rtol=0, atol=1e-4)
 
+
+
+def test_square_root_default_asks_every_row_not_only_the_sample():
+    """The sample screens; one negative value in a row it did not draw still rules the root out."""
+    generator = torch.Generator().manual_seed(7)
+    counts = (torch.rand(5000, 6, generator=generator) < 0.4) * torch.exp(1.5 * torch.randn(5000, 6, generator=generator))
+    sampled = set(noise_sample_rows(len(counts), TrainOptions().random_state).tolist())
+    outside = next(row for row in range(len(counts)) if row not in sampled)
+    assert prepare(ArrayStore(counts, units="shared"), 10, 4990, TrainOptions(projection_dim=0))[1].square_root
+    counts[outside, 0] = -1.0
+    assert prepare(ArrayStore(counts, units="shared"), 10, 4990, TrainOptions(projection_dim=0))[1].square_root is False
 
 # --------------------------------------------------------------------------- PrincipalProjection
 
