@@ -168,7 +168,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         class_counts = np.bincount(codes[train_labeled], minlength=len(self.classes_))
         transform, self.options_ = prepare(rows, self.n_labeled_, self.n_unlabeled_, options, class_counts)
         first_scores, self.projection_choice_ = None, None
-        sizes = projection_candidates(rows.dim, rows.n_rows)
+        sizes = projection_candidates(rows.dim, rows.n_rows, bool(self.options_.square_root))
         if options.projection_dim is None and self.options_.projection_dim and self.options_.calibration_folds and len(sizes) > 1:
             choice = choose_projection(
                 rows, labeled[train_labeled], codes[train_labeled], len(self.classes_), sizes, options, class_counts, callback,

@@ -80,16 +80,18 @@ def prepare(
     if flow == FlowKind.image:
         options = resolve_image(options, rows.image_shape, n_labeled, n_unlabeled, class_counts)
         return image_transform(rows), options
-    options = resolve_input(options, rows.dim, rows.n_rows, rows.units)
-    sample = rows.read_rows(noise_sample_rows(rows.n_rows, options.random_state))
+    resolved = resolve_input(options, rows.dim, rows.n_rows, rows.units)
+    sample = rows.read_rows(noise_sample_rows(rows.n_rows, resolved.random_state))
     raw = None
-    if options.square_root is None:
+    if resolved.square_root is None:
         values = sample.numpy()
-        chosen = default_square_root(options.scaling, float(values.min()), values)
+        chosen = default_square_root(resolved.scaling, float(values.min()), values)
         if chosen:  # the sample says yes: every row must agree that none is negative (the root's scale pass)
             raw = moments_of(rows, full=False)
-            chosen = default_square_root(options.scaling, float(raw.minimum.min()), values)
-        options = replace(options, square_root=chosen)
+            chosen = default_square_root(resolved.scaling, float(raw.minimum.min()), values)
+        # the projection's default follows the root (default_projection_dim)
+        resolved = resolve_input(replace(options, square_root=chosen), rows.dim, rows.n_rows, rows.units)
+    options = resolved
     transform = fit_input_transform(rows, options, raw)
     with torch.no_grad():
         seen = transform(sample)[0].numpy()

@@ -131,6 +131,14 @@ def test_projection_rule(dim, n_rows, k):
     assert default_projection_dim(dim, n_rows) == k
 
 
+@pytest.mark.parametrize("dim, n_rows, k", [(64, 1000, 0), (100, 1000, 0), (129, 1000, 128), (1280, 3000, 128), (1280, 50, 49)])
+def test_square_rooted_features_keep_more_directions(dim, n_rows, k):
+    """Pooled CNN activations (the features the root is for) keep 128 directions, fewer where the
+    rows allow fewer, and all where 128 would keep every feature."""
+    assert default_projection_dim(dim, n_rows, square_root=True) == k
+    assert resolve_input(TrainOptions(square_root=True), dim, n_rows).projection_dim == k
+
+
 @pytest.mark.parametrize("dim, scaling", [(1, "feature"), (8, "feature"), (9, "shared"), (384, "shared")])
 def test_scaling_rule_without_units_counts_features(dim, scaling):
     assert default_scaling(dim) == scaling

@@ -40,6 +40,7 @@ def test_candidates_follow_the_features_and_the_rows():
     assert projection_candidates(80, 400) == (32, 64)
     assert projection_candidates(64, 400) == ()  # the flow sees every feature
     assert projection_candidates(300, 40) == (32, 39)  # no more directions than rows allow
+    assert projection_candidates(1280, 3000, square_root=True) == ()  # the features' kind sets the size
 
 
 def test_the_size_that_keeps_the_classes_is_chosen_and_its_fits_calibrate_the_model():
@@ -72,6 +73,23 @@ def test_the_reported_nll_is_that_of_the_candidate_s_held_out_scores(monkeypatch
     chosen = FlowGMMClassifier(**SMALL).fit(X, partial)
     evidence = chosen.projection_choice_
     assert seen == list(zip(evidence["sizes"], evidence["held_out_nll"])), "one run of fits per size, the first member's not run again"
+
+
+def test_square_rooted_features_keep_128_directions_without_a_choice():
+    """Activation-like rows (zero or log-normal, 160 features in one unit) take the root, and with
+    it 128 directions and no choice among sizes; shifted below zero (no root) the labels choose."""
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 150)
+    active = rng.random((300, 160)) < np.where(y[:, None] == 1, 0.6, 0.3)
+    X = np.where(active, rng.lognormal(0.0, 1.5, (300, 160)), 0.0).astype(np.float32)
+    partial = np.full(300, -1)
+    partial[np.r_[0:10, 150:160]] = y[np.r_[0:10, 150:160]]
+    rooted = FlowGMMClassifier(**{**SMALL, "epochs": 2}).fit(X, partial, units="shared")
+    assert rooted.options_.square_root and rooted.options_.projection_dim == 128 and rooted.projection_choice_ is None
+    given = FlowGMMClassifier(**{**SMALL, "epochs": 2, "projection_dim": 128}).fit(X, partial, units="shared")
+    assert state_equal(rooted.model_.state_dict(), given.model_.state_dict()), "the default is the model of --projection-dim 128"
+    shifted = FlowGMMClassifier(**{**SMALL, "epochs": 2}).fit(X - 0.5, partial, units="shared")
+    assert not shifted.options_.square_root and shifted.projection_choice_["sizes"] == [32, 64]
 
 
 @pytest.mark.parametrize("options", [{"projection_dim": 32}, {"calibration_folds": 0}, {"val_fraction": 0.3}])
