@@ -1,17 +1,18 @@
 #!/usr/bin/env python
-"""A default fit's wall time with the calibration fits beside the model (a second process) against
-after it (one process), in one run, the modes alternated over rounds so they share the machine's load.
+"""A default fit's wall time with its fits spread over lanes (worker processes) against run in
+turn in one process, in one run, the modes alternated over rounds so they share the machine's load.
 
 Modes, each a default ``FlowGMMClassifier`` fit on ``demo.digits_split(seed)`` (1,297 rows, 5
-labels per class; no data outside the installed packages):
+labels per class: three members of 1,500 steps and twelve calibration fits of 250; no data
+outside the installed packages):
 
-* ``beside``: ``--threads`` torch threads (default 2): the model on half, the four calibration
-  fits on the other half in a child process (what ``flowgmm train`` does on 2 cores).
-* ``after``: the same threads, the calibration fits after the model in this process (the
-  behaviour before the child process; ``crossfit.can_run_beside`` is replaced for it).
-* ``one_thread``: one thread, everything in this process (``--threads 1``).
+* ``lanes``: ``--threads`` torch threads (default 2): the fits dealt to one lane per thread, this
+  process and workers, each on one thread (what ``flowgmm train`` does on 2 cores).
+* ``in_turn``: the same threads, every fit in this process one after another
+  (``crossfit.lane_count`` is replaced for it).
+* ``one_thread``: one thread, every fit in this process (``--threads 1``).
 
-``beside`` and ``one_thread`` run every fit on one thread (at ``--threads 2``), so their models
+``lanes`` and ``one_thread`` run every fit on one thread (at ``--threads 2``), so their models
 and temperatures must be bit for bit the same; the script checks it.
 
     python bench/fit_time.py [--rounds 2] [--threads 2] [--epochs E] [--json]
@@ -34,22 +35,22 @@ from flowgmm_cli import FlowGMMClassifier  # noqa: E402
 from flowgmm_cli import estimator as estimator_module  # noqa: E402
 from flowgmm_cli.demo import digits_split  # noqa: E402
 
-MODES = ("beside", "after", "one_thread")
+MODES = ("lanes", "in_turn", "one_thread")
 
 
 def one_fit(mode: str, threads: int, seed: int, epochs: int | None) -> tuple[float, FlowGMMClassifier]:
     """Seconds of one default fit in ``mode``, and the fitted model."""
     X_pool, partial, *_ = digits_split(seed)
     torch.set_num_threads(1 if mode == "one_thread" else threads)
-    real = estimator_module.can_run_beside
-    if mode == "after":
-        estimator_module.can_run_beside = lambda device, rows: False
+    real = estimator_module.lane_count
+    if mode == "in_turn":
+        estimator_module.lane_count = lambda device, rows, n_fits: 1
     try:
         start = time.perf_counter()
         model = FlowGMMClassifier(random_state=seed, device="cpu", **({} if epochs is None else {"epochs": epochs})).fit(X_pool, partial)
         return time.perf_counter() - start, model
     finally:
-        estimator_module.can_run_beside = real
+        estimator_module.lane_count = real
 
 
 def main() -> None:
@@ -67,22 +68,24 @@ def main() -> None:
             elapsed, models[mode] = one_fit(mode, args.threads, args.seed, args.epochs)
             seconds[mode].append(elapsed)
     median = {mode: statistics.median(values) for mode, values in seconds.items()}
-    same = models["beside"].temperature_ == models["one_thread"].temperature_ and all(
-        torch.equal(a, b) for a, b in zip(models["beside"].model_.state_dict().values(), models["one_thread"].model_.state_dict().values(), strict=True)
+    same = models["lanes"].temperature_ == models["one_thread"].temperature_ and all(
+        torch.equal(a, b)
+        for lane_member, one_thread_member in zip(models["lanes"].members_, models["one_thread"].members_, strict=True)
+        for a, b in zip(lane_member.state_dict().values(), one_thread_member.state_dict().values(), strict=True)
     )
     result = {
-        "case": "digits", "threads": args.threads, "rounds": args.rounds, "epochs": models["beside"].options_.epochs,
+        "case": "digits", "threads": args.threads, "rounds": args.rounds, "epochs": models["lanes"].options_.epochs,
         **{f"{mode}_s": round(value, 1) for mode, value in median.items()},
-        "after_over_beside": round(median["after"] / median["beside"], 2), "one_thread_over_beside": round(median["one_thread"] / median["beside"], 2),
-        "temperature": round(models["beside"].temperature_, 4), "beside_equals_one_thread": same,
+        "in_turn_over_lanes": round(median["in_turn"] / median["lanes"], 2), "one_thread_over_lanes": round(median["one_thread"] / median["lanes"], 2),
+        "temperature": round(models["lanes"].temperature_, 4), "lanes_equal_one_thread": same,
     }  # fmt: skip
     if args.json:
         print(json.dumps(result))
     else:
         for mode in MODES:
             print(f"{mode:<12}{median[mode]:8.1f} s  (runs: {', '.join(f'{v:.1f}' for v in seconds[mode])})")
-        print(f"after / beside {result['after_over_beside']}, one thread / beside {result['one_thread_over_beside']}; "
-              f"beside and one thread give the same model and temperature: {same}")  # fmt: skip
+        print(f"in turn / lanes {result['in_turn_over_lanes']}, one thread / lanes {result['one_thread_over_lanes']}; "
+              f"lanes and one thread give the same models and temperature: {same}")  # fmt: skip
     if not same:
         sys.exit(1)
 

@@ -91,7 +91,7 @@ def fit_temperature(log_joint: np.ndarray, y: np.ndarray) -> float:
 
 def cross_fitted_log_temperature(log_joint: np.ndarray, codes: np.ndarray) -> float:
     """``log T`` fitted on the calibration fits' out-of-fold scores of the labeled rows
-    (:func:`~flowgmm_cli.crossfit.held_out_scores`; an ensemble's stacked ``(M, N, K)``, each
+    (:func:`~flowgmm_cli.fits.fold_scores`; an ensemble's stacked ``(M, N, K)``, each
     member's from its own calibration fits, so ``T`` is fitted for the members' mean posterior).
 
     The held-out rows measure how sure a model trained this way is when it is wrong, which the

@@ -20,7 +20,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._version import __version__
 from .calibration import calibration_evidence, cross_fitted_log_temperature, fit_temperature, mixture_log_joint, tempered_log_proba
-from .crossfit import CalibrationFits, FoldJob, can_run_beside, train_one
+from .crossfit import lane_count, run_fits
+from .fits import FoldJob, fold_fits, fold_scores, model_fit
 from .defaults import projection_candidates
 from .devices import resolve_device
 from .distributed import setup, world
@@ -34,7 +35,7 @@ from .selection import choose_projection
 from .splits import hold_out
 from .stores import ArrayStore, RowStore
 from .targets import encode_targets, require_classes, unlabeled_mask
-from .training import NamedPhases, TrainingCallback, announce_phase
+from .training import TrainingCallback
 
 __all__ = ["FlowGMMClassifier", "log_evidence", "member_checkpoint"]
 
@@ -172,37 +173,36 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         if options.projection_dim is None and self.options_.projection_dim and self.options_.calibration_folds and len(sizes) > 1:
             choice = choose_projection(
                 rows, labeled[train_labeled], codes[train_labeled], len(self.classes_), sizes, options, class_counts, callback,
-                beside=can_run_beside(device, rows), prepared=(transform, self.options_),
+                lanes=lane_count(device, rows, len(sizes) * self.options_.calibration_folds), prepared=(transform, self.options_),
             )  # fmt: skip
             transform, self.options_, self.projection_choice_ = choice.transform, choice.options, choice.evidence
             first_scores = choice.scores  # the first member's calibration fits, already run
         if validation_rows is not None:
             self.options_ = replace(self.options_, calibration_folds=0)  # the validation rows calibrate
-        unlabeled = np.ones(rows.n_rows, dtype=bool)
-        unlabeled[labeled] = False  # held-out validation rows are in neither set
         validation = None
         if validation_rows is not None:
             validation = (torch.from_numpy(np.ascontiguousarray(validation_rows[0])).to(device), torch.from_numpy(validation_rows[1]).to(device))
-        self.members_: list[FlowGMM] = []
-        self.history_: list[dict[str, Any]] = []
-        held_out: list[tuple[np.ndarray, np.ndarray]] = []
+        fits, jobs = [], []
+        held_back = np.setdiff1d(labeled, labeled[train_labeled])  # validation rows: in neither set
         for member in range(self.options_.members):
             member_options = replace(self.options_, random_state=self.options_.random_state + member)
-            member_callback = _member_callback(callback, member, self.options_.members)
-            known = first_scores if member == 0 else None
-            if known is not None:
-                announce_phase(member_callback, "model")  # not the choice's last fit
-            job = FoldJob(rows, transform, len(self.classes_), labeled, codes, member_options)
-            calibrates = validation_rows is None and bool(member_options.calibration_folds)
-            with CalibrationFits(job, member_callback, beside=calibrates and known is None and can_run_beside(device, rows)) as calibration:
-                model, history = train_one(
-                    rows, transform, len(self.classes_), labeled[train_labeled], codes[train_labeled], unlabeled, member_options, validation,
-                    checkpoint=member_checkpoint(checkpoint, member), resume=resume, fingerprint=fingerprint, callback=calibration.callback,
-                )  # fmt: skip
-                if calibrates:
-                    held_out.append(known if known is not None else calibration.scores())
-            self.members_.append(model)
-            self.history_ += [{**epoch, "member": member} for epoch in history] if self.options_.members > 1 else history
+            job = FoldJob(rows, transform, len(self.classes_), labeled[train_labeled], codes[train_labeled], member_options, held_back)
+            prefix = f"member {member + 1}/{self.options_.members}" if self.options_.members > 1 else ""
+            label = prefix or ("model" if first_scores is not None else "")
+            fits.append(model_fit(job, label, checkpoint=member_checkpoint(checkpoint, member), resume=resume, fingerprint=fingerprint))
+            if validation_rows is None and (member > 0 or first_scores is None):
+                fits += fold_fits(job, f"{prefix}, " if prefix else "")
+            jobs.append(job)
+        lanes = 1 if validation is not None else lane_count(device, rows, len(fits))
+        results = run_fits(fits, callback, lanes, validation)
+        models = [result for fit, result in zip(fits, results, strict=True) if fit.fold is None]
+        self.members_: list[FlowGMM] = [result.model for result in models]  # type: ignore[misc]
+        self.history_: list[dict[str, Any]] = [
+            {**epoch, "member": member} if self.options_.members > 1 else epoch for member, result in enumerate(models) for epoch in result.history
+        ]
+        held_out: list[tuple[np.ndarray, np.ndarray]] = []
+        if validation_rows is None and self.options_.calibration_folds:
+            held_out = [first_scores if member == 0 and first_scores is not None else fold_scores(job, fits, results) for member, job in enumerate(jobs)]
         self.model_ = self.members_[0]
         self.calibration_: dict[str, Any] | None = None
         if validation_rows is not None:
@@ -400,15 +400,6 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
         estimator.projection_choice_ = header.get("projection_choice")
         estimator.header_ = header
         return estimator
-
-
-def _member_callback(callback: TrainingCallback | None, member: int, members: int) -> TrainingCallback | None:
-    """``callback`` itself for a single model; else one that names the member, announced at once."""
-    if callback is None or members == 1:
-        return callback
-    named = NamedPhases(callback, f"member {member + 1}/{members}")
-    named.on_phase("")  # the member starts: its label alone until its fit names a phase
-    return named
 
 
 def _flat_images(X: Any) -> tuple[Any, tuple[int, int, int] | None]:

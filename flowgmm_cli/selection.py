@@ -9,8 +9,8 @@ of the labels. Run for each candidate size, they say which size predicts hidden 
 the winner's scores are then the first member's calibration scores, so its temperature costs
 nothing more. The short fits are noisy judges (on MNIST pixels they once favoured 64 directions
 by 0.07 ± 0.08 nats, where the full model lost 2.7 points with them), hence the rule. With two
-or more CPU threads the costliest candidate's fits run in a second process beside the others'
-(:class:`~flowgmm_cli.crossfit.CalibrationFits`).
+or more CPU threads the candidates' fits are spread over worker processes
+(:func:`~flowgmm_cli.crossfit.run_fits`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .calibration import held_out_losses
-from .crossfit import CalibrationFits, FoldJob, held_out_scores
-from .factory import build_model, prepare
+from .crossfit import run_fits
+from .fits import FoldJob, fold_fits, fold_scores
+from .factory import prepare
 from .options import TrainOptions
 from .stores import RowStore
-from .training import NamedPhases, TrainingCallback
+from .training import TrainingCallback
 from .transforms import TransformChain
 
 __all__ = ["ProjectionChoice", "choose_projection", "pick_within_one_standard_error"]
@@ -44,7 +45,7 @@ class ProjectionChoice:
 
 def choose_projection(
     rows: RowStore, labeled: np.ndarray, codes: np.ndarray, n_classes: int, sizes: tuple[int, ...], options: TrainOptions,
-    class_counts: np.ndarray, callback: TrainingCallback | None = None, beside: bool = False,
+    class_counts: np.ndarray, callback: TrainingCallback | None = None, lanes: int = 1,
     prepared: tuple[TransformChain, TrainOptions] | None = None,
 ) -> ProjectionChoice:  # fmt: skip
     """The fewest directions among ``sizes`` whose calibration fits' held-out NLL is within one
@@ -53,21 +54,17 @@ def choose_projection(
 
     ``options`` are the user's (``projection_dim`` unset); each candidate's transform and options
     are chosen as :func:`~flowgmm_cli.factory.prepare` would for it, on the labeled rows
-    ``labeled`` (indices into ``rows``) with classes ``codes``; ``beside``: whether one
-    candidate's fits may run in a second process; ``prepared``: one size's transform and options,
+    ``labeled`` (indices into ``rows``) with classes ``codes``; ``lanes``: how many processes
+    the fits may use (:func:`~flowgmm_cli.crossfit.run_fits`); ``prepared``: one size's transform and options,
     already computed (a pass over the rows fewer where they are streamed from a file).
     """
     n_labeled, n_unlabeled = len(labeled), rows.n_rows - len(labeled)
     known = {} if prepared is None else {prepared[1].projection_dim: prepared}
     candidates = [known.get(size) or prepare(rows, n_labeled, n_unlabeled, replace(options, projection_dim=size), class_counts) for size in sizes]
     jobs = [FoldJob(rows, transform, n_classes, labeled, codes, resolved) for transform, resolved in candidates]
-    costliest = int(np.argmax([_cost(job) for job in jobs]))
-    scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    with CalibrationFits(jobs[costliest], callback, beside, name=f"{sizes[costliest]} principal directions") as fits:
-        for index, job in enumerate(jobs):
-            if index != costliest:
-                scores[index] = held_out_scores(job, NamedPhases(fits.callback, f"{sizes[index]} principal directions"))
-        scores[costliest] = fits.scores()
+    fits = [fit for size, job in zip(sizes, jobs) for fit in fold_fits(job, f"{size} principal directions, ")]
+    results = run_fits(fits, callback, lanes)
+    scores = [fold_scores(job, fits, results) for job in jobs]
     losses = [held_out_losses(*scores[index]) for index in range(len(sizes))]
     chosen, evidence = pick_within_one_standard_error(losses, sizes)
     transform, resolved = candidates[chosen]
@@ -96,10 +93,3 @@ def pick_within_one_standard_error(losses: list[np.ndarray], sizes: tuple[int, .
 
 def _standard_error(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
-
-
-def _cost(job: FoldJob) -> int:
-    """A candidate's work, as its flow's parameters times its steps' rows: the matrix products
-    that dominate a step scale with both."""
-    parameters = sum(p.numel() for p in build_model(job.transform, job.n_classes, job.options).parameters())
-    return parameters * job.options.epochs * job.rows.n_rows

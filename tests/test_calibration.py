@@ -11,8 +11,8 @@ import torch
 from scipy.special import softmax
 from sklearn.datasets import make_blobs
 
-from flowgmm_cli import FlowGMMClassifier, crossfit
-from flowgmm_cli import estimator as estimator_module
+from flowgmm_cli import FlowGMMClassifier
+from flowgmm_cli import fits as fits_module
 from flowgmm_cli.calibration import (
     LOG_TEMPERATURE_BOUNDS,
     fit_temperature,
@@ -173,15 +173,14 @@ class _FitSpy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.fits: list[dict] = []
-        real = crossfit.train_one
+        real = fits_module.train_one
 
         def spying(rows, transform, n_classes, labeled, codes, unlabeled, options, *args, **kwargs):
             model, history = real(rows, transform, n_classes, labeled, codes, unlabeled, options, *args, **kwargs)
             self.fits.append({"labeled": np.array(labeled), "unlabeled": unlabeled.copy(), "epochs": options.epochs, "model": model})
             return model, history
 
-        monkeypatch.setattr(crossfit, "train_one", spying)
-        monkeypatch.setattr(estimator_module, "train_one", spying)
+        monkeypatch.setattr(fits_module, "train_one", spying)
 
 
 def _blobs_with_labels(per_class: int = 6):

@@ -1,5 +1,6 @@
-"""The calibration fits beside the model's fit, in a second process: the same model and temperature
-as one after the other, their progress in the fit's, their errors raised, nothing left running."""
+"""A fit's independent fits (members' models, calibration fits) spread over worker processes: the
+same models and temperature as one after the other, their progress in the fit's, their errors
+raised, nothing left running."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import pytest
 import torch
 from sklearn.datasets import make_blobs
 
-from flowgmm_cli import FlowGMMClassifier, crossfit
+from flowgmm_cli import FlowGMMClassifier, crossfit, workers
 from flowgmm_cli import estimator as estimator_module
 from flowgmm_cli.errors import TrainingDiverged
 from flowgmm_cli.features import FeatureWriter
-from flowgmm_cli.stores import FeatureStream
+from flowgmm_cli.stores import ArrayStore, FeatureStream
 from flowgmm_testutils import state_equal
 
 _POPEN = subprocess.Popen
@@ -69,11 +70,11 @@ class _Launches:
             self.processes.append(process)
             return process
 
-        monkeypatch.setattr(crossfit.subprocess, "Popen", launching)
+        monkeypatch.setattr(workers.subprocess, "Popen", launching)
 
 
 def test_beside_the_fit_the_calibration_fits_give_what_they_give_after_it(threads, monkeypatch):
-    """Two threads: the model on one here, the four fits on one in a child; one thread: all here.
+    """Two threads: the model on one here, the four fits on one in a worker; one thread: all here.
     Each fit runs on one thread either way, so the weights and the temperature are bit for bit the same."""
     X, partial = _blobs()
     threads(1)
@@ -87,11 +88,62 @@ def test_beside_the_fit_the_calibration_fits_give_what_they_give_after_it(thread
     assert torch.get_num_threads() == 2, "the fit gives its threads back"
     assert beside.temperature_ == after.temperature_ != 1.0
     assert state_equal(beside.model_.state_dict(), after.model_.state_dict())
-    assert recorder.phases == ["model and 4 calibration fits"] and recorder.epochs == SMALL["epochs"]
+    assert recorder.phases == ["model and 4 calibration fits in 2 processes"] and recorder.epochs == SMALL["epochs"]
     assert len(one_after_another.phases) == 4 and one_after_another.epochs == SMALL["epochs"] + 4 * 2
     every_step = sum(total for step, total in one_after_another.steps if step == total)  # the model's and each fold's
     assert recorder.steps[-1] == (every_step, every_step), "the last report counts all five fits' steps as done"
     assert all(step <= total for step, total in recorder.steps)
+
+
+def test_an_ensemble_s_members_train_in_two_lanes_as_they_do_in_turn(threads, monkeypatch):
+    """Three members and their twelve calibration fits on two threads: a member's model trained in
+    the worker comes back with the weights, history and predictions of one trained here."""
+    X, partial = _blobs()
+    options = {**SMALL, "members": 3, "epochs": 8}
+    threads(1)
+    in_turn = FlowGMMClassifier(**options).fit(X, partial)
+    launches = _Launches(monkeypatch)
+    threads(2)
+    recorder = _Recorder()
+    in_lanes = FlowGMMClassifier(**options).fit(X, partial, callback=recorder)
+    assert len(launches.processes) == 1 and launches.processes[0].poll() == 0
+    assert recorder.phases == ["3 models and 12 calibration fits in 2 processes"]
+    assert all(state_equal(a.state_dict(), b.state_dict()) for a, b in zip(in_lanes.members_, in_turn.members_, strict=True))
+    assert in_lanes.history_ == in_turn.history_ and in_lanes.temperature_ == in_turn.temperature_
+    np.testing.assert_array_equal(in_lanes.predict_proba(X), in_turn.predict_proba(X))
+    assert not in_lanes.members_[1].training, "a model from a worker is in evaluation mode, as one trained here"
+
+
+def test_a_member_in_a_worker_keeps_its_checkpoint_and_resumes_from_it(threads, tmp_path, monkeypatch):
+    """Two members on two threads: the second trains in the worker, which writes its checkpoint
+    where the first's would be followed by ``.1``; resuming from both gives the same models."""
+    X, partial = _blobs()
+    rows, labeled = ArrayStore(torch.from_numpy(X)), np.flatnonzero(partial >= 0)
+    options = {**SMALL, "members": 2, "calibration_folds": 0}
+    threads(1)
+    in_turn = FlowGMMClassifier(**options).fit_rows(rows, labeled, partial[labeled])
+    launches = _Launches(monkeypatch)
+    threads(2)
+    checkpoint = tmp_path / "model.ckpt"
+    in_lanes = FlowGMMClassifier(**options).fit_rows(rows, labeled, partial[labeled], checkpoint=checkpoint)
+    assert len(launches.processes) == 1 and checkpoint.exists() and Path(f"{checkpoint}.1").exists()
+    resumed = FlowGMMClassifier(**options).fit_rows(rows, labeled, partial[labeled], checkpoint=checkpoint, resume=True)
+    for fitted in (in_lanes, resumed):
+        assert all(state_equal(a.state_dict(), b.state_dict()) for a, b in zip(fitted.members_, in_turn.members_, strict=True))
+        assert fitted.history_ == in_turn.history_
+
+
+def test_lanes_are_dealt_longest_first_and_limited_by_memory(monkeypatch, threads):
+    plan = crossfit.plan_lanes([1500] * 3 + [250] * 12, 2)
+    assert sorted(sum(plan, [])) == list(range(15)) and [sum(1500 if i < 3 else 250 for i in lane) for lane in plan] == [3750, 3750]
+    rows = ArrayStore(torch.zeros(1000, 4))
+    threads(4)
+    assert crossfit.lane_count(torch.device("cpu"), rows, 15) in (1, 2, 3, 4)
+    monkeypatch.setattr(crossfit, "_available_memory", lambda: 10 * crossfit.WORKER_OVERHEAD_BYTES)
+    assert crossfit.lane_count(torch.device("cpu"), rows, 15) == 4 and crossfit.lane_count(torch.device("cpu"), rows, 2) == 2
+    monkeypatch.setattr(crossfit, "_available_memory", lambda: 3 * crossfit.WORKER_OVERHEAD_BYTES)
+    assert crossfit.lane_count(torch.device("cpu"), rows, 15) == 2, "each worker wants twice its memory free"
+    assert crossfit.lane_count(torch.device("meta"), rows, 15) == 1
 
 
 def test_the_child_computes_in_torch_s_default_dtype_as_set_here(threads, float64):
@@ -134,16 +186,16 @@ def test_a_child_that_dies_without_a_word_is_replaced_by_the_fits_here(threads, 
     """The fits then run here on all the threads, as they would after the model without a child."""
     X, partial = _blobs()
     threads(2)
-    monkeypatch.setattr(estimator_module, "can_run_beside", lambda device, rows: False)
+    monkeypatch.setattr(estimator_module, "lane_count", lambda device, rows, n_fits: 1)
     after = FlowGMMClassifier(**SMALL).fit(X, partial)
     monkeypatch.undo()
     _Launches(monkeypatch, [sys.executable, "-c", "import sys; sys.stdin.buffer.read(); sys.exit(3)"])
-    with pytest.warns(RuntimeWarning, match=r"ended without a result \(exit code 3\); they run again here"):
+    with pytest.warns(RuntimeWarning, match=r"ended without all its results \(exit code 3\); 4 of its fits run again here"):
         again = FlowGMMClassifier(**SMALL).fit(X, partial)
     assert again.temperature_ == after.temperature_
     garbled = "import sys, time; sys.stdin.buffer.read(); sys.stdout.buffer.write(b'not a message'); sys.stdout.flush(); time.sleep(600)"
     launches = _Launches(monkeypatch, [sys.executable, "-c", garbled])
-    with pytest.warns(RuntimeWarning, match=r"ended without a result \(signal 9\)"):
+    with pytest.warns(RuntimeWarning, match=r"ended without all its results \(signal 9\)"):
         again = FlowGMMClassifier(**SMALL).fit(X, partial)  # not ten minutes: a child that cannot be read is stopped
     assert again.temperature_ == after.temperature_ and launches.processes[0].poll() is not None
 
@@ -151,8 +203,8 @@ def test_a_child_that_dies_without_a_word_is_replaced_by_the_fits_here(threads, 
 def test_the_child_s_error_is_raised_and_a_failed_fit_leaves_no_child(threads, monkeypatch):
     X, partial = _blobs()
     failing = (
-        "import sys; from flowgmm_cli import crossfit; sys.stdin.buffer.read(); "
-        "crossfit._write_message(sys.stdout.buffer, {'kind': 'error', 'type': 'TrainingDiverged', 'message': 'a calibration fit diverged'})"
+        "import sys; from flowgmm_cli import workers; sys.stdin.buffer.read(); "
+        "workers.write_message(sys.stdout.buffer, {'kind': 'error', 'type': 'TrainingDiverged', 'message': 'a calibration fit diverged'})"
     )
     root = str(Path(crossfit.__file__).resolve().parents[1])
     _Launches(monkeypatch, [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); " + failing])
@@ -177,13 +229,13 @@ def test_messages_carry_json_and_plain_arrays_only():
     import io
 
     stream = io.BytesIO()
-    crossfit._write_message(stream, {"kind": "scores"}, {"log_joint": np.eye(2), "codes": np.array([1, 0])})
-    header, arrays = crossfit._read_message(io.BytesIO(stream.getvalue()))
+    workers.write_message(stream, {"kind": "scores"}, {"log_joint": np.eye(2), "codes": np.array([1, 0])})
+    header, arrays = workers.read_message(io.BytesIO(stream.getvalue()))
     assert header == {"kind": "scores"} and arrays["log_joint"].tolist() == [[1.0, 0.0], [0.0, 1.0]] and arrays["codes"].tolist() == [1, 0]
     forged = b'{"kind": "scores", "arrays": {"x": ["|O", [1]]}}'
     with pytest.raises(ValueError, match="may not carry"):
-        crossfit._read_message(io.BytesIO(len(forged).to_bytes(8, "little") + forged + bytes(8)))
+        workers.read_message(io.BytesIO(len(forged).to_bytes(8, "little") + forged + bytes(8)))
     with pytest.raises(ValueError, match="not one of this protocol"):
-        crossfit._read_message(io.BytesIO(b"not a message"))
+        workers.read_message(io.BytesIO(b"not a message"))
     with pytest.raises(EOFError):
-        crossfit._read_message(io.BytesIO(stream.getvalue()[:-3]))
+        workers.read_message(io.BytesIO(stream.getvalue()[:-3]))

@@ -13,7 +13,9 @@ from sklearn.datasets import make_moons
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from flowgmm_cli import FlowGMMClassifier, crossfit
+from flowgmm_cli import FlowGMMClassifier
+from flowgmm_cli import fits as fits_module
+from flowgmm_cli import estimator as estimator_module
 from flowgmm_cli.errors import InputError, OptionError
 from flowgmm_cli.metrics import negative_log_likelihood
 from flowgmm_cli.options import TrainOptions
@@ -63,11 +65,11 @@ def small_classifier(small_moons):
 
 class Spy:
     """Records what ``fit`` hands to the training loop (source, objective, schedule, validation)
-    and the model's weights after every epoch, by wrapping the ``train`` that :mod:`~flowgmm_cli.crossfit` calls."""
+    and the model's weights after every epoch, by wrapping the ``train`` that :mod:`~flowgmm_cli.fits` calls."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.runs: list[dict] = []
-        real_train = crossfit.train
+        real_train = fits_module.train
 
         def spying_train(model, source, objective, schedule, validation=None, **kwargs):
             run = {"model": model, "source": source, "objective": objective, "schedule": schedule, "validation": validation, "weights": []}
@@ -86,7 +88,7 @@ class Spy:
 
             return real_train(model, source, objective, schedule, validation, callback=Weights(), **kwargs)
 
-        monkeypatch.setattr(crossfit, "train", spying_train)
+        monkeypatch.setattr(fits_module, "train", spying_train)
 
     @property
     def last(self) -> dict:
@@ -549,13 +551,13 @@ def test_an_ensembles_probabilities_are_its_members_mean_at_one_temperature(smal
 def held_out_scores_seen(monkeypatch) -> list:
     """Every ``(log_joint, codes)`` the calibration fits return during the test, in order."""
     seen = []
-    real = crossfit.held_out_scores
+    real = fits_module.fold_scores
 
-    def keep(job, callback=None):
-        seen.append(real(job, callback))
+    def keep(job, fits, results):
+        seen.append(real(job, fits, results))
         return seen[-1]
 
-    monkeypatch.setattr(crossfit, "held_out_scores", keep)
+    monkeypatch.setattr(estimator_module, "fold_scores", keep)
     return seen
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from flowgmm_cli import FlowGMMClassifier, crossfit
+from flowgmm_cli import FlowGMMClassifier, crossfit, workers
+from flowgmm_cli import fits as fits_module
 from flowgmm_cli.calibration import held_out_losses
 from flowgmm_cli.cli import describe_projection_choice
 from flowgmm_cli.defaults import projection_candidates
@@ -60,19 +61,26 @@ def test_the_size_that_keeps_the_classes_is_chosen_and_its_fits_calibrate_the_mo
 
 def test_the_reported_nll_is_that_of_the_candidate_s_held_out_scores(monkeypatch):
     X, partial = _signal_beyond_the_top_32()
-    seen = []
-    real = crossfit.held_out_scores
+    seen, trained = [], []
+    real_scores, real_fit = fits_module.fold_scores, crossfit.run_fit
 
-    def recording(job, callback=None):
-        scores = real(job, callback)
+    def recording(job, fits, results):
+        scores = real_scores(job, fits, results)
         seen.append((job.options.projection_dim, round(float(held_out_losses(*scores).mean()), 4)))
         return scores
 
-    monkeypatch.setattr("flowgmm_cli.selection.held_out_scores", recording)
-    monkeypatch.setattr("flowgmm_cli.crossfit.held_out_scores", recording)
+    def counting(fit, *args, **kwargs):
+        trained.append((fit.job.options.projection_dim, fit.fold))
+        return real_fit(fit, *args, **kwargs)
+
+    monkeypatch.setattr("flowgmm_cli.selection.fold_scores", recording)
+    monkeypatch.setattr(crossfit, "run_fit", counting)
     chosen = FlowGMMClassifier(**SMALL).fit(X, partial)
     evidence = chosen.projection_choice_
-    assert seen == list(zip(evidence["sizes"], evidence["held_out_nll"])), "one run of fits per size, the first member's not run again"
+    assert seen == list(zip(evidence["sizes"], evidence["held_out_nll"]))
+    calibration_fits = sorted(size for size, fold in trained if fold is not None)
+    assert calibration_fits == [32] * 4 + [64] * 4, "one run of fits per size, the first member's not run again"
+    assert [size for size, fold in trained if fold is None] == [chosen.options_.projection_dim]
 
 
 def test_square_rooted_features_keep_128_directions_without_a_choice():
@@ -112,13 +120,13 @@ def test_with_two_threads_one_size_s_fits_run_beside_and_choose_the_same(monkeyp
         torch.set_num_threads(1)
         alone = FlowGMMClassifier(**SMALL).fit(X, partial)
         started = []
-        real = crossfit.subprocess.Popen
+        real = workers.subprocess.Popen
 
         def launching(args, **kwargs):
             started.append(real(args, **kwargs))
             return started[-1]
 
-        monkeypatch.setattr(crossfit.subprocess, "Popen", launching)
+        monkeypatch.setattr(workers.subprocess, "Popen", launching)
         torch.set_num_threads(2)
         beside = FlowGMMClassifier(**SMALL).fit(X, partial)
     finally:
