@@ -41,9 +41,7 @@ def lane_count(device: torch.device, rows: RowStore, n_fits: int) -> int:
     """How many lanes ``n_fits`` fits may use: one per CPU thread (``--threads``), at most one per
     fit, and no more workers than half the available memory holds, each with its own copy of rows
     held in memory (a feature file it opens itself); 1 under ``torchrun`` (several processes
-    already), on a GPU, or for rows a worker cannot get.
-
-    """
+    already), on a GPU, or for rows a worker cannot get."""
     if device.type != "cpu" or world().distributed or not isinstance(rows, (ArrayStore, FeatureStream)):
         return 1
     lanes = min(torch.get_num_threads(), n_fits)
