@@ -190,7 +190,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             prefix = f"member {member + 1}/{self.options_.members}" if self.options_.members > 1 else ""
             label = prefix or ("model" if first_scores is not None else "")
             fits.append(model_fit(job, label, checkpoint=member_checkpoint(checkpoint, member), resume=resume, fingerprint=fingerprint))
-            if validation_rows is None and (member > 0 or first_scores is None):
+            if member > 0 or first_scores is None:  # none with validation rows: calibration_folds is 0 then
                 fits += fold_fits(job, f"{prefix}, " if prefix else "")
             jobs.append(job)
         lanes = 1 if validation is not None else lane_count(device, rows, len(fits))
@@ -201,7 +201,7 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             {**epoch, "member": member} if self.options_.members > 1 else epoch for member, result in enumerate(models) for epoch in result.history
         ]
         held_out: list[tuple[np.ndarray, np.ndarray]] = []
-        if validation_rows is None and self.options_.calibration_folds:
+        if self.options_.calibration_folds:
             held_out = [first_scores if member == 0 and first_scores is not None else fold_scores(job, fits, results) for member, job in enumerate(jobs)]
         self.model_ = self.members_[0]
         self.calibration_: dict[str, Any] | None = None

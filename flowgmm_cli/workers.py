@@ -201,36 +201,53 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytearray:
 
 
 def _fits_message(fits: list[Fit], threads: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``fits``, a thread count and torch's default dtype as a message. Fits of one job share its
-    entry: options and the transform's spec in the header; its labeled rows, their codes, the rows
-    held back and the transform's statistics as arrays. The rows travel once (unless the worker
-    reads them from their file)."""
-    jobs: list[Any] = []
-    for fit in fits:
-        if not any(job is fit.job for job in jobs):
-            jobs.append(fit.job)
-    rows = fits[0].job.rows
+    """``fits``, a thread count and torch's default dtype as a message. Each job (a member's, a
+    candidate size's) has one entry: options in the header, its labeled rows, their codes and the
+    rows held back as arrays. The rows travel once (unless the worker reads them from their
+    file), and each transform once (a seed ensemble's members share theirs): its spec in the
+    header, its statistics as arrays."""
+    jobs = _distinct([fit.job for fit in fits])
+    transforms = _distinct([job.transform for job in jobs])
+    rows = jobs[0].rows
+    if any(job.rows is not rows for job in jobs):
+        raise ValueError("a worker's fits must share their rows")
     arrays: dict[str, np.ndarray] = {}
+    for number, transform in enumerate(transforms):
+        arrays.update({f"transform{number}.{name}": value.detach().cpu().numpy() for name, value in transform.state_dict().items()})
     job_headers = []
     for number, job in enumerate(jobs):
-        if job.rows is not rows:
-            raise ValueError("a worker's fits must share their rows")
         arrays.update({f"job{number}.labeled": np.asarray(job.labeled, dtype=np.int64), f"job{number}.codes": np.asarray(job.codes, dtype=np.int64)})
         arrays[f"job{number}.held_back"] = np.asarray(job.held_back, dtype=np.int64)
-        arrays.update({f"job{number}.transform.{name}": value.detach().cpu().numpy() for name, value in job.transform.state_dict().items()})
-        job_headers.append({"transform": job.transform.spec(), "n_classes": job.n_classes, "options": job.options.to_dict()})
+        job_headers.append({"transform": _index(transforms, job.transform), "n_classes": job.n_classes, "options": job.options.to_dict()})
     if isinstance(rows, FeatureStream):
         row_spec: dict[str, Any] = {"path": str(rows.path)}
     else:
         row_spec = {"units": rows.units, "image_shape": rows.image_shape, "chunks": rows.chunks}
         arrays["rows"] = rows.x.detach().cpu().numpy()
     fit_headers = [
-        {"job": next(n for n, job in enumerate(jobs) if job is fit.job), "fold": fit.fold, "label": fit.label, "steps": fit.steps,
+        {"job": _index(jobs, fit.job), "fold": fit.fold, "label": fit.label, "steps": fit.steps,
          "checkpoint": None if fit.checkpoint is None else str(fit.checkpoint), "resume": fit.resume, "fingerprint": fit.fingerprint}
         for fit in fits
     ]  # fmt: skip
-    header = {"kind": "fits", "rows": row_spec, "jobs": job_headers, "fits": fit_headers, "threads": threads, "dtype": str(torch.get_default_dtype()).removeprefix("torch.")}
+    header = {
+        "kind": "fits", "rows": row_spec, "transforms": [transform.spec() for transform in transforms], "jobs": job_headers,
+        "fits": fit_headers, "threads": threads, "dtype": str(torch.get_default_dtype()).removeprefix("torch."),
+    }  # fmt: skip
     return header, arrays
+
+
+def _distinct(items: list[Any]) -> list[Any]:
+    """``items`` without repeats of the same object, in their first order."""
+    kept: list[Any] = []
+    for item in items:
+        if not any(item is seen for seen in kept):
+            kept.append(item)
+    return kept
+
+
+def _index(items: list[Any], item: Any) -> int:
+    """Where the object ``item`` itself is in ``items``."""
+    return next(number for number, candidate in enumerate(items) if candidate is item)
 
 
 def _fits_from_message(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[Fit]:
@@ -244,14 +261,17 @@ def _fits_from_message(header: dict[str, Any], arrays: dict[str, np.ndarray]) ->
     else:
         shape = tuple(spec["image_shape"]) if spec["image_shape"] else None
         rows = ArrayStore(torch.from_numpy(arrays["rows"]), chunks=int(spec["chunks"]), units=spec["units"], image_shape=shape)  # type: ignore[arg-type]
-    jobs = []
-    for number, entry in enumerate(header["jobs"]):
-        transform = build_transform(entry["transform"])
-        prefix = f"job{number}.transform."
+    transforms = []
+    for number, transform_spec in enumerate(header["transforms"]):
+        transform = build_transform(transform_spec)
+        prefix = f"transform{number}."
         transform.load_state_dict({name[len(prefix) :]: torch.from_numpy(value) for name, value in arrays.items() if name.startswith(prefix)})
-        options = TrainOptions.from_dict(entry["options"])
-        job = FoldJob(rows, transform, int(entry["n_classes"]), arrays[f"job{number}.labeled"], arrays[f"job{number}.codes"], options, arrays[f"job{number}.held_back"])
-        jobs.append(job)
+        transforms.append(transform)
+    jobs = [
+        FoldJob(rows, transforms[entry["transform"]], int(entry["n_classes"]), arrays[f"job{number}.labeled"], arrays[f"job{number}.codes"],
+                TrainOptions.from_dict(entry["options"]), arrays[f"job{number}.held_back"])
+        for number, entry in enumerate(header["jobs"])
+    ]  # fmt: skip
     return [
         Fit(jobs[entry["job"]], entry["fold"], entry["label"], int(entry["steps"]), entry["checkpoint"], bool(entry["resume"]), entry["fingerprint"])
         for entry in header["fits"]

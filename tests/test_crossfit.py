@@ -224,6 +224,27 @@ def test_the_child_s_error_is_raised_and_a_failed_fit_leaves_no_child(threads, m
     assert torch.get_num_threads() == 2
 
 
+def test_a_worker_s_message_carries_the_rows_and_a_shared_transform_once(threads):
+    """A seed ensemble's members share one fitted transform: it travels once, and the worker's
+    jobs share it too."""
+    from flowgmm_cli.fits import FoldJob, fold_fits, model_fit
+    from flowgmm_cli.options import TrainOptions
+
+    threads(1)
+    X, partial = _blobs()
+    rows, transform = ArrayStore(torch.from_numpy(X[:50])), FlowGMMClassifier(**SMALL).fit(X, partial).model_.transform
+    options = TrainOptions(epochs=2, batch_size=16, labeled_batch_size=8, calibration_folds=2, random_state=0)
+    labeled, codes = np.arange(8), np.repeat([0, 1], 4)
+    jobs = [FoldJob(rows, transform, 2, labeled, codes, options) for _ in range(3)]
+    fits = [fit for job in jobs for fit in [model_fit(job), *fold_fits(job)]]
+    header, arrays = workers._fits_message(fits, threads=1)
+    assert len(header["transforms"]) == 1 and len(header["jobs"]) == 3 and len(header["fits"]) == 9
+    assert sum(name == "rows" for name in arrays) == 1
+    again = workers._fits_from_message(header, arrays)
+    assert [(fit.fold, fit.steps) for fit in again] == [(fit.fold, fit.steps) for fit in fits]
+    assert again[0].job.transform is again[3].job.transform, "the members' jobs share one transform in the worker too"
+
+
 def test_messages_carry_json_and_plain_arrays_only():
     """The channel runs no code when read: an object array or an oversized header is refused."""
     import io
