@@ -26,6 +26,9 @@ __all__ = [
 class InputTransform(nn.Module):
     """A map applied to the features before the flow, with its log-density term per row."""
 
+    #: Whether the log term is zero for every input (see :class:`~flowgmm_cli.layers.FlowLayer`; none is yet).
+    volume_preserving = False
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
         """Return ``(u, log_term)`` with ``log_term`` of shape ``(N,)``."""
         raise NotImplementedError

@@ -143,7 +143,7 @@ def test_every_parameter_receives_a_gradient_and_a_step_lowers_the_loss(name, fl
 @pytest.mark.parametrize("name", [name for name in CASES if name.startswith("permutation")])
 def test_permutations_have_no_parameters_and_zero_log_det(name):
     layer, dim = _prepared(name)
-    assert list(layer.parameters()) == []
+    assert list(layer.parameters()) == [] and layer.volume_preserving
     x = _data(4, dim).float()
     y, log_det = layer(x)
     assert torch.equal(log_det, torch.zeros(4))
@@ -211,6 +211,28 @@ def test_fresh_flow_without_actnorm_only_permutes():
     # An odd number of reversals (4 couplings, 3 reversals) reverses; an even number gives the input order.
     assert torch.equal(RealNVP(5, coupling_layers=4, hidden=8)(x)[0], x.flip(-1))
     assert torch.equal(RealNVP(5, coupling_layers=3, hidden=8)(x)[0], x)
+
+
+@pytest.mark.parametrize("name", [name for name in CASES if name.startswith("flow")])
+def test_a_flow_s_log_det_is_its_layers_summed_in_order_bit_for_bit(name):
+    """Skipping the permutations' zeros changes no bit of the sum (nor of its gradient)."""
+    flow, dim = _prepared(name)
+    assert not any(layer.volume_preserving for layer in flow.layers if not _is_permutation_layer(layer))
+    x = _data(7, dim).float().requires_grad_()
+    y, log_det = flow(x)
+    h, expected = x, torch.zeros(7)
+    for layer in flow.layers:
+        h, layer_log_det = layer(h)
+        expected = expected + layer_log_det
+    assert torch.equal(y, h) and torch.equal(log_det, expected)
+    inputs = [x, *flow.parameters()]
+    for got, want in zip(torch.autograd.grad(log_det.sum(), inputs, allow_unused=True), torch.autograd.grad(expected.sum(), inputs, allow_unused=True)):
+        assert (got is None and want is None) or torch.equal(got, want)
+
+
+def test_a_flow_of_permutations_only_has_a_zero_log_det_per_row():
+    y, log_det = Flow([Reverse(), Permutation(torch.tensor([2, 0, 1]))])(_data(5, 3).float())
+    assert log_det.shape == (5,) and torch.equal(log_det, torch.zeros(5))
 
 
 def _tensor_state(module: torch.nn.Module) -> dict[str, tuple]:
