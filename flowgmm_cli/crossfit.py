@@ -33,7 +33,8 @@ from .workers import Worker
 
 __all__ = ["run_fits", "lane_count", "plan_lanes"]
 
-#: Memory a worker needs beside its copy of the rows: the interpreter, torch, a model's steps.
+#: Memory a worker needs beside its copy of the rows: the interpreter, torch, a model's steps. A digits
+#: fit's worker peaked at 394 MiB of private memory, 280 MiB of it importing torch (2026-12-06).
 WORKER_OVERHEAD_BYTES = 512 << 20
 
 
