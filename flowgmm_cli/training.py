@@ -162,11 +162,13 @@ def train(
     epochs = math.ceil(total_steps / source.steps_per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
     device = trainable[0].device if trainable else torch.device("cpu")
-    # the fused kernel updates every parameter in one call, on the CPU as on a GPU; on the CPU the
-    # foreach form loops over the parameters inside, ten calls each (digits, one member, one thread:
-    # 1.4-1.7 ms of a 17 ms step against 0.45 ms). The clipping's foreach form does the per-tensor
-    # loop's arithmetic bit for bit.
-    optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, weight_decay=schedule.weight_decay, fused=True)
+    # on a GPU the fused kernel updates every parameter in one launch; on the CPU the foreach form
+    # (here and in the clipping) does the same arithmetic as the per-tensor loop, bit for bit, in a
+    # few calls instead of ten per parameter: a fifth of a small flow's step (digits: 13.7 s → 10.8 s, one thread).
+    # The CPU's fused kernel is faster still (1.4 → 0.45 ms a digits step) but rounds otherwise, which moves
+    # every model and, on the demo's 2-D sets, one-draw accuracies by up to 17 points (BENCHMARKS.md)
+    cuda = device.type == "cuda"
+    optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, weight_decay=schedule.weight_decay, fused=True if cuda else None, foreach=None if cuda else True)
     state = _State()
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = _load_checkpoint(checkpoint, model, optimizer, source, fingerprint)
