@@ -375,8 +375,15 @@ def default_labeled_noise(standardized: np.ndarray, seed: int = 0, sample: int =
 
 
 def default_batch_sizes(n_labeled: int, n_unlabeled: int) -> tuple[int, int]:
-    """(unlabeled, labeled) rows per step: 256 and 64 at most."""
-    return min(max(n_unlabeled, 1), 256), min(n_labeled, 64)
+    """(unlabeled, labeled) rows per step: 256 and 64 at most. Without unlabeled rows the model
+    never uses the first, but its calibration fits do (the labeled rows they hold out become
+    unlabeled), so it is 256 there too rather than one row a step.
+
+    Example:
+        >>> default_batch_sizes(100, 1000), default_batch_sizes(100, 40), default_batch_sizes(100, 0)
+        ((256, 64), (40, 64), (256, 64))
+    """
+    return min(n_unlabeled, 256) if n_unlabeled else 256, min(n_labeled, 64)
 
 
 def steps_per_epoch(n_labeled: int, n_unlabeled: int, batch_size: int, labeled_batch_size: int) -> int:
@@ -415,7 +422,11 @@ CALIBRATION_FOLDS = 4
 #: The scale depends more on the labels a fit sees than on its length (validation rows, seed 1000:
 #: digits, two folds, T = 7.27 from full fits and 7.06 from a third of the steps, against 5.19
 #: that the validation rows want; UCI letter, four folds, T = 5.47 from a third and 4.27 from a
-#: sixth against 5.28, test ECE 0.16 and 0.08), so many short fits beat few long ones ...
+#: sixth against 5.28, test ECE 0.16 and 0.08), so many short fits beat few long ones. With every
+#: row labeled, fits as long as the model did better on two small tables and worse on digits, at
+#: three to five times the cost (test NLL, a sixth against the model's length: wine 0.240 and
+#: breast cancer 0.128 against 0.223 and 0.120, medians of 4 splits; digits 0.054 against 0.072;
+#: BENCHMARKS.md) ...
 CALIBRATION_STEP_SHARE = 1 / 6
 #: ... but where the flow sees a principal projection of many features, no fit runs fewer steps
 #: than this share of a full-length run (:data:`TARGET_STEPS`). A flow learns per step, and a sixth
@@ -439,18 +450,25 @@ def default_calibration_folds(class_counts: np.ndarray) -> int:
     return CALIBRATION_FOLDS if (np.asarray(class_counts) >= 2).any() else 0
 
 
-def calibration_epochs(epochs: int, epoch_steps: int, projected: bool) -> int:
+def calibration_epochs(model_steps: int, epoch_steps: int, projected: bool) -> int:
     """Epochs of ``epoch_steps`` steps for each calibration fit: :data:`CALIBRATION_STEP_SHARE` of
-    the model's; when the flow sees a principal projection (``projected``), enough for about
-    :data:`CALIBRATION_MIN_STEPS` steps (the nearest whole epoch); never more than the model's and
-    at least 1.
+    the model's ``model_steps`` steps; when the flow sees a principal projection (``projected``),
+    enough for about :data:`CALIBRATION_MIN_STEPS` steps (the nearest whole epoch); never more than
+    the model's and at least 1.
+
+    Counted in steps because a fit's epoch can be longer than the model's: it passes over the
+    unlabeled rows, which then hold the labeled rows its fold hides (with every row labeled the
+    model's epoch is a pass over the labeled rows, the fit's one over the hidden ones).
 
     Example:
-        >>> calibration_epochs(375, 4, projected=False), calibration_epochs(375, 4, projected=True), calibration_epochs(5, 4, projected=True)
+        >>> calibration_epochs(1500, 4, projected=False), calibration_epochs(1500, 4, projected=True), calibration_epochs(20, 4, projected=True)
         (62, 125, 5)
+        >>> calibration_epochs(2520, 2, projected=False)  # every row labeled: 21 labeled batches an epoch, a fit's 2 hidden ones
+        210
     """
+    model_epochs = model_steps / max(epoch_steps, 1)
     floor = round(CALIBRATION_MIN_STEPS / max(epoch_steps, 1)) if projected else 0
-    return max(1, min(epochs, max(round(epochs * CALIBRATION_STEP_SHARE), floor)))
+    return max(1, min(math.floor(model_epochs), max(round(model_epochs * CALIBRATION_STEP_SHARE), floor)))
 
 
 def resolve_input(options: TrainOptions, dim: int, n_rows: int, units: str | None = None) -> TrainOptions:

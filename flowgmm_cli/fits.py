@@ -95,10 +95,14 @@ class FitResult:
 
 def model_fit(job: FoldJob, label: str = "", **run: Any) -> Fit:
     """The fit of the job's model on all its labels; ``run``: ``checkpoint``, ``resume``, ``fingerprint``."""
+    return Fit(job, None, label, _model_steps(job), **run)
+
+
+def _model_steps(job: FoldJob) -> int:
+    """Optimiser steps of the job's model on all its labels."""
     options = job.options
     n_unlabeled = int(job.unlabeled(job.labeled).sum())
-    steps = options.epochs * steps_per_epoch(len(job.labeled), n_unlabeled, options.batch_size, options.labeled_batch_size)
-    return Fit(job, None, label, steps, **run)
+    return options.epochs * steps_per_epoch(len(job.labeled), n_unlabeled, options.batch_size, options.labeled_batch_size)
 
 
 def fold_fits(job: FoldJob, prefix: str = "") -> list[Fit]:
@@ -123,7 +127,7 @@ def _fold_setup(job: FoldJob, fold: int) -> tuple[np.ndarray, np.ndarray, TrainO
     unlabeled = job.unlabeled(job.labeled[~held])
     labeled_batch = min(options.labeled_batch_size, int((~held).sum()))
     epoch_steps = steps_per_epoch(int((~held).sum()), int(unlabeled.sum()), options.batch_size, labeled_batch)
-    epochs = calibration_epochs(options.epochs, epoch_steps, projected=bool(options.projection_dim))
+    epochs = calibration_epochs(_model_steps(job), epoch_steps, projected=bool(options.projection_dim))
     return held, unlabeled, replace(options, epochs=epochs, labeled_batch_size=labeled_batch)
 
 

@@ -169,7 +169,7 @@ def test_folds_are_stratified_balanced_and_never_take_a_class_s_last_row():
 
 
 class _FitSpy:
-    """Records the labeled rows, unlabeled mask and epochs of each model a ``fit`` trains."""
+    """Records the labeled rows, unlabeled mask, epochs and unlabeled batch of each model a ``fit`` trains."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.fits: list[dict] = []
@@ -177,7 +177,7 @@ class _FitSpy:
 
         def spying(rows, transform, n_classes, labeled, codes, unlabeled, options, *args, **kwargs):
             model, history = real(rows, transform, n_classes, labeled, codes, unlabeled, options, *args, **kwargs)
-            self.fits.append({"labeled": np.array(labeled), "unlabeled": unlabeled.copy(), "epochs": options.epochs, "model": model})
+            self.fits.append({"labeled": np.array(labeled), "unlabeled": unlabeled.copy(), "epochs": options.epochs, "batch_size": options.batch_size, "model": model})
             return model, history
 
         monkeypatch.setattr(fits_module, "train_one", spying)
@@ -229,6 +229,19 @@ def test_behind_a_projection_the_calibration_fits_run_at_least_their_least_steps
     FlowGMMClassifier(**SMALL, projection_dim=3).fit(wide, partial)
     main, *folds = spy.fits
     assert main["epochs"] == SMALL["epochs"] and [fold["epochs"] for fold in folds] == [SMALL["epochs"]] * 4
+
+
+def test_with_every_row_labeled_the_calibration_fits_take_whole_batches_for_a_sixth_of_the_steps(monkeypatch):
+    """The model passes over its 400 labeled rows (7 batches of 64, 84 steps in 12 epochs); each
+    fit's (about) 100 hidden labels are its unlabeled rows, taken in one batch, not one row a step,
+    for a sixth of the model's steps (14), not a sixth of its epochs (2 epochs of 100 one-row steps)."""
+    spy = _FitSpy(monkeypatch)
+    X, y = make_blobs(400, centers=[[0.0, 0.0], [2.5, 0.5], [0.0, 3.0]], cluster_std=1.0, random_state=1)
+    FlowGMMClassifier(**SMALL).fit(X, y)
+    main, *folds = spy.fits
+    assert main["epochs"] == 12 and not main["unlabeled"].any()
+    assert len(folds) == 4 and sum(fold["unlabeled"].sum() for fold in folds) == 400 and all(fold["unlabeled"].sum() <= 101 for fold in folds)
+    assert [(fold["batch_size"], fold["epochs"]) for fold in folds] == [(256, 14)] * 4
 
 
 def test_no_folds_keep_the_trained_scale_and_validation_rows_calibrate_instead(monkeypatch):

@@ -96,13 +96,22 @@ def test_calibration_fits_run_a_sixth_of_the_model_and_behind_a_projection_never
     least (a sixth of a full-length run), that least; never longer than the model."""
     for dim in (2, 9, 384):
         epochs = default_epochs(epoch_steps, dim)
+        model_steps = epochs * epoch_steps
         sixth = round(epochs * CALIBRATION_STEP_SHARE)
-        assert calibration_epochs(epochs, epoch_steps, projected=False) == max(1, sixth)
-        fit_epochs = calibration_epochs(epochs, epoch_steps, projected=True)
+        assert calibration_epochs(model_steps, epoch_steps, projected=False) == max(1, sixth)
+        fit_epochs = calibration_epochs(model_steps, epoch_steps, projected=True)
         assert fit_epochs == min(epochs, max(sixth, round(CALIBRATION_MIN_STEPS / epoch_steps)))
-        assert fit_epochs * epoch_steps >= min(CALIBRATION_MIN_STEPS - epoch_steps / 2, epochs * epoch_steps), "none shorter than the least unless the model is"
-    assert calibration_epochs(12, 2, projected=True) == 12 and calibration_epochs(12, 2, projected=False) == 2
+        assert fit_epochs * epoch_steps >= min(CALIBRATION_MIN_STEPS - epoch_steps / 2, model_steps), "none shorter than the least unless the model is"
+    assert calibration_epochs(24, 2, projected=True) == 12 and calibration_epochs(24, 2, projected=False) == 2
     assert calibration_epochs(6000, 1, projected=True) == 1000
+
+
+def test_a_calibration_fit_s_share_counts_steps_where_its_epoch_is_not_the_model_s():
+    """Every row labeled: the model's epoch is 21 labeled batches, a fit's a pass over the 2 batches
+    of labels it hides; its 420 steps are a sixth of the model's 2,520 all the same."""
+    assert calibration_epochs(2520, 2, projected=False) == 210
+    assert calibration_epochs(2520, 6, projected=True) == 83, "500 steps, the least behind a projection"
+    assert calibration_epochs(10, 6, projected=True) == 1, "never longer than the model"
 
 
 @pytest.mark.parametrize(
@@ -120,7 +129,7 @@ def test_above_eight_features_small_sets_stop_after_enough_passes(rows, batch, e
 
 @pytest.mark.parametrize(
     "n_labeled, n_unlabeled, sizes",
-    [(10, 290, (256, 10)), (100, 1000, (256, 64)), (64, 256, (256, 64)), (70, 100, (100, 64)), (5, 0, (1, 5))],
+    [(10, 290, (256, 10)), (100, 1000, (256, 64)), (64, 256, (256, 64)), (70, 100, (100, 64)), (5, 0, (256, 5))],
 )
 def test_batch_sizes(n_labeled, n_unlabeled, sizes):
     assert default_batch_sizes(n_labeled, n_unlabeled) == sizes

@@ -79,12 +79,12 @@ def test_latent_plane_of_many_means_uses_their_top_principal_directions():
 @pytest.fixture(scope="module")
 def moons_scene() -> Scene:
     """Two moons (300 rows, 10 of them marked labeled) and a model that separates them (trained on
-    every label: a few seconds); a second, barely trained model to compare with."""
+    every label: a few seconds; not calibrated, ``T = 1``); a second, barely trained model to compare with."""
     X, y = make_toy("two-moons", 300, 0)
     labeled = pick_labeled(y, 5, 0)
     partial = np.full_like(y, -1)
     partial[labeled] = y[labeled]
-    clf = FlowGMMClassifier(epochs=40, hidden=32, coupling_layers=4, lr=0.01, random_state=0, device="cpu").fit(X, y)
+    clf = FlowGMMClassifier(epochs=40, hidden=32, coupling_layers=4, lr=0.01, calibration_folds=0, random_state=0, device="cpu").fit(X, y)
     assert clf.score(X, y) > 0.95
     other = FlowGMMClassifier(epochs=2, hidden=16, coupling_layers=2, random_state=1, device="cpu").fit(X[labeled], y[labeled])
     return Scene(clf, X, np.array([f"r{i}" for i in range(300)], dtype=object), partial, name="semi", compare=other, compare_name="sup")
