@@ -41,12 +41,9 @@ class _NarrowInputLinearFunction(torch.autograd.Function):
         return torch.addmm(bias, x, weight.t())
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
-        grad_x = torch.mm(weight.t(), grad.t()).t() if ctx.needs_input_grad[0] else None
-        grad_weight = torch.mm(x.t(), grad).t().contiguous() if ctx.needs_input_grad[1] else None  # DDP buckets want the parameter's layout
-        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias
+        return _linear_backward(grad, x, weight, narrow=True, needs_input=ctx.needs_input_grad[0])
 
 
 class NarrowInputLinear(nn.Linear):
@@ -74,6 +71,69 @@ def _mlp(in_dim: int, hidden: int, out_dim: int, hidden_layers: int, dropout: fl
     nn.init.zeros_(last.bias)
     layers.append(last)
     return nn.Sequential(*layers)
+
+
+class _CouplingFunction(torch.autograd.Function):
+    """An affine coupling with a ReLU MLP as one autograd node: the forward pass runs the same
+    operations as :class:`AffineCoupling`'s modules, and the backward pass the ones autograd would
+    run for them, in the same order, so values and gradients are the same bit for bit.
+
+    Autograd records a dozen nodes per coupling (two slices, the chunk, the concatenation, each
+    elementwise step), and in the backward pass it writes each slice's gradient into a zero tensor
+    of the whole row before adding the two; on small flows that bookkeeping costs more than the
+    arithmetic. Here each half's gradient is computed once and the two are concatenated
+    (``bench/step_speed.py``).
+
+    ``weights`` are the MLP's linear layers as ``W0, b0, W1, b1, …``; the first takes the
+    conditioning half, with :class:`_NarrowInputLinearFunction`'s backward layout when it is
+    followed by a hidden layer (a :class:`NarrowInputLinear`).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, split: int, *weights: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        x_a, x_b = x[:, :split], x[:, split:]
+        inputs = [x_a]
+        for index in range(0, len(weights), 2):
+            out = torch.addmm(weights[index + 1], inputs[-1], weights[index].t())
+            if index + 2 < len(weights):
+                inputs.append(torch.relu(out))
+        raw_s, t = out.chunk(2, dim=-1)
+        s = torch.tanh(raw_s)
+        e = s.exp()
+        ctx.split = split
+        ctx.save_for_backward(x, s, e, *inputs[1:], *weights[::2])
+        return torch.cat([x_a, torch.addcmul(t, x_b, e)], dim=-1), s.sum(dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor, grad_log_det: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, s, e, *rest = ctx.saved_tensors
+        layers = (len(rest) + 1) // 2
+        inputs, matrices = [x[:, : ctx.split], *rest[: layers - 1]], rest[layers - 1 :]
+        grad_a, grad_b = grad_y[:, : ctx.split], grad_y[:, ctx.split :]
+        # y_b = t + x_b · exp(s), log_det = Σ s: the exp's and the sum's gradients meet at s
+        grad_s = grad_log_det.unsqueeze(-1).expand_as(s) + (grad_b * x[:, ctx.split :]) * e
+        grad = torch.cat([torch.ops.aten.tanh_backward(grad_s, s), grad_b], dim=-1)
+        needs_x = ctx.needs_input_grad[0]
+        weight_grads: list[Tensor] = []
+        for index in reversed(range(layers)):
+            grad_input, grad_weight, grad_bias = _linear_backward(
+                grad, inputs[index], matrices[index], narrow=index == 0 and layers > 1, needs_input=index > 0 or needs_x
+            )
+            weight_grads[:0] = [grad_weight, grad_bias]
+            if index > 0:
+                grad = torch.ops.aten.threshold_backward(grad_input, inputs[index], 0)
+        grad_x = torch.cat([grad_a + grad_input, grad_b * e], dim=-1) if needs_x else None
+        return (grad_x, None, *weight_grads)
+
+
+def _linear_backward(grad: Tensor, x: Tensor, weight: Tensor, narrow: bool, needs_input: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+    """``(grad_x, grad_weight, grad_bias)`` of ``addmm(bias, x, weight.t())`` (``grad_x`` only when
+    ``needs_input``): in :class:`_NarrowInputLinearFunction`'s layout when ``narrow``, else in the
+    one autograd uses for ``addmm``."""
+    if narrow:
+        grad_x = torch.mm(weight.t(), grad.t()).t() if needs_input else None
+        return grad_x, torch.mm(x.t(), grad).t().contiguous(), grad.sum(0)  # DDP buckets want the parameter's layout
+    return grad.mm(weight) if needs_input else None, grad.t().mm(x), grad.sum(0)
 
 
 class AffineCoupling(FlowLayer):
@@ -107,12 +167,23 @@ class AffineCoupling(FlowLayer):
         if not 0 < self.split < dim:
             raise ValueError(f"split must lie in (0, {dim}), got {self.split}")
         self.net = _mlp(self.split, hidden, 2 * (dim - self.split), hidden_layers, dropout)
+        self._has_dropout = dropout > 0
 
     def _scale_shift(self, x_a: Tensor) -> tuple[Tensor, Tensor]:
         raw_s, t = self.net(x_a).chunk(2, dim=-1)
         return torch.tanh(raw_s), t
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """By :class:`_CouplingFunction` for a batch of rows (the same numbers as
+        :meth:`forward_by_modules`, faster); through the modules under autocast, with dropout in
+        training, or for inputs of other shapes."""
+        if x.dim() == 2 and not (self.training and self._has_dropout) and not torch.is_autocast_enabled(x.device.type):
+            weights = [tensor for linear in self.net if isinstance(linear, nn.Linear) for tensor in (linear.weight, linear.bias)]
+            return _CouplingFunction.apply(x, self.split, *weights)
+        return self.forward_by_modules(x)
+
+    def forward_by_modules(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The forward pass through the s/t network's modules, each step recorded by autograd."""
         x_a, x_b = x[..., : self.split], x[..., self.split :]
         s, t = self._scale_shift(x_a)
         y_b = torch.addcmul(t, x_b, s.exp())

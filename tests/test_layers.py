@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from flowgmm_cli.layers import ActNorm, AffineCoupling, Flow, NarrowInputLinear, Permutation, RealNVP, Reverse, _NarrowInputLinearFunction
+from flowgmm_cli.layers import ActNorm, AffineCoupling, Flow, NarrowInputLinear, Permutation, RealNVP, Reverse, _CouplingFunction, _NarrowInputLinearFunction
 from flowgmm_cli.options import Permutation as PermutationOption
 from flowgmm_testutils import perturb_
 
@@ -391,3 +391,63 @@ def test_narrow_input_linear_matches_nn_linear_and_passes_gradcheck(float64):
     rows = torch.randn(13, 5, requires_grad=True)
     weight, bias = torch.randn(7, 5, requires_grad=True), torch.randn(7, requires_grad=True)
     assert torch.autograd.gradcheck(_NarrowInputLinearFunction.apply, (rows, weight, bias))
+
+
+def _outputs_and_gradients(flow: torch.nn.Module, x: torch.Tensor, by_modules: bool, input_grad: bool) -> list[torch.Tensor]:
+    """``z``, the log-determinant, and the gradients of a loss that uses both (of ``x`` when
+    ``input_grad``, and of every parameter), with the couplings run by their modules or not."""
+    for layer in flow.modules():
+        if isinstance(layer, AffineCoupling):
+            layer.forward = layer.forward_by_modules if by_modules else type(layer).forward.__get__(layer)
+    flow.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(input_grad)
+    z, log_det = flow(x)
+    (0.37 * z.square().sum() - 1.3 * log_det.sum() + z[:, :2].sin().sum()).backward()
+    return [z.detach(), log_det.detach(), *([x.grad] if input_grad else []), *(p.grad for p in flow.parameters())]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("dim", "hidden", "hidden_layers", "input_grad"),
+    [(64, 128, 1, True), (64, 128, 1, False), (13, 32, 0, True), (7, 16, 2, True), (2, 64, 1, True), (9, 24, 3, False)],
+)
+def test_a_coupling_s_one_node_computes_what_its_modules_do_bit_for_bit(dtype, dim, hidden, hidden_layers, input_grad):
+    """The fused forward and hand-written backward (``_CouplingFunction``) against autograd through
+    the modules: the same values and gradients, bit for bit, in training as in the default float32."""
+    torch.manual_seed(dim + hidden_layers)
+    flow = RealNVP(dim, coupling_layers=4, hidden=hidden, hidden_layers=hidden_layers).to(dtype)
+    perturb_(flow, scale=0.05, seed=5)
+    x = torch.randn(301, dim, dtype=dtype)
+    fused = _outputs_and_gradients(flow, x, by_modules=False, input_grad=input_grad)
+    by_modules = _outputs_and_gradients(flow, x, by_modules=True, input_grad=input_grad)
+    assert len(fused) == len(by_modules) == 2 + input_grad + 4 * (hidden_layers + 1) * 2
+    for ours, autograds in zip(fused, by_modules):
+        assert torch.equal(ours, autograds)
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in fused), "a zero or non-finite result would make the comparison vacuous"
+
+
+def test_a_coupling_s_one_node_passes_gradcheck_in_all_its_inputs(float64):
+    torch.manual_seed(0)
+    layer = AffineCoupling(5, hidden=6, hidden_layers=2)
+    perturb_(layer, scale=0.5, seed=2)
+    weights = [p.detach().clone().requires_grad_() for linear in layer.net if isinstance(linear, torch.nn.Linear) for p in (linear.weight, linear.bias)]
+    x = torch.randn(4, 5, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *w: _CouplingFunction.apply(x, 2, *w), (x, *weights))
+
+
+def test_a_coupling_runs_by_its_modules_with_dropout_in_training_and_under_autocast(monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(_CouplingFunction, "apply", lambda *args: calls.append("fused") or AffineCoupling.forward_by_modules(layer, args[0]))
+    layer = AffineCoupling(4, hidden=8, dropout=0.5)
+    x = torch.randn(3, 4)
+    layer.train()
+    layer(x)
+    assert calls == []
+    layer.eval()
+    layer(x)
+    assert calls == ["fused"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x)
+    assert calls == ["fused"]
+    layer(x.unsqueeze(0))  # rows of another shape
+    assert calls == ["fused"]
