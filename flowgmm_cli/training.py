@@ -26,6 +26,7 @@ from .errors import InputError, TrainingDiverged
 from .layers import ActNorm
 from .model import FlowGMM
 from .objective import Objective
+from .optimizer import FlatAdamW, FusedAdamW, build_optimizer
 
 __all__ = ["Schedule", "EpochReport", "TrainingCallback", "announce_phase", "ForwardingCallback", "NamedPhases", "train"]
 
@@ -162,13 +163,7 @@ def train(
     epochs = math.ceil(total_steps / source.steps_per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
     device = trainable[0].device if trainable else torch.device("cpu")
-    # on a GPU the fused kernel updates every parameter in one launch; on the CPU the foreach form
-    # (here and in the clipping) does the same arithmetic as the per-tensor loop, bit for bit, in a
-    # few calls instead of ten per parameter: a fifth of a small flow's step (digits: 13.7 s → 10.8 s, one thread).
-    # The CPU's fused kernel is faster still (1.4 → 0.45 ms a digits step) but rounds otherwise, which moves
-    # every model and, on the demo's 2-D sets, one-draw accuracies by up to 17 points (BENCHMARKS.md)
-    cuda = device.type == "cuda"
-    optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, weight_decay=schedule.weight_decay, fused=True if cuda else None, foreach=None if cuda else True)
+    optimizer = build_optimizer(trainable, device, schedule.lr, schedule.weight_decay, schedule.grad_clip)
     state = _State()
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = _load_checkpoint(checkpoint, model, optimizer, source, fingerprint)
@@ -193,10 +188,8 @@ def train(
                     raise _diverged(epoch, loss.item())
                 for group in optimizer.param_groups:
                     group["lr"] = _cosine(schedule.lr, step, total_steps)
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 loss.backward()
-                if schedule.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, schedule.grad_clip, foreach=True)
                 optimizer.step()
                 sums += torch.cat([loss.detach().reshape(1), values]).double()
                 steps_done += 1
@@ -292,7 +285,7 @@ def _validate(model: FlowGMM, x: Tensor, y: Tensor) -> tuple[float, float]:
 
 
 def _save_checkpoint(
-    path: str | os.PathLike, model: FlowGMM, optimizer: torch.optim.Optimizer, source: DataSource, state: _State, fingerprint: str
+    path: str | os.PathLike, model: FlowGMM, optimizer: FlatAdamW | FusedAdamW, source: DataSource, state: _State, fingerprint: str
 ) -> None:
     """Rank 0 writes the checkpoint, with every process's source position (``source.RANK.*``)."""
     positions = all_gather_objects({k: v.cpu() for k, v in source.state_dict().items()})
@@ -321,7 +314,7 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    path: str | os.PathLike, model: FlowGMM, optimizer: torch.optim.Optimizer, source: DataSource, fingerprint: str
+    path: str | os.PathLike, model: FlowGMM, optimizer: FlatAdamW | FusedAdamW, source: DataSource, fingerprint: str
 ) -> _State:
     try:
         with safe_open(str(path), framework="pt") as handle:
