@@ -15,8 +15,8 @@ new side's, so both sides share the machine's load. ``--check`` first trains the
 ``--check-steps`` steps each way and requires the two models to be equal bit for bit.
 
 Cases: ``digits`` (``demo.digits_split(0)``: 64 features, 1,297 rows, 8 couplings of 128) and
-``dense`` (synthetic: 384 features, 5,600 rows in 4 classes, 200 labels: the wide flow, 10
-couplings of 512, as on AG News' MiniLM features). No data outside the installed packages.
+``dense`` (synthetic: 384 features, 5,600 rows in 4 classes, 200 labels: 10 couplings of 512 on
+32 principal directions, the flow of AG News' MiniLM features). No data outside the installed packages.
 
     python bench/step_speed.py [--cases digits dense] [--steps 600] [--block 25] [--check] [--json]
 """
