@@ -8,7 +8,7 @@ lane with the least work so far. On two cores a default digits fit (three member
 steps, twelve calibration fits of 250) then takes 3,750 steps' time instead of the 4,500 the
 members' models take one after another. A fit seeds itself, so each lane computes bit for bit
 what one thread computes running every fit in turn (the tests check it). Under ``torchrun``, on a
-GPU, with one thread or with validation rows, the fits run here in turn.
+GPU or with one thread, the fits run here in turn.
 
 Example:
     >>> from flowgmm_cli import FlowGMMClassifier
@@ -84,19 +84,16 @@ def plan_lanes(steps: list[int], lanes: int) -> list[list[int]]:
 
 
 def run_fits(
-    fits: list[Fit], callback: TrainingCallback | None = None, lanes: int = 1, validation: tuple[torch.Tensor, torch.Tensor] | None = None
+    fits: list[Fit], callback: TrainingCallback | None = None, lanes: int = 1
 ) -> list[FitResult]:
     """Every fit's result, in order: in turn here when ``lanes`` is 1 (each fit announcing its
     label), else spread over that many lanes (:func:`plan_lanes`; one phase announced, the
     progress counting every lane's steps). A worker that cannot start or ends without all its
     results (killed for memory) leaves its remaining fits to this process, with a warning; its
-    error is raised here as soon as it arrives; leaving stops every worker still running.
-    ``validation`` goes to the model fits and requires one lane."""
+    error is raised here as soon as it arrives; leaving stops every worker still running."""
     lanes = min(lanes, len(fits))
     if lanes <= 1:
-        return [_run_announced(fit, callback, validation) for fit in fits]
-    if validation is not None:
-        raise ValueError("fits with validation rows run in one lane")
+        return [_run_announced(fit, callback) for fit in fits]
     plan = plan_lanes([fit.steps for fit in fits], lanes)
     threads = torch.get_num_threads()
     worker_threads = max(1, threads // lanes)
@@ -132,10 +129,10 @@ def run_fits(
     return [results[index] for index in range(len(fits))]
 
 
-def _run_announced(fit: Fit, callback: TrainingCallback | None, validation: tuple[torch.Tensor, torch.Tensor] | None = None) -> FitResult:
+def _run_announced(fit: Fit, callback: TrainingCallback | None) -> FitResult:
     if fit.label:
         announce_phase(callback, fit.label)
-    return run_fit(fit, callback, validation)
+    return run_fit(fit, callback)
 
 
 def _describe(fits: list[Fit]) -> str:

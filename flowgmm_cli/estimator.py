@@ -189,12 +189,11 @@ class FlowGMMClassifier(ClassifierMixin, BaseEstimator):
             job = FoldJob(rows, transform, len(self.classes_), labeled[train_labeled], codes[train_labeled], member_options, held_back)
             prefix = f"member {member + 1}/{self.options_.members}" if self.options_.members > 1 else ""
             label = prefix or ("model" if first_scores is not None else "")
-            fits.append(model_fit(job, label, checkpoint=member_checkpoint(checkpoint, member), resume=resume, fingerprint=fingerprint))
+            fits.append(model_fit(job, label, checkpoint=member_checkpoint(checkpoint, member), resume=resume, fingerprint=fingerprint, validation=validation))
             if member > 0 or first_scores is None:  # none with validation rows: calibration_folds is 0 then
                 fits += fold_fits(job, f"{prefix}, " if prefix else "")
             jobs.append(job)
-        lanes = 1 if validation is not None else lane_count(device, rows, len(fits))
-        results = run_fits(fits, callback, lanes, validation)
+        results = run_fits(fits, callback, lane_count(device, rows, len(fits)))
         models = [result for fit, result in zip(fits, results, strict=True) if fit.fold is None]
         self.members_: list[FlowGMM] = [result.model for result in models]  # type: ignore[misc]
         self.history_: list[dict[str, Any]] = [

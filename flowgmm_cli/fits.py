@@ -73,7 +73,8 @@ class Fit:
     """One fit of a :class:`FoldJob`: its model on all its labels (``fold`` is ``None``), or the
     calibration fit that hides fold ``fold`` of them. ``label`` names it in progress reports;
     ``steps`` is its length; a model's fit may keep a ``checkpoint`` (and ``resume`` from it,
-    refusing one whose ``fingerprint`` differs). Build with :func:`model_fit` and :func:`fold_fits`."""
+    refusing one whose ``fingerprint`` differs) and choose its epoch on ``validation`` rows (their
+    features and class codes). Build with :func:`model_fit` and :func:`fold_fits`."""
 
     job: FoldJob
     fold: int | None
@@ -82,6 +83,7 @@ class Fit:
     checkpoint: str | os.PathLike | None = None
     resume: bool = False
     fingerprint: str = ""
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -94,7 +96,7 @@ class FitResult:
 
 
 def model_fit(job: FoldJob, label: str = "", **run: Any) -> Fit:
-    """The fit of the job's model on all its labels; ``run``: ``checkpoint``, ``resume``, ``fingerprint``."""
+    """The fit of the job's model on all its labels; ``run``: ``checkpoint``, ``resume``, ``fingerprint``, ``validation``."""
     return Fit(job, None, label, _model_steps(job), **run)
 
 
@@ -144,12 +146,12 @@ def fold_scores(job: FoldJob, fits: list[Fit], results: list[FitResult]) -> tupl
     return log_joint[scored], job.codes[scored]
 
 
-def run_fit(fit: Fit, callback: TrainingCallback | None = None, validation: tuple[torch.Tensor, torch.Tensor] | None = None) -> FitResult:
-    """Train one fit here (``validation``: the model's validation rows and codes, for a model's fit)."""
+def run_fit(fit: Fit, callback: TrainingCallback | None = None) -> FitResult:
+    """Train one fit here."""
     job = fit.job
     if fit.fold is None:
         run = {"checkpoint": fit.checkpoint, "resume": fit.resume, "fingerprint": fit.fingerprint}
-        model, history = train_one(job.rows, job.transform, job.n_classes, job.labeled, job.codes, job.unlabeled(job.labeled), job.options, validation, callback=callback, **run)
+        model, history = train_one(job.rows, job.transform, job.n_classes, job.labeled, job.codes, job.unlabeled(job.labeled), job.options, fit.validation, callback=callback, **run)
         return FitResult(model, history)
     held, unlabeled, options = _fold_setup(job, fit.fold)
     model, history = train_one(job.rows, job.transform, job.n_classes, job.labeled[~held], job.codes[~held], unlabeled, options, callback=callback)

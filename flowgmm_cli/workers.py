@@ -205,15 +205,18 @@ def _fits_message(fits: list[Fit], threads: int) -> tuple[dict[str, Any], dict[s
     candidate size's) has one entry: options in the header, its labeled rows, their codes and the
     rows held back as arrays. The rows travel once (unless the worker reads them from their
     file), and each transform once (a seed ensemble's members share theirs): its spec in the
-    header, its statistics as arrays."""
+    header, its statistics as arrays; so do the models' validation rows."""
     jobs = _distinct([fit.job for fit in fits])
     transforms = _distinct([job.transform for job in jobs])
+    validations = _distinct([fit.validation for fit in fits if fit.validation is not None])
     rows = jobs[0].rows
     if any(job.rows is not rows for job in jobs):
         raise ValueError("a worker's fits must share their rows")
     arrays: dict[str, np.ndarray] = {}
     for number, transform in enumerate(transforms):
         arrays.update({f"transform{number}.{name}": value.detach().cpu().numpy() for name, value in transform.state_dict().items()})
+    for number, (x, codes) in enumerate(validations):
+        arrays.update({f"validation{number}.x": x.detach().cpu().numpy(), f"validation{number}.codes": codes.detach().cpu().numpy()})
     job_headers = []
     for number, job in enumerate(jobs):
         arrays.update({f"job{number}.labeled": np.asarray(job.labeled, dtype=np.int64), f"job{number}.codes": np.asarray(job.codes, dtype=np.int64)})
@@ -226,12 +229,13 @@ def _fits_message(fits: list[Fit], threads: int) -> tuple[dict[str, Any], dict[s
         arrays["rows"] = rows.x.detach().cpu().numpy()
     fit_headers = [
         {"job": _index(jobs, fit.job), "fold": fit.fold, "label": fit.label, "steps": fit.steps,
-         "checkpoint": None if fit.checkpoint is None else str(fit.checkpoint), "resume": fit.resume, "fingerprint": fit.fingerprint}
+         "checkpoint": None if fit.checkpoint is None else str(fit.checkpoint), "resume": fit.resume, "fingerprint": fit.fingerprint,
+         "validation": None if fit.validation is None else _index(validations, fit.validation)}
         for fit in fits
     ]  # fmt: skip
     header = {
         "kind": "fits", "rows": row_spec, "transforms": [transform.spec() for transform in transforms], "jobs": job_headers,
-        "fits": fit_headers, "threads": threads, "dtype": str(torch.get_default_dtype()).removeprefix("torch."),
+        "fits": fit_headers, "validations": len(validations), "threads": threads, "dtype": str(torch.get_default_dtype()).removeprefix("torch."),
     }  # fmt: skip
     return header, arrays
 
@@ -272,10 +276,15 @@ def _fits_from_message(header: dict[str, Any], arrays: dict[str, np.ndarray]) ->
                 TrainOptions.from_dict(entry["options"]), arrays[f"job{number}.held_back"])
         for number, entry in enumerate(header["jobs"])
     ]  # fmt: skip
-    return [
-        Fit(jobs[entry["job"]], entry["fold"], entry["label"], int(entry["steps"]), entry["checkpoint"], bool(entry["resume"]), entry["fingerprint"])
-        for entry in header["fits"]
+    validations = [
+        (torch.from_numpy(arrays[f"validation{number}.x"]), torch.from_numpy(arrays[f"validation{number}.codes"]))
+        for number in range(int(header["validations"]))
     ]
+    return [
+        Fit(jobs[entry["job"]], entry["fold"], entry["label"], int(entry["steps"]), entry["checkpoint"], bool(entry["resume"]), entry["fingerprint"],
+            None if entry["validation"] is None else validations[entry["validation"]])
+        for entry in header["fits"]
+    ]  # fmt: skip
 
 
 def serve() -> None:

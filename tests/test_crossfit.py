@@ -171,7 +171,25 @@ def test_a_streamed_feature_file_is_read_again_in_the_child(threads, tmp_path, m
     assert beside.temperature_ == after.temperature_ != 1.0
 
 
-def test_one_thread_a_validation_set_or_no_folds_start_no_child(threads, monkeypatch):
+def test_an_ensemble_with_validation_rows_trains_its_members_in_lanes_as_in_turn(threads, monkeypatch):
+    """Validation rows choose each member's epoch in the worker as they do here: the same weights
+    and the same history, validation accuracy and NLL per epoch included."""
+    X, partial = _blobs()
+    options = {**SMALL, "members": 3, "val_fraction": 0.3}
+    threads(1)
+    in_turn = FlowGMMClassifier(**options).fit(X, partial)
+    launches = _Launches(monkeypatch)
+    threads(2)
+    recorder = _Recorder()
+    in_lanes = FlowGMMClassifier(**options).fit(X, partial, callback=recorder)
+    assert len(launches.processes) == 1 and recorder.phases == ["3 models in 2 processes"]
+    assert all(state_equal(a.state_dict(), b.state_dict()) for a, b in zip(in_lanes.members_, in_turn.members_, strict=True))
+    assert in_lanes.history_ == in_turn.history_ and all("val_accuracy" in epoch for epoch in in_lanes.history_)
+    assert in_lanes.temperature_ == in_turn.temperature_
+
+
+def test_one_thread_or_a_single_fit_starts_no_child(threads, monkeypatch):
+    """One thread; one member without calibration fits, for want of folds or beside validation rows."""
     X, partial = _blobs()
     launches = _Launches(monkeypatch)
     threads(1)
