@@ -14,11 +14,13 @@ first step of each block is dropped, and ``ratio`` is the plain side's median st
 new side's, so both sides share the machine's load. ``--check`` first trains the same fit for
 ``--check-steps`` steps each way and requires the two models to be equal bit for bit.
 
-Cases: ``digits`` (``demo.digits_split(0)``: 64 features, 1,297 rows, 8 couplings of 128) and
+Cases: ``digits`` (``demo.digits_split(0)``: 64 features, 1,297 rows, 8 couplings of 128),
+``images`` (scikit-learn's 1,797 digit images as 8x8 pixels, 50 labeled: the image flow, whose
+couplings are convolutional, so only the optimiser part applies) and
 ``dense`` (synthetic: 384 features, 5,600 rows in 4 classes, 200 labels: 10 couplings of 512 on
 32 principal directions, the flow of AG News' MiniLM features). No data outside the installed packages.
 
-    python bench/step_speed.py [--cases digits dense] [--steps 600] [--block 25] [--check] [--json]
+    python bench/step_speed.py [--cases digits dense images] [--steps 600] [--block 25] [--check] [--json]
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flowgmm_cli import FlowGMMClassifier, training  # noqa: E402
 from flowgmm_cli.defaults import default_batch_sizes, steps_per_epoch  # noqa: E402
 from flowgmm_cli.demo import digits_split  # noqa: E402
+from flowgmm_cli.image_defaults import IMAGE_BATCH  # noqa: E402
 from flowgmm_cli.layers import AffineCoupling  # noqa: E402
 from flowgmm_cli.optimizer import FlatAdamW, build_optimizer  # noqa: E402
 
@@ -51,6 +55,11 @@ def case_data(name: str) -> tuple[np.ndarray, np.ndarray]:
     if name == "digits":
         X, y, *_ = digits_split(0)
         return X, y
+    if name == "images":
+        digits = load_digits()
+        y = digits.target.copy()
+        y[50:] = -1
+        return (digits.images * 255 / 16).astype(np.float32).reshape(-1, 1, 8, 8), y
     generator = np.random.default_rng(0)
     centres = generator.normal(0, 1, (4, 384))
     classes = generator.integers(0, 4, 5_600)
@@ -138,7 +147,8 @@ class BlockClock:
 def fit(X: np.ndarray, y: np.ndarray, steps: int, callback=None) -> FlowGMMClassifier:
     """A default fit of one member without calibration fits, of at least ``steps`` steps."""
     n_labeled = int((y >= 0).sum())
-    epoch_steps = steps_per_epoch(n_labeled, len(y) - n_labeled, *default_batch_sizes(n_labeled, len(y) - n_labeled))
+    batches = (IMAGE_BATCH, min(n_labeled, IMAGE_BATCH)) if X.ndim == 4 else default_batch_sizes(n_labeled, len(y) - n_labeled)
+    epoch_steps = steps_per_epoch(n_labeled, len(y) - n_labeled, *batches)
     model = FlowGMMClassifier(random_state=0, device="cpu", members=1, calibration_folds=0, epochs=math.ceil(steps / epoch_steps))
     return model.fit(X, y, callback=callback)
 
@@ -169,7 +179,7 @@ def measure(X: np.ndarray, y: np.ndarray, part: str, steps: int, block: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", nargs="+", default=["digits", "dense"], choices=["digits", "dense"])
+    parser.add_argument("--cases", nargs="+", default=["digits", "dense", "images"], choices=["digits", "dense", "images"])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--block", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
@@ -181,7 +191,7 @@ def main() -> None:
     for case in args.cases:
         X, y = case_data(case)
         identical = same_model(X, y, args.check_steps) if args.check else None
-        for part in PARTS:
+        for part in PARTS if case != "images" else ("optimizer",):
             line = {"case": case, **measure(X, y, part, args.steps, args.block), "identical": identical, "threads": args.threads}
             print(json.dumps(line) if args.json else f"{case:7} {part:9} plain {line['plain_step_ms']:7.2f} ms  new {line['new_step_ms']:7.2f} ms  ratio {line['ratio']:.3f}  identical {identical}")
 
