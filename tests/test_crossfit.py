@@ -95,11 +95,11 @@ def test_beside_the_fit_the_calibration_fits_give_what_they_give_after_it(thread
     assert all(step <= total for step, total in recorder.steps)
 
 
-def test_an_ensemble_s_members_train_in_two_lanes_as_they_do_in_turn(threads, monkeypatch):
-    """Three members and their twelve calibration fits on two threads: a member's model trained in
-    the worker comes back with the weights, history and predictions of one trained here."""
+def _in_turn_and_in_lanes(options: dict, threads, monkeypatch) -> tuple[FlowGMMClassifier, FlowGMMClassifier, list[str]]:
+    """The same fit on one thread and on two (lanes), after checking that the second started one
+    worker, that it ended well, and that both gave the same members, history and temperature;
+    with the phases the second announced."""
     X, partial = _blobs()
-    options = {**SMALL, "members": 3, "epochs": 8}
     threads(1)
     in_turn = FlowGMMClassifier(**options).fit(X, partial)
     launches = _Launches(monkeypatch)
@@ -107,9 +107,17 @@ def test_an_ensemble_s_members_train_in_two_lanes_as_they_do_in_turn(threads, mo
     recorder = _Recorder()
     in_lanes = FlowGMMClassifier(**options).fit(X, partial, callback=recorder)
     assert len(launches.processes) == 1 and launches.processes[0].poll() == 0
-    assert recorder.phases == ["3 models and 12 calibration fits in 2 processes"]
     assert all(state_equal(a.state_dict(), b.state_dict()) for a, b in zip(in_lanes.members_, in_turn.members_, strict=True))
     assert in_lanes.history_ == in_turn.history_ and in_lanes.temperature_ == in_turn.temperature_
+    return in_turn, in_lanes, recorder.phases
+
+
+def test_an_ensemble_s_members_train_in_two_lanes_as_they_do_in_turn(threads, monkeypatch):
+    """Three members and their twelve calibration fits on two threads: a member's model trained in
+    the worker comes back with the weights, history and predictions of one trained here."""
+    in_turn, in_lanes, phases = _in_turn_and_in_lanes({**SMALL, "members": 3, "epochs": 8}, threads, monkeypatch)
+    assert phases == ["3 models and 12 calibration fits in 2 processes"]
+    X, _ = _blobs()
     np.testing.assert_array_equal(in_lanes.predict_proba(X), in_turn.predict_proba(X))
     assert not in_lanes.members_[1].training, "a model from a worker is in evaluation mode, as one trained here"
 
@@ -174,18 +182,9 @@ def test_a_streamed_feature_file_is_read_again_in_the_child(threads, tmp_path, m
 def test_an_ensemble_with_validation_rows_trains_its_members_in_lanes_as_in_turn(threads, monkeypatch):
     """Validation rows choose each member's epoch in the worker as they do here: the same weights
     and the same history, validation accuracy and NLL per epoch included."""
-    X, partial = _blobs()
-    options = {**SMALL, "members": 3, "val_fraction": 0.3}
-    threads(1)
-    in_turn = FlowGMMClassifier(**options).fit(X, partial)
-    launches = _Launches(monkeypatch)
-    threads(2)
-    recorder = _Recorder()
-    in_lanes = FlowGMMClassifier(**options).fit(X, partial, callback=recorder)
-    assert len(launches.processes) == 1 and recorder.phases == ["3 models in 2 processes"]
-    assert all(state_equal(a.state_dict(), b.state_dict()) for a, b in zip(in_lanes.members_, in_turn.members_, strict=True))
-    assert in_lanes.history_ == in_turn.history_ and all("val_accuracy" in epoch for epoch in in_lanes.history_)
-    assert in_lanes.temperature_ == in_turn.temperature_
+    _, in_lanes, phases = _in_turn_and_in_lanes({**SMALL, "members": 3, "val_fraction": 0.3}, threads, monkeypatch)
+    assert phases == ["3 models in 2 processes"]
+    assert all("val_accuracy" in epoch and "val_nll" in epoch for epoch in in_lanes.history_)
 
 
 def test_one_thread_or_a_single_fit_starts_no_child(threads, monkeypatch):
