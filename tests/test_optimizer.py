@@ -102,4 +102,14 @@ def test_a_parameter_without_a_gradient_is_an_error_not_a_silent_decay():
 
 def test_the_cpu_gets_the_flat_optimiser():
     assert isinstance(build_optimizer(_parameters(), torch.device("cpu"), 0.01, 0.0, 1.0), FlatAdamW)
-    assert issubclass(FusedAdamW, torch.optim.AdamW)
+
+
+def test_the_gpu_s_optimiser_clips_before_torch_s_fused_step():
+    """``FusedAdamW`` (built for CUDA) run on the CPU, where torch has the fused kernel too: with a
+    bound that never binds it is torch's fused AdamW bit for bit; with one that binds it is not."""
+    loose, reference, tight = _parameters(), _parameters(), _parameters()
+    _run(FusedAdamW(loose, lr=0.01, weight_decay=0.05, grad_clip=1e9), loose, range(5))
+    _run(torch.optim.AdamW(reference, lr=0.01, weight_decay=0.05, fused=True), reference, range(5))
+    _run(FusedAdamW(tight, lr=0.01, weight_decay=0.05, grad_clip=1e-9), tight, range(5))
+    assert all(torch.equal(a, b) for a, b in zip(loose, reference))
+    assert not any(torch.equal(a, b) for a, b in zip(tight, reference))
