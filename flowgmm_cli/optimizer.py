@@ -8,7 +8,8 @@ the parameters and their gradients into one tensor each, clips and steps that wi
 AdamW, and copies the new values back. Every operation of the update is elementwise, and the
 clipping norm is computed from the same per-parameter norms, so the numbers are those of
 ``torch.optim.AdamW(..., foreach=True)`` with ``clip_grad_norm_(..., foreach=True)`` bit for bit
-(``tests/test_optimizer.py``).
+(``tests/test_optimizer.py``). torch's fused CPU kernel would be faster still but rounds
+otherwise, which moves every model and the demo's one-draw accuracies (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class FlatAdamW:
         self.grad_clip = grad_clip
         self.flat = torch.cat([p.detach().reshape(-1) for p in self.parameters])
         self._sizes = [p.numel() for p in self.parameters]
+        self._values = self._split(self.flat)  # views that stay valid: the flat copy is refilled in place
         self.optimizer = torch.optim.AdamW([self.flat], lr=lr, weight_decay=weight_decay, foreach=True)
 
     @property
@@ -71,7 +73,7 @@ class FlatAdamW:
             total_norm = torch.nn.utils.get_total_norm(grads, foreach=True)  # type: ignore[arg-type]
             torch.nn.utils.clip_grads_with_norm_([self.flat], self.grad_clip, total_norm, foreach=True)
         self.optimizer.step()
-        torch._foreach_copy_([p.detach() for p in self.parameters], self._split(self.flat))
+        torch._foreach_copy_([p.detach() for p in self.parameters], self._values)
 
     def _split(self, flat: Tensor) -> list[Tensor]:
         """``flat`` cut into views shaped as the parameters."""
