@@ -60,6 +60,7 @@ __all__ = [
     "CALIBRATION_FOLDS",
     "CALIBRATION_STEP_SHARE",
     "CALIBRATION_MIN_STEPS",
+    "CALIBRATION_LEAST_STEPS",
 ]
 
 #: At most this many features counts as low-dimensional.
@@ -437,6 +438,14 @@ CALIBRATION_STEP_SHARE = 1 / 6
 #: draw of four, +2 points). On digits' 64 pixels the longer fits changed nothing (ECE median 0.041
 #: against 0.042) and would cost a third more time on 2 cores, so below the projection they stay a sixth.
 CALIBRATION_MIN_STEPS = round(TARGET_STEPS * CALIBRATION_STEP_SHARE)
+#: ... and without a projection no fit runs fewer steps than a sixth of the shortest default run
+#: (:data:`MIN_STEPS`), or fewer than the model if it runs fewer: a run cut short with ``epochs``
+#: (no default run is) would otherwise get fits too weak to know the classes, whose held-out rows
+#: ask for far softer probabilities than the model's. ECE on validation rows, medians of four
+#: draws, fits of a sixth → at least this: digits (three members) at 200 steps 0.279 → 0.090, at
+#: 500 steps 0.122 → 0.057; two moons at 160 steps 0.072 → 0.026, at 400 steps 0.054 → 0.069
+#: (BENCHMARKS.md). A short run's four fits then cost up to four times its model.
+CALIBRATION_LEAST_STEPS = round(MIN_STEPS * CALIBRATION_STEP_SHARE)
 
 
 def default_calibration_folds(class_counts: np.ndarray) -> int:
@@ -452,9 +461,10 @@ def default_calibration_folds(class_counts: np.ndarray) -> int:
 
 def calibration_epochs(model_steps: int, epoch_steps: int, projected: bool) -> int:
     """Epochs of ``epoch_steps`` steps for each calibration fit: :data:`CALIBRATION_STEP_SHARE` of
-    the model's ``model_steps`` steps; when the flow sees a principal projection (``projected``),
-    enough for about :data:`CALIBRATION_MIN_STEPS` steps (the nearest whole epoch); never more than
-    the model's and at least 1.
+    the model's ``model_steps`` steps, but at least about :data:`CALIBRATION_MIN_STEPS` steps when
+    the flow sees a principal projection (``projected``; the nearest whole epoch) and at least
+    :data:`CALIBRATION_LEAST_STEPS` otherwise (whole epochs within them); never more than the
+    model's and at least 1.
 
     Counted in steps because a fit's epoch can be longer than the model's: it passes over the
     unlabeled rows, which then hold the labeled rows its fold hides (with every row labeled the
@@ -465,9 +475,11 @@ def calibration_epochs(model_steps: int, epoch_steps: int, projected: bool) -> i
         (62, 125, 5)
         >>> calibration_epochs(2520, 2, projected=False)  # every row labeled: 21 labeled batches an epoch, a fit's 2 hidden ones
         210
+        >>> calibration_epochs(500, 4, projected=False), calibration_epochs(200, 4, projected=False)  # runs cut short
+        (62, 50)
     """
     model_epochs = model_steps / max(epoch_steps, 1)
-    floor = round(CALIBRATION_MIN_STEPS / max(epoch_steps, 1)) if projected else 0
+    floor = round(CALIBRATION_MIN_STEPS / max(epoch_steps, 1)) if projected else CALIBRATION_LEAST_STEPS // max(epoch_steps, 1)
     return max(1, min(math.floor(model_epochs), max(round(model_epochs * CALIBRATION_STEP_SHARE), floor)))
 
 

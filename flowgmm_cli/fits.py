@@ -109,8 +109,9 @@ def _model_steps(job: FoldJob) -> int:
 
 def fold_fits(job: FoldJob, prefix: str = "") -> list[Fit]:
     """The job's calibration fits, one per fold that holds out a row (``calibration_folds`` of
-    them, stratified by class): each a sixth of the model's steps, at least about 500 behind a
-    principal projection (:func:`~flowgmm_cli.defaults.calibration_epochs`), with the same seed
+    them, stratified by class): each a sixth of the model's steps, but at least about 500 behind a
+    principal projection and 250 without (or the model's length where it is shorter;
+    :func:`~flowgmm_cli.defaults.calibration_epochs`), with the same seed
     and options. ``prefix`` begins their labels (``"member 2/3, "``)."""
     fits = []
     for fold in range(job.options.calibration_folds):

@@ -117,7 +117,7 @@ class TrainOptions:
     lr: float = _option(1e-3, Panel.optimisation, "AdamW learning rate (cosine schedule to 0).", above=0.0)
     weight_decay: float = _option(1e-4, Panel.optimisation, "AdamW weight decay.", min=0.0)
     grad_clip: float = _option(10.0, Panel.optimisation, "Clip the gradient norm to this (0: no clipping).", min=0.0)
-    calibration_folds: int | None = _option(None, Panel.loss, "Short fits that each hide one fold of the labels; the temperature T of the class probabilities (section 6.1) is fitted on their held-out rows so they are calibrated (0: T = 1, as trained). With 2 or more CPU threads they run in a second process beside the model's fit. With validation rows (--val, --val-fraction) T is fitted on them instead.", auto="4; 0 when no class has 2 labeled rows; images 0", min=0)
+    calibration_folds: int | None = _option(None, Panel.loss, "Short fits that each hide one fold of the labels; the temperature T of the class probabilities (section 6.1) is fitted on their held-out rows so they are calibrated (0: T = 1, as trained). Each runs a sixth of the model's steps, but at least 250 (500 behind a principal projection) or, for a shorter model, as many as it. With 2 or more CPU threads they run in worker processes beside the model's fit. With validation rows (--val, --val-fraction) T is fitted on them instead.", auto="4; 0 when no class has 2 labeled rows; images 0", min=0)
     # data
     val_fraction: float = _option(0.0, Panel.data, "Hold out this share of each class's labeled rows to choose the best epoch.", min=0.0, max=0.9)
     # runtime

@@ -11,7 +11,7 @@ import torch
 from scipy.special import softmax
 from sklearn.datasets import make_blobs
 
-from flowgmm_cli import FlowGMMClassifier
+from flowgmm_cli import FlowGMMClassifier, defaults
 from flowgmm_cli import fits as fits_module
 from flowgmm_cli.calibration import (
     LOG_TEMPERATURE_BOUNDS,
@@ -197,8 +197,9 @@ SMALL = {"epochs": 12, "hidden": 16, "coupling_layers": 2, "device": "cpu", "ran
 
 
 def test_default_fit_cross_fits_the_scale_on_held_out_labels(monkeypatch):
-    """Each calibration fit hides one fold (those rows become unlabeled), trains a sixth of the
-    steps, and T is the scale that fits the pooled out-of-fold scores."""
+    """Each calibration fit hides one fold (those rows become unlabeled), trains as long as this
+    short model (a sixth would be under the fits' least steps), and T is the scale that fits the
+    pooled out-of-fold scores."""
     spy = _FitSpy(monkeypatch)
     X, partial = _blobs_with_labels()
     clf = FlowGMMClassifier(**SMALL).fit(X, partial)
@@ -211,7 +212,7 @@ def test_default_fit_cross_fits_the_scale_on_held_out_labels(monkeypatch):
         held = np.setdiff1d(labeled, fold["labeled"])
         assert len(held) > 0 and fold["unlabeled"][held].all(), "the fold's rows join the unlabeled ones"
         assert not fold["unlabeled"][fold["labeled"]].any()
-        assert fold["epochs"] == 2  # a sixth of 12
+        assert fold["epochs"] == SMALL["epochs"]
         held_out.append(held)
     np.testing.assert_array_equal(np.sort(np.concatenate(held_out)), labeled)  # each labeled row scored once
     log_joint = np.concatenate([map_rows(fold["model"], X[held].astype(np.float32), lambda m, x: m(x), 3) for fold, held in zip(folds, held_out, strict=True)])
@@ -234,7 +235,9 @@ def test_behind_a_projection_the_calibration_fits_run_at_least_their_least_steps
 def test_with_every_row_labeled_the_calibration_fits_take_whole_batches_for_a_sixth_of_the_steps(monkeypatch):
     """The model passes over its 400 labeled rows (7 batches of 64, 84 steps in 12 epochs); each
     fit's (about) 100 hidden labels are its unlabeled rows, taken in one batch, not one row a step,
-    for a sixth of the model's steps (14), not a sixth of its epochs (2 epochs of 100 one-row steps)."""
+    for a sixth of the model's steps (14), not a sixth of its epochs (2 epochs of 100 one-row steps).
+    The fits' least steps, which a run this short would get instead, are set aside to see the share."""
+    monkeypatch.setattr(defaults, "CALIBRATION_LEAST_STEPS", 0)
     spy = _FitSpy(monkeypatch)
     X, y = make_blobs(400, centers=[[0.0, 0.0], [2.5, 0.5], [0.0, 3.0]], cluster_std=1.0, random_state=1)
     FlowGMMClassifier(**SMALL).fit(X, y)

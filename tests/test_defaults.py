@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from flowgmm_cli.defaults import (
+    CALIBRATION_LEAST_STEPS,
     CALIBRATION_MIN_STEPS,
     CALIBRATION_STEP_SHARE,
     DENSE_ROWS_PER_DIM,
     DEFAULT_HIDDEN_LAYERS,
     DEFAULT_VARIANCE,
+    MIN_STEPS,
     calibration_epochs,
     default_batch_sizes,
     default_coupling_layers,
@@ -102,8 +104,19 @@ def test_calibration_fits_run_a_sixth_of_the_model_and_behind_a_projection_never
         fit_epochs = calibration_epochs(model_steps, epoch_steps, projected=True)
         assert fit_epochs == min(epochs, max(sixth, round(CALIBRATION_MIN_STEPS / epoch_steps)))
         assert fit_epochs * epoch_steps >= min(CALIBRATION_MIN_STEPS - epoch_steps / 2, model_steps), "none shorter than the least unless the model is"
-    assert calibration_epochs(24, 2, projected=True) == 12 and calibration_epochs(24, 2, projected=False) == 2
+    assert calibration_epochs(24, 2, projected=True) == 12 and calibration_epochs(24, 2, projected=False) == 12
     assert calibration_epochs(6000, 1, projected=True) == 1000
+
+
+def test_the_fits_of_a_run_cut_short_run_the_least_steps_or_as_long_as_the_model():
+    """No default run is shorter than :data:`MIN_STEPS`, whose sixth is the least; a run shortened
+    with ``epochs`` gets fits of that least (whole epochs within it), or of its own length."""
+    assert CALIBRATION_LEAST_STEPS == round(MIN_STEPS * CALIBRATION_STEP_SHARE) == 250
+    assert calibration_epochs(1500, 5, projected=False) == 50, "a default run: its sixth is the least"
+    assert calibration_epochs(500, 5, projected=False) == 50, "250 steps, not a sixth's 85"
+    assert calibration_epochs(500, 3, projected=False) == 83, "249 steps: whole epochs within the least"
+    assert calibration_epochs(200, 5, projected=False) == 40, "the model's own length"
+    assert calibration_epochs(200, 5, projected=True) == 40
 
 
 def test_a_calibration_fit_s_share_counts_steps_where_its_epoch_is_not_the_model_s():
