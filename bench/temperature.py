@@ -12,11 +12,14 @@ mean confidence on its own unlabeled rows equals its accuracy on the scored rows
 an oracle: it reads the scored rows' labels), with the ECE there; and the same for the accuracy the
 calibration fits measured, ``(right + 1) / (held out + 2)`` (``t_at_fold_accuracy``: a rule that
 needs no scored labels). ``--step-share`` sets the calibration fits' share of the model's steps,
-``--min-steps`` the fewest steps a fit runs (unless the model runs fewer).
+``--min-steps`` the fewest steps a fit runs behind a principal projection and ``--least-steps``
+without one (unless the model runs fewer; ``--least-steps 0`` gives a run cut short with ``epochs``
+the fits of a sixth it had before 2026-12-06).
 
     python bench/temperature.py --cases digits mnist htru2 letter --seeds 1 --json
     python bench/temperature.py --cases mnist --set calibration_folds=8 --json
     python bench/temperature.py --cases digits ag-news --labels-per-class 5 --seeds 4 --step-share 0.25 --json
+    python bench/temperature.py --cases digits two-moons --seeds 4 --set epochs=40 --least-steps 0 --json
 
 One JSON line per case and seed: ``case``, ``seed``, ``accuracy``, ``rows``, ``accuracy_folds``,
 ``t_cross``, ``t_wanted``, ``t_at_accuracy``, ``t_at_fold_accuracy``, ``ece_`` at each of the four,
@@ -119,6 +122,7 @@ def one_case(case: str, seed: int, split: str, data: Path, options: dict, labels
         "t_cross": round(float(np.exp(cross)), 3), "t_wanted": round(float(np.exp(wanted)), 3),
         "t_at_accuracy": round(float(np.exp(at_accuracy)), 3), "t_at_fold_accuracy": round(float(np.exp(at_fold_accuracy)), 3),
         "step_share": round(defaults.CALIBRATION_STEP_SHARE, 4), "min_steps": defaults.CALIBRATION_MIN_STEPS,
+        "least_steps": defaults.CALIBRATION_LEAST_STEPS,
         **{f"ece_{name}": round(expected_calibration_error(p, codes), 4) for name, p in proba.items()},
         "ece_floor": round(ece_floor(proba["wanted"]), 4), "seconds": round(seconds, 1),
     }  # fmt: skip
@@ -133,13 +137,15 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="a FlowGMM option (repeatable)")
     parser.add_argument("--labels-per-class", type=suite.positive_int, help="this many labels of each class instead of the case's count")
     parser.add_argument("--step-share", type=float, default=defaults.CALIBRATION_STEP_SHARE, help="the calibration fits' share of the model's steps")
-    parser.add_argument("--min-steps", type=int, default=defaults.CALIBRATION_MIN_STEPS, help="the fewest steps a calibration fit runs")
+    parser.add_argument("--min-steps", type=int, default=defaults.CALIBRATION_MIN_STEPS, help="the fewest steps a calibration fit runs behind a principal projection")
+    parser.add_argument("--least-steps", type=int, default=defaults.CALIBRATION_LEAST_STEPS, help="the fewest steps a calibration fit runs without one")
     parser.add_argument("--json", action="store_true", help="one JSON line per fit (else a table at the end)")
     args = parser.parse_args()
-    if args.min_steps < 0:
-        parser.error(f"--min-steps must be 0 (a sixth of the model's steps only) or more, got {args.min_steps}")
+    for name in ("min_steps", "least_steps"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be 0 (a sixth of the model's steps only) or more, got {getattr(args, name)}")
     torch.set_num_threads(1)
-    defaults.CALIBRATION_STEP_SHARE, defaults.CALIBRATION_MIN_STEPS = args.step_share, args.min_steps
+    defaults.CALIBRATION_STEP_SHARE, defaults.CALIBRATION_MIN_STEPS, defaults.CALIBRATION_LEAST_STEPS = args.step_share, args.min_steps, args.least_steps
     options = dict(suite.parse_option(text) for text in args.set)
     first = suite.VALIDATION_SEED if args.split == "validation" else 0
     lines = []
